@@ -1,0 +1,94 @@
+"""The registry of known weights files.
+
+Each entry says what a file is, where it is looked for (``folder``) and where it
+comes from. sha256/size are ``None`` where the publisher's value could not be
+verified here; downloads of such files are then checked only for completeness.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str                      # short registry name users type
+    file: str                      # file name on disk
+    folder: str                    # folder kind: facerestore_models, facedetection, pyiqa, facerefine
+    urls: tuple[str, ...]          # official download URL(s); empty for files trained/shipped here
+    sha256: Optional[str]
+    size: Optional[int]            # bytes
+    license: str
+    architecture: str              # what loads it, e.g. "CodeFormer" (spandrel), "RetinaFace"
+    needed_by: str                 # which feature uses it
+    embedded: bool = False         # shipped inside the package (weights/ folder)
+    notes: str = ""
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["urls"] = list(self.urls)
+        return d
+
+
+_FR = "facerestore_models"
+_FD = "facedetection"
+
+REGISTRY: dict[str, WeightSpec] = {}
+
+
+def register(spec: WeightSpec) -> WeightSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+# --- community restorers (loaded through spandrel / spandrel_extra_arches) ---
+register(WeightSpec(
+    "codeformer", "codeformer.pth", _FR,
+    ("https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",),
+    None, None, "NTU S-Lab License 1.0 (non-commercial)", "CodeFormer",
+    "lookup (CodeFormer family, quality slider + fidelity)"))
+register(WeightSpec(
+    "gfpgan-1.3", "GFPGANv1.3.pth", _FR,
+    ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.3.pth",),
+    None, None, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
+    "lookup (GFPGAN: no quality slider)"))
+register(WeightSpec(
+    "gfpgan-1.4", "GFPGANv1.4.pth", _FR,
+    ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",),
+    None, None, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
+    "lookup (GFPGAN: no quality slider)"))
+register(WeightSpec(
+    "restoreformer++", "RestoreFormer++.ckpt", _FR,
+    ("https://github.com/wzhouxiff/RestoreFormerPlusPlus/releases/download/v1.0.0/RestoreFormer++.ckpt",),
+    None, None, "Apache-2.0", "RestoreFormer",
+    "lookup (RestoreFormer++: no quality slider)"))
+
+# --- facexlib detection / parsing / identity ---
+register(WeightSpec(
+    "retinaface-resnet50", "detection_Resnet50_Final.pth", _FD,
+    ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",),
+    None, None, "MIT", "RetinaFace", "crop (facexlib RetinaFace resnet50 detector)"))
+register(WeightSpec(
+    "retinaface-mobilenet", "detection_mobilenet0.25_Final.pth", _FD,
+    ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",),
+    None, None, "MIT", "RetinaFace", "crop (facexlib RetinaFace mobilenet0.25 detector)"))
+register(WeightSpec(
+    "parsenet", "parsing_parsenet.pth", _FD,
+    ("https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",),
+    None, None, "MIT", "ParseNet", "paste (face-parsing mask)"))
+register(WeightSpec(
+    "bisenet", "parsing_bisenet.pth", _FD,
+    ("https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",),
+    None, None, "MIT", "BiSeNet", "paste (face-parsing mask, protect hair)"))
+register(WeightSpec(
+    "arcface", "recognition_arcface_ir_se50.pth", _FD,
+    ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",),
+    None, None, "MIT", "ArcFace-IR-SE50", "refine (identity guidance), eval (identity similarity)"))
+
+
+def get_spec(name: str) -> Optional[WeightSpec]:
+    return REGISTRY.get(name)
+
+
+def specs_for_folder(folder: str) -> list[WeightSpec]:
+    return [s for s in REGISTRY.values() if s.folder == folder]

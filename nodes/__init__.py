@@ -1,0 +1,23 @@
+"""ComfyUI adapters. Each module exposes NODES = {class_name: (NodeClass, "Display name")}."""
+from __future__ import annotations
+
+import importlib
+import logging
+
+_MODULES = ("crop_nodes", "score_nodes", "lookup_nodes", "refine_nodes", "paste_nodes", "all_in_one_nodes",
+            "loader_nodes")
+
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+for _name in _MODULES:
+    try:
+        _mod = importlib.import_module(f".{_name}", __name__)
+    except ModuleNotFoundError as _err:
+        if _err.name and _err.name.endswith(_name):
+            continue  # adapter not built yet
+        logging.getLogger("facerefine").exception("FaceRefine: could not load %s", _name)
+        continue
+    for _cls_name, (_cls, _display) in _mod.NODES.items():
+        NODE_CLASS_MAPPINGS[_cls_name] = _cls
+        NODE_DISPLAY_NAME_MAPPINGS[_cls_name] = _display

@@ -1,0 +1,34 @@
+"""Shared test setup: never touch the network; real data is optional."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["FACEREFINE_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "torch_home"))
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("FACEREFINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own empty FACEREFINE_HOME."""
+    monkeypatch.setenv("FACEREFINE_HOME", str(tmp_path / "facerefine_home"))
+
+
+@pytest.fixture
+def london_dir():
+    d = SHARED_DATA / "london"
+    if not d.is_dir():
+        pytest.skip("../shared/data/london not present")
+    return d
+
+
+@pytest.fixture
+def utkface_dir():
+    d = SHARED_DATA / "utkface"
+    if not d.is_dir():
+        pytest.skip("../shared/data/utkface not present")
+    return d
