@@ -1,8 +1,10 @@
 """The registry of known weights files.
 
 Each entry says what a file is, where it is looked for (``folder``) and where it
-comes from. sha256/size are ``None`` where the publisher's value could not be
-verified here; downloads of such files are then checked only for completeness.
+comes from. sha256/size: values published for the official release assets (the sha256 prefix
+in BasicSR-style names such as GFPGANv1.3-c953a88f matches). ``None`` where no
+value could be confirmed from here (no network to the hubs): such downloads are
+checked for completeness only and `models verify` reports them as "unverified".
 """
 from __future__ import annotations
 
@@ -45,17 +47,17 @@ def register(spec: WeightSpec) -> WeightSpec:
 register(WeightSpec(
     "codeformer", "codeformer.pth", _FR,
     ("https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth",),
-    None, None, "NTU S-Lab License 1.0 (non-commercial)", "CodeFormer",
+    "1009e537e0c2a07d4cabce6355f53cb66767cd4b4297ec7a4a64ca4b8a5684b7", 376_637_898, "NTU S-Lab License 1.0 (non-commercial)", "CodeFormer",
     "lookup (CodeFormer family, quality slider + fidelity)"))
 register(WeightSpec(
     "gfpgan-1.3", "GFPGANv1.3.pth", _FR,
     ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.3.pth",),
-    None, None, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
+    "c953a88f2727c85c3d9ae72e2bd4846bbaf59fe6972ad94130e23e7017524a70", None, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
     "lookup (GFPGAN: no quality slider)"))
 register(WeightSpec(
     "gfpgan-1.4", "GFPGANv1.4.pth", _FR,
     ("https://github.com/TencentARC/GFPGAN/releases/download/v1.3.4/GFPGANv1.4.pth",),
-    None, None, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
+    "e2cd4703ab14f4d01fd1383a8a8b266f9a5833dacee8e6a79d3bf21a1b6be5ad", 348_632_874, "Apache-2.0 (with StyleGAN2 parts under NVIDIA licence)", "GFPGAN",
     "lookup (GFPGAN: no quality slider)"))
 register(WeightSpec(
     "restoreformer++", "RestoreFormer++.ckpt", _FR,
@@ -67,7 +69,7 @@ register(WeightSpec(
 register(WeightSpec(
     "retinaface-resnet50", "detection_Resnet50_Final.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth",),
-    None, None, "MIT", "RetinaFace", "crop (facexlib RetinaFace resnet50 detector)"))
+    "6d1de9c2944f2ccddca5f5e010ea5ae64a39845a86311af6fdf30841b0a5a16d", 109_497_761, "MIT", "RetinaFace", "crop (facexlib RetinaFace resnet50 detector)"))
 register(WeightSpec(
     "retinaface-mobilenet", "detection_mobilenet0.25_Final.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",),
@@ -75,7 +77,7 @@ register(WeightSpec(
 register(WeightSpec(
     "parsenet", "parsing_parsenet.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",),
-    None, None, "MIT", "ParseNet", "paste (face-parsing mask)"))
+    "3d558d8d0e42c20224f13cf5a29c79eba2d59913419f945545d8cf7b72920de2", 85_331_193, "MIT", "ParseNet", "paste (face-parsing mask)"))
 register(WeightSpec(
     "bisenet", "parsing_bisenet.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",),

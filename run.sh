@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# FaceRefine developer entry point. Creates .venv on first use, then:
+#   ./run.sh test            run the test suite (what CI runs)
+#   ./run.sh <command> ...   same as `python -m facerefine <command> ...` (restore, crop, score, bench, ...)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${FACEREFINE_VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {
+  [ -f "$VENV/.facerefine-ready" ] && return 0
+  python3 -m venv "$VENV"
+  "$PY" -m pip install -q --upgrade pip
+  # torch comes first and explicitly (requirements.txt never pins it; see README "Install").
+  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    case "$(uname -m)" in
+      aarch64|arm64) "$PY" -m pip install -q "torch==2.9.1" "torchvision==0.24.1" ;;
+      *)             "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" ;;
+    esac
+  fi
+  "$PY" -m pip install -q -e ".[dev]"
+  touch "$VENV/.facerefine-ready"
+}
+
+setup
+cmd="${1:-}"
+if [ "$cmd" = "test" ]; then
+  shift
+  export FACEREFINE_OFFLINE=1 HF_HUB_OFFLINE=1
+  exec "$PY" -m pytest tests "$@"
+fi
+exec "$PY" -m facerefine "$@"
