@@ -88,6 +88,34 @@ register(WeightSpec(
     None, None, "MIT", "ArcFace-IR-SE50", "refine (identity guidance), eval (identity similarity)"))
 
 
+# --- embedded offline detector (shipped in weights/, see docs/crop_paste.md) ---
+register(WeightSpec(
+    "mtcnn", "mtcnn.safetensors", _FD, (),
+    "1e169630a1db4fadb556039f682ad7a21639486984d9b747f051e2905908c6ec", 1987736,
+    "MIT (facenet-pytorch 2.6.0 wheel, Tim Esler; ported from davidsandberg/facenet)", "MTCNN",
+    "crop (embedded offline detector with 5 landmarks)", embedded=True,
+    notes="pnet/rnet/onet state dicts from facenet_pytorch/data/*.pt converted to safetensors"))
+
+
+# --- quality (core/score) ---
+register(WeightSpec(
+    "face-niqe", "face_niqe.safetensors", "facerefine", (), None, None,
+    "fitted here on the London Face Set (CC BY 4.0); parameters CC BY 4.0", "FaceNIQE",
+    "score (offline face-niqe metric; refit with core/train/fit_face_niqe.py)", embedded=True))
+
+# --- refine (core/refine): trained here with `python -m facerefine train`, no public download ---
+for _arch in ("codeformer", "iqpfr"):
+    register(WeightSpec(
+        f"latent-prior-{_arch}", f"facerefine_latent_prior_{_arch}.safetensors", "facerefine", (), None, None,
+        "trained here (same terms as the restorer whose latents it models)", "FaceRefine-LatentPrior",
+        f"refine (latent score model over the {_arch} latent; absent = identity guidance only)"))
+    register(WeightSpec(
+        f"identity-recovery-{_arch}", f"facerefine_identity_recovery_{_arch}.safetensors", "facerefine", (),
+        None, None, "trained here", "FaceRefine-IdentityRecovery",
+        f"refine (Identity Recovery Network + learned latent mask for the {_arch} latent; "
+        f"absent = LQ-face target and landmark region mask)"))
+
+
 def get_spec(name: str) -> Optional[WeightSpec]:
     return REGISTRY.get(name)
 

@@ -1,0 +1,77 @@
+"""crop IMAGE... --out DIR: aligned face crops + JSON with bbox, landmarks, score and crop path."""
+from __future__ import annotations
+
+
+def add_crop_arguments(p) -> None:
+    """Detection/alignment flags, shared with `restore`."""
+    g = p.add_argument_group("face detection and alignment")
+    g.add_argument("--detector", default="auto",
+                   help="auto (RetinaFace if its weights are present, else the embedded MTCNN) | mtcnn | "
+                        "retinaface | retinaface-mobilenet")
+    g.add_argument("--crop-size", type=int, default=512, choices=[256, 512, 1024])
+    g.add_argument("--det-threshold", type=float, default=None, help="detector confidence threshold")
+    g.add_argument("--min-face-size", type=float, default=0.0, help="drop faces smaller than this (pixels)")
+    g.add_argument("--max-faces", type=int, default=0, help="keep at most N faces per image (0 = all)")
+    g.add_argument("--sort", default="largest", choices=["largest", "left_to_right", "confidence"])
+    g.add_argument("--face-index", default=None, help="pick faces by index after sorting, e.g. 0 or 0,2")
+    g.add_argument("--only-center-face", action="store_true", help="keep only the face nearest the centre")
+    g.add_argument("--detect-max-side", type=int, default=1280,
+                   help="detect on a copy at most this large (crops come from the full image)")
+
+
+def crop_options_from_args(args, device: str):
+    from ..core.crop import CropOptions
+    return CropOptions(detector=args.detector, crop_size=args.crop_size, det_threshold=args.det_threshold,
+                       min_face_size=args.min_face_size, max_faces=args.max_faces, sort=args.sort,
+                       face_index=args.face_index, only_center_face=args.only_center_face, device=device,
+                       detect_max_side=args.detect_max_side)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--out", required=True, help="folder for the crops")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    add_crop_arguments(p)
+
+
+def run(args) -> dict:
+    import warnings
+    from pathlib import Path
+
+    from ..core.crop import align_faces, detect_faces
+    from ..core.image_io import list_images, load_image, save_image
+    from ..core.pipeline import resolve_device
+
+    device = resolve_device(args.device)
+    options = crop_options_from_args(args, device)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, total = [], 0
+    for path in list_images(args.images):
+        loaded = load_image(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            crops = align_faces(loaded.image, detect_faces(loaded.image, options), options)
+        notes = [str(w.message) for w in caught]
+        if crops.is_empty:
+            notes.append("no face found")
+        faces = []
+        for k, face in enumerate(crops.faces):
+            crop_path = out_dir / f"{path.stem}_face{k:02d}.png"
+            save_image(crop_path, crops.crops[k].permute(1, 2, 0), bit_depth=16 if loaded.bit_depth == 16 else 8)
+            faces.append({"index": k, "bbox": [round(v, 2) for v in face.bbox],
+                          "landmarks": face.landmarks.round(2).tolist(), "score": round(face.score, 5),
+                          "crop": str(crop_path), "affine": face.affine.round(6).tolist()})
+        total += len(faces)
+        results.append({"path": str(path), "size": list(loaded.size), "faces": faces, "warnings": notes})
+        if not args.json:
+            print(f"{path}: {len(faces)} face(s)" + "".join(f"\n  {f['crop']}  score {f['score']:.3f}"
+                                                            for f in faces)
+                  + "".join(f"\n  warning: {n}" for n in notes))
+    return {"ok": True, "crop_size": options.crop_size, "detector": _detector_name(options.detector),
+            "faces": total, "images": results}
+
+
+def _detector_name(name: str) -> str:
+    from ..core.crop.detectors import resolve_name
+    return resolve_name(name)

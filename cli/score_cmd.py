@@ -1,0 +1,47 @@
+"""``python -m facerefine score IMAGE… --metric NAME [--faces] [--json]``."""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--metric", default="auto",
+                        help="face-niqe, piqe (offline), topiq_nr-face, musiq, clipiqa, maniqa, niqe, brisque, "
+                             "or auto (topiq_nr-face when its weights are present, else face-niqe)")
+    parser.add_argument("--faces", action="store_true",
+                        help="detect and align the faces (core/crop) and score each face instead of the image")
+    parser.add_argument("--detector", default=None, help="face detector for --faces (see `crop --help`)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
+
+def run(args) -> dict:
+    from ..core.image_io import list_images, load_image
+    from ..core.score import get_metric, score_face_crops, score_images
+    from ..errors import FaceRefineError
+
+    metric = get_metric(args.metric, args.device, face_input=args.faces)
+    results = []
+    for path in list_images(args.images):
+        image = load_image(path).image
+        entry = {"path": str(path), "metric": metric.name, "lower_better": metric.lower_better}
+        if args.faces:
+            try:
+                from ..core.crop import CropOptions, crop_faces
+            except ImportError as err:
+                raise FaceRefineError(f"--faces needs the crop step, which is not available: {err}") from err
+            opts = CropOptions() if not args.detector else CropOptions(detector=args.detector)
+            crops = score_face_crops(crop_faces(image, opts), metric)
+            faces = []
+            for i, (face, q) in enumerate(zip(crops.faces, crops.latest_quality(metric.name))):
+                faces.append({"face": i, "bbox": [round(float(v), 1) for v in face.bbox],
+                              "raw": q.raw, "normalized": q.normalized})
+            entry["faces"] = faces
+            entry["raw"] = sum(f["raw"] for f in faces) / len(faces) if faces else None
+            entry["normalized"] = sum(f["normalized"] for f in faces) / len(faces) if faces else None
+        else:
+            q = score_images(image, metric)[0]
+            entry.update(raw=q.raw, normalized=q.normalized)
+        results.append(entry)
+        shown = "no face" if entry["raw"] is None else f"raw {entry['raw']:.4f}  normalized {entry['normalized']:.4f}"
+        print(f"{path}: {metric.name} {shown}")
+    return {"ok": True, "metric": metric.name, "lower_better": metric.lower_better,
+            "range": list(metric.info.range), "results": results}

@@ -1,0 +1,202 @@
+"""Image files <-> core tensors ([B,H,W,3] float32 RGB 0..1 on CPU).
+
+Keeps what a round trip should keep: alpha (returned separately), 16-bit depth,
+EXIF orientation (applied on load), grayscale (expanded to RGB).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import ImageInputError
+
+log = logging.getLogger("facerefine")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+_LOSSLESS = (".png", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: torch.Tensor            # [1,H,W,3] float32 RGB 0..1
+    alpha: Optional[torch.Tensor]  # [H,W] float32 0..1, or None
+    bit_depth: int                 # 8 or 16 (what the file held)
+    path: str = ""
+    grayscale: bool = False
+    exif_orientation: int = 1      # EXIF orientation tag that was applied (1 = none)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Expand files and folders (non-recursive) into image paths, in order."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ImageInputError(f"input {item} does not exist")
+    if not out:
+        raise ImageInputError(f"no images found in {inputs}")
+    return out
+
+
+def _exif_orientation(path: Path) -> int:
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # no EXIF / unreadable header: keep as stored
+        return 1
+
+
+def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip an [H,W,...] array as the EXIF orientation tag says."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    fn = ops.get(orientation)
+    return np.ascontiguousarray(fn(arr)) if fn else arr
+
+
+def _decode(path: Path) -> np.ndarray:
+    """Decoded pixels as stored: uint8/uint16/float, channels 1-4 (RGB order)."""
+    import cv2
+    data = np.fromfile(str(path), dtype=np.uint8)
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if arr is not None:
+        if arr.ndim == 3 and arr.shape[2] == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+        return arr
+    try:  # formats OpenCV lacks (gif, some tiffs)
+        from PIL import Image
+        with Image.open(path) as im:
+            im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB")
+            return np.asarray(im)
+    except Exception as err:
+        raise ImageInputError(f"cannot read image {path}: {err}") from err
+
+
+def load_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an image file into the core layout. Raises ImageInputError for unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageInputError(f"image {path} does not exist")
+    arr = _decode(path)
+    orientation = _exif_orientation(path)
+    arr = apply_orientation(arr, orientation)
+    if arr.dtype == np.uint8:
+        depth, scaled = 8, arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        depth, scaled = 16, arr.astype(np.float32) / 65535.0
+    elif np.issubdtype(arr.dtype, np.floating):
+        depth, scaled = 16, arr.astype(np.float32)
+    else:
+        raise ImageInputError(f"{path}: unsupported pixel type {arr.dtype}")
+    if scaled.ndim == 2:
+        scaled = scaled[:, :, None]
+    channels = scaled.shape[2]
+    alpha = None
+    if channels in (2, 4):
+        alpha = torch.from_numpy(np.ascontiguousarray(scaled[:, :, -1]))
+        scaled = scaled[:, :, :-1]
+    gray = scaled.shape[2] == 1
+    if gray:
+        scaled = np.repeat(scaled, 3, axis=2)
+    image = torch.from_numpy(np.ascontiguousarray(scaled))[None]
+    image = sanitize_images(image, name=str(path))
+    return LoadedImage(image, alpha, depth, str(path), gray, orientation)
+
+
+def sanitize_images(images: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Any ComfyUI-like image tensor -> [B,H,W,3] float32 0..1 with NaN/inf replaced (warns)."""
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(np.asarray(images))
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4:
+        raise ImageInputError(f"{name}: expected an image [B,H,W,C], got shape {tuple(images.shape)}")
+    if images.shape[-1] not in (1, 3, 4) and images.shape[1] in (1, 3, 4):
+        images = images.permute(0, 2, 3, 1)  # [B,C,H,W] given
+    channels = images.shape[-1]
+    if channels == 1:
+        images = images.expand(*images.shape[:3], 3)
+    elif channels == 4:
+        images = images[..., :3]
+    elif channels != 3:
+        raise ImageInputError(f"{name}: expected 1, 3 or 4 channels, got {channels}")
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    elif images.dtype == torch.int16 or images.dtype == torch.int32 or images.dtype == torch.uint16:
+        images = images.float() / 65535.0
+    elif images.dtype != torch.float32:
+        images = images.float()
+    if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
+        raise ImageInputError(f"{name}: empty image {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        warnings.warn(f"{name}: NaN/inf pixel values replaced by 0", RuntimeWarning, stacklevel=2)
+        log.warning("%s: NaN/inf pixel values replaced by 0", name)
+        images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+    return images
+
+
+def to_uint(image: torch.Tensor, bit_depth: int) -> np.ndarray:
+    """[H,W,C] float 0..1 -> uint8/uint16 array with rounding."""
+    arr = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0, 1).numpy()
+    if bit_depth == 16:
+        return np.round(arr * 65535.0).astype(np.uint16)
+    return np.round(arr * 255.0).astype(np.uint8)
+
+
+def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[torch.Tensor] = None,
+               bit_depth: int = 8, quality: int = 95) -> Path:
+    """Write [1,H,W,3] / [H,W,3] RGB 0..1 (and optional [H,W] alpha) to PNG/JPEG/WebP/TIFF/BMP."""
+    import cv2
+    path = Path(path)
+    if image.ndim == 4:
+        if image.shape[0] != 1:
+            raise ImageInputError(f"save_image writes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    suffix = path.suffix.lower() or ".png"
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageInputError(f"cannot write {path.name}: use one of {IMAGE_SUFFIXES}")
+    if bit_depth == 16 and suffix not in _LOSSLESS:
+        log.warning("%s cannot hold 16 bits; writing 8-bit", path.name)
+        bit_depth = 8
+    if alpha is not None and suffix in (".jpg", ".jpeg", ".bmp"):
+        log.warning("%s cannot hold alpha; dropping it", path.name)
+        alpha = None
+    if alpha is not None:
+        image = torch.cat([image.float().cpu(), alpha.float().cpu()[..., None]], dim=-1)
+    arr = to_uint(image, bit_depth)
+    code = cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR
+    arr = cv2.cvtColor(arr, code)
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, arr, params)
+    if not ok:
+        raise ImageInputError(f"could not encode {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    buf.tofile(str(tmp))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,136 @@
+"""Identity guidance: targets, the latent mask and the masked gradient of ArcFace cosine similarity."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import FaceRefineError, NoFaceError
+from ..types import FaceCrops
+
+# FFHQ 512 template (facexlib): eye L, eye R, nose, mouth L, mouth R, as fractions of the crop side.
+FFHQ_TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
+                          [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float64) / 512.0
+
+TARGETS = ("auto", "reference", "recovery", "lq")
+
+
+def crop_landmarks(face_crops: FaceCrops) -> np.ndarray:
+    """5 landmarks per face in crop fractions [N,5,2] (the FFHQ template where geometry is missing)."""
+    out = []
+    for face in face_crops.faces:
+        lm, aff = np.asarray(face.landmarks, np.float64), np.asarray(face.affine, np.float64)
+        if lm.shape == (5, 2) and aff.shape == (2, 3) and np.isfinite(lm).all():
+            out.append((lm @ aff[:, :2].T + aff[:, 2]) / face_crops.crop_size)
+        else:
+            out.append(FFHQ_TEMPLATE)
+    return np.stack(out) if out else np.zeros((0, 5, 2))
+
+
+def _region_boxes(lm: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Eyes+brows, nose and mouth boxes (x0, y0, x1, y1 in crop fractions) from 5 landmarks."""
+    eye_l, eye_r, nose, mouth_l, mouth_r = lm
+    d = max(float(np.linalg.norm(eye_r - eye_l)), 1e-3)
+    boxes = [(e[0] - 0.42 * d, e[1] - 0.55 * d, e[0] + 0.42 * d, e[1] + 0.25 * d) for e in (eye_l, eye_r)]
+    eye_y = (eye_l[1] + eye_r[1]) / 2
+    boxes.append((nose[0] - 0.28 * d, eye_y, nose[0] + 0.28 * d, nose[1] + 0.18 * d))
+    mouth_y = (mouth_l[1] + mouth_r[1]) / 2
+    boxes.append((min(mouth_l[0], mouth_r[0]) - 0.15 * d, mouth_y - 0.28 * d,
+                   max(mouth_l[0], mouth_r[0]) + 0.15 * d, mouth_y + 0.28 * d))
+    return boxes
+
+
+def region_prior_mask(face_crops: FaceCrops, size: tuple[int, int]) -> torch.Tensor:
+    """[N,1,h,w] 0/1: latent cells overlapping the eyes/brows, nose or mouth regions."""
+    h, w = size
+    masks = torch.zeros(len(face_crops), 1, h, w)
+    for n, lm in enumerate(crop_landmarks(face_crops)):
+        for x0, y0, x1, y1 in _region_boxes(lm):
+            c0, c1 = int(np.clip(np.floor(x0 * w), 0, w)), int(np.clip(np.ceil(x1 * w), 0, w))
+            r0, r1 = int(np.clip(np.floor(y0 * h), 0, h)), int(np.clip(np.ceil(y1 * h), 0, h))
+            masks[n, 0, r0:r1, c0:c1] = 1.0
+    return masks
+
+
+def guidance_mask(face_crops: FaceCrops, id_model, size: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """The learned latent mask when the identity model has one for this grid, else the region prior."""
+    learned = getattr(id_model, "mask", None)
+    if learned is not None and tuple(learned.logits.shape[-2:]) == tuple(size):
+        with torch.no_grad():
+            m = learned.hard().detach().float().cpu()
+        return m.expand(len(face_crops), 1, *size).clone(), "learned"
+    return region_prior_mask(face_crops, size), "region-prior"
+
+
+def align_reference(reference, crop_size: int) -> torch.Tensor:
+    """A reference photo -> one aligned crop [1,3,S,S] (the most confident face).
+
+    ``reference`` is an IMAGE [B,H,W,3] 0..1 (aligned with the crop step) or an already aligned FaceCrops.
+    """
+    if isinstance(reference, FaceCrops):
+        crops = reference
+    else:
+        image = torch.as_tensor(reference)
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4 or image.shape[-1] not in (3, 4):
+            raise FaceRefineError(f"reference must be an image [B,H,W,3], got shape {tuple(image.shape)}")
+        from ..crop import CropOptions, crop_faces
+        crops = crop_faces(image[..., :3].float(), CropOptions(crop_size=crop_size))
+    if crops.is_empty:
+        raise NoFaceError("no face found in the reference photo; use a clear, front-facing photo of the same "
+                          "person (or leave the reference empty to use the face's own identity)")
+    best = max(range(len(crops)), key=lambda i: crops.faces[i].score)
+    crop = crops.crops[best:best + 1]
+    if crop.shape[-1] != crop_size:
+        crop = F.interpolate(crop, size=(crop_size, crop_size), mode="bicubic", antialias=True).clamp(0, 1)
+    return crop
+
+
+def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[torch.Tensor] = None,
+                    lq_crops: Optional[torch.Tensor] = None, lq_latent: Optional[torch.Tensor] = None,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, str]:
+    """Unit ArcFace target embeddings [N,512] and which source was used."""
+    if target not in TARGETS:
+        raise FaceRefineError(f"unknown identity target '{target}'; choose one of {TARGETS}")
+    if target == "auto":
+        if reference_crop is not None:
+            target = "reference"
+        elif getattr(id_model, "recovery", None) is not None and lq_crops is not None and lq_latent is not None:
+            target = "recovery"
+        else:
+            target = "lq"
+    with torch.no_grad():
+        if target == "reference":
+            if reference_crop is None:
+                raise FaceRefineError("identity target 'reference' needs a reference photo")
+            emb = id_model.embed(reference_crop.to(device)).expand(n, -1)
+        elif target == "recovery":
+            if getattr(id_model, "recovery", None) is None:
+                raise FaceRefineError("identity target 'recovery' needs an identity model with a trained "
+                                      "Identity Recovery Network (load one with the ID model loader)")
+            if lq_crops is None or lq_latent is None:
+                raise FaceRefineError("identity target 'recovery' needs the degraded crops and latent")
+            emb = id_model.recover(lq_crops.to(device), lq_latent.to(device))
+        else:
+            if lq_crops is None:
+                raise FaceRefineError("identity target 'lq' needs the degraded face crops")
+            emb = id_model.embed(lq_crops.to(device))
+    return F.normalize(emb.float(), dim=1), target
+
+
+def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
+                      target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked, per-face RMS-normalised gradient of cos(ArcFace(decode(z0)), target) w.r.t. z0,
+    plus the similarities. Positions where mask == 0 get exactly 0."""
+    with torch.enable_grad():
+        z = z0.detach().float().requires_grad_(True)
+        faces = decode(z)
+        sim = (id_model.embed(faces) * target).sum(dim=1)
+        (grad,) = torch.autograd.grad(sim.sum(), z)
+    grad = torch.nan_to_num(grad.float()) * mask
+    count = mask.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * grad.shape[1]
+    rms = (grad.pow(2).sum(dim=(1, 2, 3), keepdim=True) / count).sqrt()
+    return grad / (rms + 1e-12), sim.detach()

@@ -1,0 +1,270 @@
+"""Identity-guided latent refinement (CLR-Face style) of the lookup result.
+
+The lookup latent is noised to the level set by ``strength`` (SDEdit) and denoised by the latent
+score model conditioned on the degraded latent. At every step the ArcFace cosine similarity between
+the decoded face and the identity target is raised by its gradient, which reaches only the masked
+latent positions; positions outside the mask follow the unguided trajectory exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ...errors import FaceRefineError
+from ..types import FaceCrops, FaceLatent
+from .guidance import align_reference, guidance_mask, identity_gradient, identity_target
+from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
+
+DEFAULT_STEPS = 12
+DEFAULT_STRENGTH = 0.4
+DEFAULT_IDENTITY_STRENGTH = 1.0
+DEFAULT_SAMPLER = "dpmpp_2m"
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RefineInterrupted(FaceRefineError):
+    """Raised when ``should_stop()`` asks to stop between steps."""
+
+
+@dataclass
+class RefineResult:
+    crops: FaceCrops
+    latent: torch.Tensor                   # refined latent in the restorer's units [N,C,h,w]
+    mask: Optional[torch.Tensor] = None    # [N,1,h,w] positions that received identity gradients
+    mask_source: str = ""
+    target_source: str = ""
+    similarity_before: Optional[torch.Tensor] = None  # ArcFace cos(decoded, target) before / after
+    similarity_after: Optional[torch.Tensor] = None
+    info: dict = field(default_factory=dict)
+
+
+def restorer_decoder(restorer, latent: FaceLatent, index: torch.Tensor) -> Decoder:
+    """z [n,C,h,w] (restorer units) -> faces [n,3,S,S] 0..1 through the lookup step's decode()."""
+    try:
+        from ..lookup import decode
+    except ImportError:  # the restorer's own decoder ([-1,1] out)
+        def decode(restorer, z, skips, fidelity):
+            return ((restorer.codebook.decode(z, skips, fidelity) + 1) / 2).clamp(0, 1)
+    if getattr(restorer, "codebook", None) is None and hasattr(restorer, "architecture"):
+        raise FaceRefineError(f"refine needs a codebook restorer (CodeFormer or IQPFR); "
+                              f"{restorer.architecture} has no latent to refine")
+    skips = {k: v[index] for k, v in (latent.skip_features or {}).items()}
+
+    def run(z: torch.Tensor) -> torch.Tensor:
+        sub = {k: v.to(z.device) for k, v in skips.items()}
+        return decode(restorer, z, sub, latent.fidelity)
+    return run
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _face_noise(n_faces: int, shape, seed: int, offset: int) -> torch.Tensor:
+    """Per-face noise: face i always gets the same noise for a seed, whatever the batching."""
+    out = []
+    for i in range(n_faces):
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + offset + i) % (2 ** 63))
+        out.append(torch.randn(shape, generator=g))
+    return torch.stack(out)
+
+
+def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id_model, *,
+                  steps: int = DEFAULT_STEPS, strength: float = DEFAULT_STRENGTH,
+                  identity_strength: float = DEFAULT_IDENTITY_STRENGTH, reference=None,
+                  sampler: str = DEFAULT_SAMPLER, seed: int = 0, target: str = "auto",
+                  lq_crops: Optional[torch.Tensor] = None, decoder: Optional[Callable] = None,
+                  guidance_interval: int = 1, batch_size: int = 8, device=None, index_offset: int = 0,
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
+    """Refine every face; see ``refine`` for the arguments. ``decoder(restorer, latent, index)`` overrides
+    how latents are decoded (default: the lookup step's ``decode``)."""
+    n = len(face_crops)
+    if len(latent) != n:
+        raise FaceRefineError(f"FACE_LATENT holds {len(latent)} faces but FACE_CROPS holds {n}; "
+                              f"connect the outputs of the same lookup step")
+    z_lookup = latent.quantized.detach().float().cpu()
+    sigmas_cfg = (prior.config.sigma_min, prior.config.sigma_max) if prior is not None else (0.002, 80.0)
+    sigmas = sdedit_sigmas(int(steps), float(strength), *sigmas_cfg)
+    guided = identity_strength != 0 and id_model is not None
+    if n == 0 or len(sigmas) < 2:
+        return RefineResult(face_crops, z_lookup, info={"skipped": True})
+    if prior is not None:
+        prior.check_latent(z_lookup, latent.lq_features)
+    if guidance_interval < 1:
+        raise FaceRefineError("guidance_interval must be >= 1")
+    device = torch.device(device) if device is not None else _module_device(prior, id_model)
+    sample = get_sampler(sampler)
+    make_decoder = decoder or restorer_decoder
+    h, w = z_lookup.shape[-2:]
+
+    target_emb = mask = None
+    target_source = mask_source = ""
+    if guided:
+        ref_crop = align_reference(reference, face_crops.crop_size) if reference is not None else None
+        if lq_crops is None:
+            lq_crops = latent.extra.get("lq_crops") if isinstance(latent.extra, dict) else None
+        if lq_crops is None:
+            lq_crops = face_crops.crops  # no degraded crops kept: keep the lookup result's identity
+        target_emb, target_source = identity_target(
+            id_model, target, n, reference_crop=ref_crop, lq_crops=lq_crops,
+            lq_latent=latent.lq_features.float(), device=device)
+        mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
+    elif reference is not None:
+        align_reference(reference, face_crops.crop_size)  # still report a reference with no face
+
+    total_calls = denoiser_steps(sampler, sigmas) * (2 if guided else 1) * -(-n // batch_size)
+    done = [0]
+
+    def tick() -> None:
+        if should_stop is not None and should_stop():
+            raise RefineInterrupted("refine interrupted")
+        done[0] += 1
+        if progress is not None:
+            progress(done[0], total_calls)
+
+    outs, sims_before, sims_after = [], [], []
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(start + batch_size, n))
+        chunk = _refine_chunk(
+            z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
+            identity_strength, guided, None if target_emb is None else target_emb[idx],
+            None if mask is None else mask[idx], guidance_interval, device, tick, index_offset)
+        outs.append(chunk)
+    z_final = torch.cat([o[0] for o in outs])
+    with torch.inference_mode(), _autocast(device):
+        images = []
+        for start in range(0, n, batch_size):
+            idx = torch.arange(start, min(start + batch_size, n))
+            dec = make_decoder(restorer, latent, idx)
+            images.append(dec(z_final[idx].to(device)).float().cpu())
+    step = f"refine:{sampler}x{int(steps)}@{float(strength):g}"
+    result = RefineResult(face_crops.with_crops(torch.cat(images), step), z_final, mask, mask_source,
+                          target_source)
+    if guided:
+        result.similarity_before = torch.cat([o[1] for o in outs])
+        result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size)
+    return result
+
+
+def _module_device(*modules) -> torch.device:
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for p in m.parameters():
+                return p.device
+    return torch.device("cpu")
+
+
+def _similarity(id_model, crops, target, device, batch_size) -> torch.Tensor:
+    out = []
+    with torch.inference_mode(), _autocast(device):
+        for start in range(0, len(crops), batch_size):
+            emb = id_model.embed(crops[start:start + batch_size].to(device)).float()
+            out.append((emb * target[start:start + batch_size].to(device)).sum(1).cpu())
+    return torch.cat(out)
+
+
+def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
+                  identity_strength, guided, target, mask, guidance_interval, device, tick, index_offset=0):
+    z0 = z0.to(device)
+    if prior is not None:
+        x_anchor = prior.normalize(z0)
+        cond = prior.normalize_cond(latent.lq_features[idx].float().to(device))
+        to_latent = prior.denormalize
+    else:
+        x_anchor, cond, to_latent = z0, None, (lambda x: x)
+    first = int(idx[0]) + int(index_offset)
+    noise = _face_noise(len(idx), z0.shape[1:], seed, first).to(device)
+    sigma0 = float(sigmas[0])
+    x_start = x_anchor + sigma0 * noise
+
+    def prior_denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        if prior is None:  # no prior: trust the lookup, i.e. the noise added is the noise to remove
+            return x - sigma * noise
+        with torch.no_grad(), _autocast(device):
+            return prior(x, torch.full((x.shape[0],), sigma, device=device), cond).float()
+
+    def plain(x, sigma, i):
+        tick()
+        return prior_denoise(x, sigma)
+
+    generator = torch.Generator().manual_seed(int(seed) + first)
+    if not guided:
+        return sample(plain, x_start.clone(), sigmas, generator=generator), None
+
+    trajectory: list[torch.Tensor] = []
+    sample(plain, x_start.clone(), sigmas, generator=generator,
+           after_step=lambda i, x: trajectory.append(x.clone()) or x)
+
+    decode_raw = make_decoder(restorer, latent, idx)
+    mask = mask.to(device)
+    target = target.to(device)
+
+    def decode(x: torch.Tensor) -> torch.Tensor:
+        with _autocast(device):
+            return decode_raw(to_latent(x)).float()
+
+    cache: dict = {}
+    first_sim: list = []
+
+    def guided_denoise(x, sigma, i):
+        tick()
+        x0 = prior_denoise(x, sigma)
+        if i not in cache:
+            if i % guidance_interval == 0 or "last" not in cache:
+                grad, sim = identity_gradient(x0, decode, id_model, target, mask)
+                cache["last"] = grad
+                if not first_sim:
+                    first_sim.append(sim.float().cpu())
+            weight = identity_strength * (float(sigmas[i]) - float(sigmas[i + 1])) / sigma0
+            cache[i] = weight * cache["last"]
+        return x0 + cache[i]
+
+    keep = mask.bool()
+    z = sample(guided_denoise, x_start.clone(), sigmas, generator=torch.Generator().manual_seed(int(seed) + first),
+               after_step=lambda i, x: torch.where(keep, x, trajectory[i]))
+    return to_latent(z).float().cpu(), first_sim[0]
+
+
+def select_latent(latent: FaceLatent, indices) -> FaceLatent:
+    """The FACE_LATENT entries of some faces (tensors batched on dim 0 are indexed)."""
+    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    n = len(latent)
+
+    def pick(v):
+        return v[idx] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n else v
+    return dataclasses.replace(
+        latent, lq_features=pick(latent.lq_features), quantized=pick(latent.quantized),
+        indices=pick(latent.indices), logits=pick(latent.logits),
+        skip_features={k: pick(v) for k, v in (latent.skip_features or {}).items()},
+        extra={k: pick(v) for k, v in (latent.extra or {}).items()})
+
+
+def refine(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id_model,
+           steps: int = DEFAULT_STEPS, strength: float = DEFAULT_STRENGTH,
+           identity_strength: float = DEFAULT_IDENTITY_STRENGTH, reference=None,
+           sampler: str = DEFAULT_SAMPLER, seed: int = 0,
+           progress: Optional[Callable[[int, int], None]] = None,
+           should_stop: Optional[Callable[[], bool]] = None, **options) -> FaceCrops:
+    """Identity-guided latent refinement of the lookup result.
+
+    face_crops/latent: the lookup step's outputs. restorer: the lookup's restorer handle (decodes latents).
+    prior: a LatentScoreModel or None (no prior: only the identity guidance changes the latent).
+    id_model: an IdentityModel (ArcFace [+ IRN + latent mask]) or None (no guidance).
+    steps/strength: SDEdit steps and noise level (0 steps or strength 0 return ``face_crops`` unchanged).
+    identity_strength: total size of the identity update, in latent standard deviations.
+    reference: optional IMAGE [B,H,W,3] of the same person (aligned with the crop step).
+    progress(done, total) and should_stop() are called at every denoiser step.
+    options: target ("auto"|"reference"|"recovery"|"lq"), lq_crops, guidance_interval, batch_size, device.
+    """
+    return refine_latent(face_crops, latent, restorer, prior, id_model, steps=steps, strength=strength,
+                         identity_strength=identity_strength, reference=reference, sampler=sampler,
+                         seed=seed, progress=progress, should_stop=should_stop, **options).crops

@@ -1,0 +1,325 @@
+"""IQPFR dual-branch codebook model (our architecture; no public weights exist).
+
+Built from the CodeFormer/VQGAN building blocks that spandrel_extra_arches ships (Encoder, Generator,
+VectorQuantizer, TransformerSALayer, Fuse_sft_block); we call them, we do not copy them.
+
+- **Universal codebook** ``quantize``: structure shared by faces of every quality (trained to reconstruct
+  both HQ and LQ faces on its own).
+- **HQ-specific codebook** ``quantize_hq``: quantises what the universal code misses on HQ faces
+  (a residual code, trained on HQ faces only).
+- The **decoder** consumes both: ``merge(cat[q_universal, q_hq])`` -> spandrel ``Generator``, with
+  CodeFormer-style fidelity fusion (``Fuse_sft_block``) of encoder skips.
+- The **lookup Transformer** predicts both code sets (tokens ``0..hw-1`` universal, ``hw..2hw-1`` HQ)
+  and is FiLM-conditioned on the target NR-IQA score (models.arch.quality_condition).
+
+Method surface shared with the CodeFormer adapter (models.restorers.CodeFormerCodebook), used by core/lookup:
+``encode(x) -> (lq_feat, skips)``, ``film(quality)``, ``logits(lq_feat, film) -> [N,L,K]``,
+``code_features(indices [N,L]) -> [N,L,C]``, ``finish_quantize(raw, lq_feat) -> quantized``,
+``decode(quantized, skips, fidelity) -> image in [-1,1]``, plus ``codebooks [G,K,C]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...errors import WrongArchitectureError
+from .quality_condition import QualityCondition
+
+FORMAT = "facerefine-iqpfr"
+
+
+def spandrel_codeformer_blocks():
+    """spandrel_extra_arches' CodeFormer module (building blocks live there)."""
+    return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
+
+
+@dataclass(frozen=True)
+class IQPFRConfig:
+    img_size: int = 256               # square input/output size
+    nf: int = 32                      # base channels (multiples of 32: GroupNorm(32))
+    ch_mult: tuple = (1, 2, 2, 4, 4)  # len-1 downsamplings: 256 -> 16x16 tokens
+    res_blocks: int = 1
+    emb_dim: int = 64                 # code vector width
+    codebook_size: int = 512          # codes per branch (universal and HQ)
+    dim_embd: int = 256               # Transformer width
+    n_head: int = 8
+    n_layers: int = 4
+    connect_list: tuple = ("32", "64", "128")  # resolutions with fidelity fusion
+    quality_hidden: int = 64
+    beta: float = 0.25                # commitment cost
+
+    @property
+    def latent_size(self) -> int:
+        return self.img_size // 2 ** (len(self.ch_mult) - 1)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "IQPFRConfig":
+        raw = json.loads(text)
+        raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+        return IQPFRConfig(**raw)
+
+
+class IQPFR(nn.Module):
+    architecture = "IQPFR"
+
+    def __init__(self, config: IQPFRConfig = IQPFRConfig()):
+        super().__init__()
+        blocks = spandrel_codeformer_blocks()
+        c = self.config = config
+        ls = c.latent_size
+        if c.nf % 32:
+            raise ValueError("nf must be a multiple of 32 (GroupNorm with 32 groups)")
+        self.encoder = blocks.Encoder(3, c.nf, c.emb_dim, list(c.ch_mult), c.res_blocks, c.img_size, [ls])
+        self.quantize = blocks.VectorQuantizer(c.codebook_size, c.emb_dim, c.beta)
+        self.quantize_hq = blocks.VectorQuantizer(c.codebook_size, c.emb_dim, c.beta)
+        self.merge = nn.Conv2d(2 * c.emb_dim, c.emb_dim, 1)
+        self.generator = blocks.Generator(c.nf, list(c.ch_mult), c.res_blocks, c.img_size, [ls], c.emb_dim)
+
+        self.position_emb = nn.Parameter(torch.zeros(ls * ls, c.dim_embd))
+        self.feat_emb = nn.Linear(c.emb_dim, c.dim_embd)
+        self.ft_layers = nn.Sequential(*[blocks.TransformerSALayer(c.dim_embd, c.n_head, 2 * c.dim_embd, 0.0)
+                                         for _ in range(c.n_layers)])
+        self.idx_pred_layer = nn.Sequential(nn.LayerNorm(c.dim_embd), nn.Linear(c.dim_embd, c.codebook_size, bias=False))
+        self.idx_pred_hq = nn.Sequential(nn.LayerNorm(c.dim_embd), nn.Linear(c.dim_embd, c.codebook_size, bias=False))
+        self.quality_condition = QualityCondition(c.dim_embd, c.n_layers, hidden=c.quality_hidden)
+
+        self.fuse_convs_dict = nn.ModuleDict()
+        self.encoder_taps, self.generator_taps = self._fuse_points()
+        for size in c.connect_list:
+            ch = self._channels_at[size]
+            self.fuse_convs_dict[size] = blocks.Fuse_sft_block(ch, ch)
+
+    # --- structure -------------------------------------------------------------------------------
+    def _fuse_points(self):
+        """Encoder block index whose output is the skip at each resolution (last block before the
+        downsample) and generator block index after which it is fused (first ResBlock at that size)."""
+        blocks = spandrel_codeformer_blocks()
+        c = self.config
+        enc, gen, self._channels_at = {}, {}, {}
+        res = c.img_size
+        for i, b in enumerate(self.encoder.blocks):
+            if isinstance(b, blocks.Downsample):
+                enc[str(res)] = i - 1
+                self._channels_at[str(res)] = b.conv.in_channels
+                res //= 2
+        res = c.latent_size
+        seen_upsample = False
+        for i, b in enumerate(self.generator.blocks):
+            if isinstance(b, blocks.Upsample):
+                res *= 2
+                seen_upsample = True
+            elif seen_upsample and isinstance(b, blocks.ResBlock) and str(res) not in gen:
+                gen[str(res)] = i
+        bad = [s for s in c.connect_list if s not in enc or s not in gen]
+        if bad:
+            raise ValueError(f"connect_list sizes {bad} are not decoder/encoder resolutions above the latent "
+                             f"({sorted(enc, key=int)})")
+        return ({enc[s]: s for s in c.connect_list}, {gen[s]: s for s in c.connect_list})
+
+    @property
+    def img_size(self) -> int:
+        return self.config.img_size
+
+    @property
+    def latent_hw(self) -> int:
+        return self.config.latent_size
+
+    @property
+    def groups(self) -> int:
+        return 2
+
+    @property
+    def codebooks(self) -> torch.Tensor:
+        """[G=2, K, C]: universal and HQ codebooks."""
+        return torch.stack([self.quantize.embedding.weight, self.quantize_hq.embedding.weight])
+
+    # --- shared lookup surface ------------------------------------------------------------------
+    def encode(self, x: torch.Tensor):
+        skips = {}
+        for i, block in enumerate(self.encoder.blocks):
+            x = block(x)
+            size = self.encoder_taps.get(i)
+            if size is not None:
+                skips[size] = x
+        return x, skips
+
+    def film(self, quality: torch.Tensor) -> torch.Tensor:
+        return self.quality_condition(quality)
+
+    def logits(self, lq_feat: torch.Tensor, film: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, 2*hw, K]: universal-token logits then HQ-token logits."""
+        tokens = self.feat_emb(lq_feat.flatten(2).permute(2, 0, 1))
+        pos = self.position_emb.unsqueeze(1)
+        for i, layer in enumerate(self.ft_layers):
+            if film is not None:
+                tokens = QualityCondition.modulate(tokens, film[i])
+            tokens = layer(tokens, query_pos=pos)
+        if film is not None:
+            tokens = QualityCondition.modulate(tokens, film[-1])
+        out = torch.cat([self.idx_pred_layer(tokens), self.idx_pred_hq(tokens)], dim=0)  # (2hw)BK
+        return out.permute(1, 0, 2)
+
+    def code_features(self, indices: torch.Tensor) -> torch.Tensor:
+        """[N, 2*hw] indices -> [N, 2*hw, C] code vectors (first half universal, second half HQ)."""
+        hw = indices.shape[1] // 2
+        return torch.cat([F.embedding(indices[:, :hw], self.quantize.embedding.weight),
+                          F.embedding(indices[:, hw:], self.quantize_hq.embedding.weight)], dim=1)
+
+    def finish_quantize(self, raw: torch.Tensor, lq_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, 2hw, C] -> quantized [N, 2C, h, w] (universal channels then HQ channels)."""
+        n, two_hw, ch = raw.shape
+        s = self.latent_hw
+        u, h = raw[:, : two_hw // 2], raw[:, two_hw // 2:]
+        return torch.cat([u, h], dim=2).view(n, s, s, 2 * ch).permute(0, 3, 1, 2)
+
+    def decode(self, quantized: torch.Tensor, skips: Mapping[str, torch.Tensor], fidelity: float = 0.5) -> torch.Tensor:
+        x = self.merge(quantized)
+        for i, block in enumerate(self.generator.blocks):
+            x = block(x)
+            size = self.generator_taps.get(i)
+            if size is not None and fidelity > 0 and size in skips:
+                x = self.fuse_convs_dict[size](skips[size], x, fidelity)
+        return x
+
+    def forward(self, x: torch.Tensor, fidelity: float = 0.5, quality: float | torch.Tensor = 1.0):
+        """x in [-1,1] -> (image in [-1,1], logits)."""
+        lq, skips = self.encode(x)
+        q = torch.as_tensor(quality, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        logits = self.logits(lq, self.film(q))
+        quantized = self.finish_quantize(self.code_features(logits.argmax(-1)))
+        return self.decode(quantized, skips, fidelity), logits
+
+    # --- codebook (VQ) stage helpers --------------------------------------------------------------
+    def quantize_dual(self, z: torch.Tensor):
+        """Nearest-code quantisation of an encoder latent into both branches (HQ = residual)."""
+        q_u, loss_u, stats_u = self.quantize(z)
+        q_h, loss_h, stats_h = self.quantize_hq(z - q_u.detach())
+        idx = torch.cat([stats_u["min_encoding_indices"].view(z.shape[0], -1),
+                         stats_h["min_encoding_indices"].view(z.shape[0], -1)], dim=1)
+        return q_u, q_h, loss_u, loss_h, idx
+
+    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
+        """Parameters trained in a stage: 'codebook' (VQ autoencoder) or 'lookup' (encoder, Transformer,
+        quality conditioning, fidelity fusion; codebooks, merge and generator stay fixed)."""
+        if stage == "codebook":
+            mods = [self.encoder, self.quantize, self.quantize_hq, self.merge, self.generator]
+        elif stage == "lookup":
+            mods = [self.encoder, self.feat_emb, self.ft_layers, self.idx_pred_layer, self.idx_pred_hq,
+                    self.quality_condition, self.fuse_convs_dict]
+            return [self.position_emb] + [p for m in mods for p in m.parameters()]
+        else:
+            raise ValueError(f"unknown stage {stage!r}; use 'codebook' or 'lookup'")
+        return [p for m in mods for p in m.parameters()]
+
+    # --- files ------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        from ..loading import save_safetensors
+        return save_safetensors(self.state_dict(), path, metadata={"format": FORMAT, "config": self.config.to_json()})
+
+    @staticmethod
+    def is_iqpfr_state_dict(sd: Mapping) -> bool:
+        return "quantize_hq.embedding.weight" in sd and "merge.weight" in sd and "idx_pred_hq.1.weight" in sd
+
+    @classmethod
+    def from_file(cls, path, sd: Optional[Mapping[str, torch.Tensor]] = None) -> "IQPFR":
+        from ..loading import load_into, load_state_dict
+        path = Path(path)
+        sd = load_state_dict(path) if sd is None else sd
+        if not cls.is_iqpfr_state_dict(sd):
+            raise WrongArchitectureError(f"{path.name} is not an IQPFR checkpoint (no dual-branch codebook keys)")
+        config = read_config(path)
+        if config is None:
+            raise WrongArchitectureError(
+                f"{path.name} has IQPFR weights but no config metadata; save IQPFR models with IQPFR.save() "
+                f"(safetensors with a 'config' entry)")
+        model = cls(config)
+        load_into(model, sd, f"IQPFR {config}", path.name)
+        return model
+
+
+def read_config(path) -> Optional[IQPFRConfig]:
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return IQPFRConfig.from_json(meta["config"]) if "config" in meta else None
+
+
+# --- training ------------------------------------------------------------------------------------
+def training_step(model: IQPFR, batch: Mapping[str, torch.Tensor], stage: str,
+                  optimizer: Optional[torch.optim.Optimizer] = None, *, fidelity: Optional[float] = None,
+                  weights: Optional[Mapping[str, float]] = None, teacher: Optional[IQPFR] = None) -> dict[str, float]:
+    """One optimisation step. ``batch``: ``hq`` and ``lq`` [B,3,S,S] in 0..1 (S = config.img_size);
+    ``quality`` [B] normalised NR-IQA score (0..1) of ``hq`` (the lookup stage's conditioning target).
+
+    stage 'codebook': HQ faces reconstructed through both codebooks, LQ faces through the universal
+    codebook alone (so it stays quality-agnostic); L1 + VQ codebook/commitment losses.
+    stage 'lookup': cross-entropy of the quality-conditioned Transformer against the HQ face's codes
+    (both branches), an L2 pull of the LQ latent to the HQ latent, and L1 of the fidelity-fused decode
+    (random w unless given). ``teacher``: a frozen copy of the codebook-stage model that supplies the HQ
+    codes and latents in the lookup stage (as CodeFormer does); without it the model's own encoder is
+    used under no_grad. Returns float losses; steps ``optimizer`` when given.
+    """
+    w = {"l1": 1.0, "vq": 1.0, "lq_l1": 0.5, "ce": 1.0, "feat": 1.0, "fuse_l1": 1.0, **(weights or {})}
+    model.train()
+    hq = batch["hq"] * 2 - 1
+    lq = batch["lq"] * 2 - 1
+    losses: dict[str, torch.Tensor] = {}
+    if stage == "codebook":
+        z = model.encode(hq)[0]
+        q_u, q_h, loss_u, loss_h, _ = model.quantize_dual(z)
+        rec = model.decode(torch.cat([q_u, q_h], dim=1), {}, 0.0)
+        losses["l1"] = w["l1"] * F.l1_loss(rec, hq)
+        losses["vq"] = w["vq"] * (loss_u + loss_h)
+        z_lq = model.encode(lq)[0]
+        q_lq, loss_lq, _ = model.quantize(z_lq)
+        rec_lq = model.decode(torch.cat([q_lq, torch.zeros_like(q_lq)], dim=1), {}, 0.0)
+        losses["lq_l1"] = w["lq_l1"] * F.l1_loss(rec_lq, lq)
+        losses["vq"] = losses["vq"] + w["vq"] * loss_lq
+    elif stage == "lookup":
+        with torch.no_grad():
+            source = teacher if teacher is not None else model
+            z_hq = source.encode(hq)[0]
+            *_, target_idx = source.quantize_dual(z_hq)
+        lq_feat, skips = model.encode(lq)
+        quality = batch.get("quality")
+        if quality is None:
+            quality = torch.ones(hq.shape[0])
+        logits = model.logits(lq_feat, model.film(quality.to(hq.device)))
+        losses["ce"] = w["ce"] * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_idx.reshape(-1))
+        losses["feat"] = w["feat"] * F.mse_loss(lq_feat, z_hq)
+        fw = random.random() if fidelity is None else float(fidelity)
+        if fw > 0 and model.config.connect_list:
+            with torch.no_grad():
+                quantized = model.finish_quantize(model.code_features(logits.argmax(-1)))
+            out = model.decode(quantized, skips, fw)
+            losses["fuse_l1"] = w["fuse_l1"] * F.l1_loss(out, hq)
+    else:
+        raise ValueError(f"unknown stage {stage!r}; use 'codebook' or 'lookup'")
+    total = sum(losses.values())
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    out["total"] = float(total.detach())
+    return out
+
+
+def parameter_megabytes(model: nn.Module, bytes_per_param: int = 2) -> float:
+    """Size of the weights file in MB at fp16 (the compact-model budget is <= 40 MB)."""
+    return sum(p.numel() for p in model.state_dict().values()) * bytes_per_param / 1e6

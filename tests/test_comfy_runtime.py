@@ -1,0 +1,123 @@
+"""nodes/runtime.py outside ComfyUI: plain fallbacks for progress, interrupt, device, OOM, cache."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from facerefine.core.types import FaceCrops, FaceInfo, QualityScore
+from facerefine.errors import FaceRefineError
+from facerefine.nodes import runtime
+
+
+def test_device_fallbacks_without_comfy():
+    assert not runtime.in_comfy()
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    assert runtime.get_device().type in ("cpu", "cuda")
+    assert runtime.offload_device() == torch.device("cpu")
+    runtime.soft_empty_cache()
+    if not torch.cuda.is_available():
+        with pytest.raises(FaceRefineError, match="CUDA"):
+            runtime.get_device("cuda")
+
+
+def test_on_device_moves_and_offloads():
+    model = torch.nn.Linear(2, 2)
+    with runtime.on_device(model, torch.device("cpu")) as m:
+        assert next(m.parameters()).device.type == "cpu"
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_interrupt_flag_stops_progress():
+    seen = []
+    progress = runtime.Progress(5, callback=lambda done, total: seen.append((done, total)))
+    progress.update()
+    runtime.request_interrupt()
+    with pytest.raises(runtime.Interrupted):
+        progress.update()
+    runtime.check_interrupted()  # flag is consumed: the next run is not interrupted
+    assert seen == [(1, 5), (2, 5)]
+
+
+def test_map_batches_halves_on_oom_and_keeps_order():
+    calls = []
+
+    def fn(start, stop):
+        calls.append(stop - start)
+        if stop - start > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return list(range(start, stop))
+
+    progress = runtime.Progress(7)
+    chunks = runtime.map_batches(fn, 7, 8, progress)
+    assert [x for c in chunks for x in c] == list(range(7))
+    assert calls[:2] == [7, 4] and max(calls[2:]) <= 2
+    assert progress.done == 7
+
+
+def test_map_batches_gives_up_with_readable_error_and_reraises_others():
+    def always_oom(start, stop):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(FaceRefineError, match="one face at a time"):
+        runtime.map_batches(always_oom, 3, 2)
+
+    def broken(start, stop):
+        raise ValueError("not an OOM")
+
+    with pytest.raises(ValueError, match="not an OOM"):
+        runtime.map_batches(broken, 3, 2)
+
+
+def test_model_cache_keys_on_file_mtime_and_device(tmp_path):
+    f = tmp_path / "w.safetensors"
+    f.write_bytes(b"one")
+    cache = runtime.ModelCache(max_items=2)
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return object()
+
+    a = cache.get_or_load(f, "cpu", loader)
+    assert cache.get_or_load(f, "cpu", loader) is a and len(loads) == 1
+    cache.get_or_load(f, "cuda:0", loader)
+    assert len(loads) == 2
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+    assert cache.get_or_load(f, "cpu", loader) is not a and len(loads) == 3
+    assert len(cache) == 2  # LRU bound
+
+
+def _face(quality=()):
+    eye = np.zeros((2, 3), np.float32)
+    return FaceInfo(eye, eye, np.zeros((5, 2), np.float32), (0, 0, 1, 1), 0.9, 0, (8, 8), tuple(quality))
+
+
+def test_quality_ui_reports_before_and_after():
+    before = FaceCrops(torch.zeros(2, 3, 8, 8), (_face([QualityScore("piqe", 40.0, 0.6, True)]), _face()), 8)
+    after = before.with_faces((before.faces[0].with_quality(QualityScore("piqe", 20.0, 0.8, True)),
+                               before.faces[1]))
+    ui = runtime.quality_ui(before, after)["facerefine_quality"]
+    assert ui[0]["before"]["normalized"] == 0.6 and ui[0]["after"]["normalized"] == 0.8
+    assert ui[0]["after"]["metric"] == "piqe"
+    assert ui[1] == {"face": 1, "before": None, "after": None}
+    same = runtime.quality_ui(before, before)["facerefine_quality"]
+    assert same[0]["after"] is None  # carried-through score is not shown twice
+
+
+def test_node_output_and_previews_outside_comfy():
+    assert runtime.node_output((1, 2)) == (1, 2)
+    assert runtime.node_output((1,), {"x": [1]}) == {"ui": {"x": [1]}, "result": (1,)}
+    assert runtime.compare_ui(torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)) == {"facerefine_compare": []}
+    runtime.register_model_folders()  # no-op without ComfyUI
+
+
+def test_core_style_callbacks():
+    progress = runtime.Progress(1)
+    progress.absolute(3, 10)
+    assert (progress.done, progress.total) == (3, 10)
+    assert runtime.should_stop() is False
+    runtime.request_interrupt()
+    assert runtime.should_stop() is True
+    assert runtime.should_stop() is False

@@ -1,0 +1,189 @@
+"""Standalone gradio app: ``python -m facerefine app`` (127.0.0.1 by default).
+
+Upload one or many photos, choose detector / restorer / metric, set the quality slider, fidelity and
+identity refine, run, then compare before/after, read the per-face scores and download the results.
+Every problem with an upload becomes a message in the status box; the server keeps running.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from . import service
+
+SCORE_HEADERS = ["file", "face", "box (x0,y0,x1,y1)", "detector score", "metric", "before", "after", "change"]
+EMPTY_TABLE = [["", "", "", "", "", "", "", ""]]
+INTRO = ("**FaceRefine** restores faces: an image-quality prior steers the codebook lookup (quality slider), "
+         "identity refine keeps the person recognisable. Upload photos, press **Restore**.")
+
+
+def _choice(choices: list[str], preferred: list[str]) -> str:
+    return next((c for c in preferred if c in choices), choices[0] if choices else None)
+
+
+def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device: str = "auto",
+              output_root: str | None = None, default_restorer: str | None = None) -> gr.Blocks:
+    output_root = Path(output_root or tempfile.mkdtemp(prefix="facerefine-app-"))
+    restorers, detectors = service.restorer_choices(), service.detector_choices()
+    if default_restorer and default_restorer not in restorers:
+        restorers.insert(0, default_restorer)
+    metrics, colors = service.metric_choices(), service.color_choices()
+
+    with gr.Blocks(title="FaceRefine") as app:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                files = gr.File(label="Photos (one or many)", file_count="multiple", type="filepath",
+                                elem_id="fr-upload")
+                with gr.Row():
+                    restorer = gr.Dropdown(restorers, value=_choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
+                                           label="Restorer", allow_custom_value=True, elem_id="fr-restorer")
+                    detector = gr.Dropdown(detectors, value=_choice(detectors, ["auto"]), label="Face detector",
+                                           elem_id="fr-detector")
+                    metric = gr.Dropdown(metrics, value=_choice(metrics, ["face-niqe", "piqe"]),
+                                         label="Quality metric", elem_id="fr-metric")
+                quality = gr.Slider(0, 1, value=1.0, step=0.05, label="Quality (IQPFR slider: 0 = base model)",
+                                    elem_id="fr-quality")
+                fidelity = gr.Slider(0, 1, value=0.5, step=0.05, label="Fidelity (0 = quality, 1 = faithful)",
+                                     elem_id="fr-fidelity")
+                with gr.Accordion("Identity refine (CLR-Face)", open=False):
+                    refine_steps = gr.Slider(0, 50, value=0, step=1, label="Steps (0 = off)", elem_id="fr-steps")
+                    identity_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Identity strength",
+                                                  elem_id="fr-strength")
+                    reference = gr.Image(label="Reference photo of the same person (optional)", type="filepath",
+                                         sources=["upload"], height=160, elem_id="fr-reference")
+                with gr.Accordion("Paste-back", open=False):
+                    visibility = gr.Slider(0, 1, value=1.0, step=0.05, label="Visibility", elem_id="fr-visibility")
+                    color = gr.Dropdown(colors, value=_choice(colors, [service.DEFAULT_COLOR]),
+                                        label="Colour correction", elem_id="fr-color")
+                run = gr.Button("Restore", variant="primary", elem_id="fr-run")
+                status = gr.Markdown("", elem_id="fr-status")
+            with gr.Column(scale=2, min_width=420):
+                slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="fr-slider",
+                                        interactive=False, max_height=560)
+                gallery = gr.Gallery(label="Results (click one to compare)", columns=6, height=140,
+                                     allow_preview=False, elem_id="fr-gallery")
+                table = gr.Dataframe(value=EMPTY_TABLE, headers=SCORE_HEADERS, interactive=False,
+                                     label="Faces: quality before / after (0..1, higher = better)",
+                                     elem_id="fr-scores")
+                download = gr.File(label="Download", file_count="multiple", interactive=False,
+                                   elem_id="fr-download")
+        pairs = gr.State([])
+
+        def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
+                    fidelity_value, steps, strength, visibility_value, color_mode, progress=gr.Progress()):
+            return _restore_uploads(paths, reference_path, output_root, max_megapixels, progress,
+                                    service.Settings(restorer=restorer_name or service.DEFAULT_RESTORER,
+                                                     detector=detector_name or "auto", metric=metric_name,
+                                                     quality=float(quality_value), fidelity=float(fidelity_value),
+                                                     refine_steps=int(steps), identity_strength=float(strength),
+                                                     reference=reference_path or None,
+                                                     visibility=float(visibility_value),
+                                                     color_correction=color_mode or service.DEFAULT_COLOR,
+                                                     device=device))
+
+        run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
+                            identity_strength, visibility, color],
+                  [slider, gallery, table, download, status, pairs], concurrency_limit=1)
+
+        def compare(evt: gr.SelectData, current):
+            return tuple(current[evt.index]) if current and 0 <= evt.index < len(current) else gr.update()
+
+        gallery.select(compare, [pairs], [slider])
+    return app
+
+
+def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings):
+    """One run over the uploads: (slider, gallery, table, downloads, status, pairs). Never raises."""
+    paths = [p for p in (paths or []) if p]
+    if not paths:
+        return None, [], EMPTY_TABLE, None, "⚠️ Upload at least one photo first.", []
+    out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
+    messages, rows, pairs, downloads = [], [], [], []
+    for index, path in enumerate(paths):
+        name = Path(path).name
+        progress((index, len(paths)), desc=f"{name} ({index + 1}/{len(paths)})")
+        outcome = service.restore_file(path, settings, progress=_face_progress(progress, index, len(paths)),
+                                       max_megapixels=max_megapixels)
+        messages += outcome.messages
+        if not outcome.ok:
+            continue
+        if outcome.faces == 0 and not any("face" in m.lower() for m in outcome.messages):
+            messages.append(f"{name}: no face found; the image is unchanged.")
+        stem = Path(name).stem
+        before = out_dir / f"{stem}_before.png"
+        after = _save_result(outcome, out_dir / f"{stem}_restored.png")
+        _save_preview(outcome.source.image[0], before)
+        pairs.append((str(before), str(after)))
+        downloads.append(str(after))
+        for row in outcome.rows:
+            change = None if row["before"] is None or row["after"] is None else round(row["after"] - row["before"], 3)
+            rows.append([name, row["face"], ", ".join(str(v) for v in row["bbox"]), row["detector score"],
+                         row["metric"], row["before"], row["after"], change])
+    progress((len(paths), len(paths)), desc="done")
+    if len(downloads) > 1:
+        downloads.insert(0, _zip(downloads, out_dir / "facerefine_results.zip"))
+    done = len(pairs)
+    head = (f"✅ Restored {done} of {len(paths)} image(s), {len(rows)} face(s)." if done
+            else f"❌ Nothing restored ({len(paths)} upload(s)).")
+    if messages:
+        for message in messages:
+            gr.Warning(message)
+    status = "\n".join([head] + [f"- ⚠️ {m}" for m in messages])
+    return (pairs[0] if pairs else None, [after for _, after in pairs], rows or EMPTY_TABLE,
+            downloads or None, status, pairs)
+
+
+def _face_progress(progress, index: int, total: int):
+    def report(done, count, desc=None):
+        fraction = (index + (done / count if count else 1.0)) / total
+        progress(fraction, desc=desc or f"image {index + 1}/{total}")
+    return report
+
+
+def _save_result(outcome, path: Path) -> str:
+    """Restored image at the source's bit depth, alpha kept (core image_io)."""
+    from ..core.image_io import save_image
+    source = outcome.source
+    alpha = getattr(source, "alpha", None)
+    bit_depth = 16 if getattr(source, "bit_depth", 8) == 16 else 8
+    save_image(path, outcome.tensor[None] if outcome.tensor.ndim == 3 else outcome.tensor, alpha=alpha,
+               bit_depth=bit_depth)
+    return str(path)
+
+
+def _save_preview(image, path: Path) -> None:
+    from PIL import Image
+    array = (image.clamp(0, 1) * 255).round().byte().cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(array), "RGB").save(path)
+
+
+def _zip(files: list[str], target: Path) -> str:
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, arcname=Path(f).name)
+    return str(target)
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS,
+           device: str = "auto", default_restorer: str | None = None, max_file_size: str = "200mb",
+           queue_size: int = 16, block: bool = True):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    output_root = tempfile.mkdtemp(prefix="facerefine-app-")
+    app = build_app(max_megapixels=max_megapixels, device=device, output_root=output_root,
+                    default_restorer=default_restorer)
+    app.queue(default_concurrency_limit=1, max_size=queue_size)
+    try:
+        app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
+                   max_file_size=max_file_size, prevent_thread_lock=not block, quiet=False,
+                   footer_links=["api", "settings"])
+    finally:
+        if block:
+            shutil.rmtree(output_root, ignore_errors=True)
+    return app

@@ -1,0 +1,356 @@
+"""What the A1111/Forge glue and the gradio app share: settings -> core pipeline -> result + messages.
+
+Imports no host module and no gradio. Nothing here raises on bad input: every failure becomes a
+message in ``Outcome.messages`` (the host shows it) and the input image is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from ..errors import FaceRefineError, ImageInputError
+
+DEFAULT_RESTORER = "auto"
+DEFAULT_COLOR = "lab"
+DEFAULT_MAX_MEGAPIXELS = 50.0
+_FALLBACK_DETECTORS = ["auto"]
+_FALLBACK_METRICS = ["face-niqe", "piqe"]
+_FALLBACK_COLORS = ["none", "lab", "wavelet"]
+
+_lock = threading.Lock()  # one restoration at a time per process (models are shared)
+
+
+@dataclass
+class Settings:
+    """User choices, the same in every front end."""
+
+    restorer: str = DEFAULT_RESTORER
+    detector: str = "auto"
+    metric: Optional[str] = None          # None: no scores
+    quality: float = 1.0
+    fidelity: float = 0.5
+    refine_steps: int = 0
+    identity_strength: float = 0.5
+    reference: Any = None                 # path or RGB uint8 array of the same person
+    visibility: float = 1.0
+    color_correction: str = DEFAULT_COLOR
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    """One restored image (RGB uint8) or the reason it could not be restored."""
+
+    image: Optional[np.ndarray] = None
+    alpha: Optional[np.ndarray] = None
+    rows: list[dict] = field(default_factory=list)     # one per face: scores before/after
+    messages: list[str] = field(default_factory=list)
+    ok: bool = False
+    faces: int = 0
+    info: dict = field(default_factory=dict)           # short key/values for the webui's infotext
+    tensor: Any = None                                 # restored float32 [H,W,3] (full precision)
+    source: Any = None                                 # core.image_io.LoadedImage of restore_file
+
+    @property
+    def pil_image(self):
+        from PIL import Image
+        if self.image is None:
+            return None
+        if self.alpha is not None:
+            return Image.fromarray(np.dstack([self.image, self.alpha]), "RGBA")
+        return Image.fromarray(self.image, "RGB")
+
+
+# ---------------------------------------------------------------- choices for dropdowns
+
+def restorer_choices() -> list[str]:
+    names = [DEFAULT_RESTORER, "none"]
+    try:
+        from ..models.locate import list_files
+        from ..models.registry import REGISTRY
+        names += [s.name for s in REGISTRY.values() if s.folder in ("facerestore_models", "facerefine")
+                  and "lookup" in s.needed_by]
+        names += list_files("facerestore_models")
+    except Exception as err:  # a broken registry must not break the UI
+        _log(f"could not list restorers: {err}")
+    return list(dict.fromkeys(names))
+
+
+def detector_choices() -> list[str]:
+    return _core_choices("crop", ("DETECTORS", "detector_names"), _FALLBACK_DETECTORS, first="auto")
+
+
+def metric_choices() -> list[str]:
+    return _core_choices("score", ("METRICS", "metric_names", "OFFLINE_METRICS"), _FALLBACK_METRICS)
+
+
+def color_choices() -> list[str]:
+    return _core_choices("paste", ("COLOR_CORRECTIONS", "color_modes"), _FALLBACK_COLORS)
+
+
+def _core_choices(step: str, attrs: tuple[str, ...], fallback: list[str], first: Optional[str] = None) -> list[str]:
+    import importlib
+    values: list[str] = []
+    try:
+        module = importlib.import_module(f"..core.{step}", __package__)
+        for attr in attrs:
+            found = getattr(module, attr, None)
+            if found is not None:
+                found = found() if callable(found) else found
+                values = [str(v) for v in (found.keys() if isinstance(found, dict) else found)]
+                break
+    except Exception as err:
+        _log(f"could not list {step} choices: {err}")
+    values = values or list(fallback)
+    if first and first not in values:
+        values.insert(0, first)
+    return values
+
+
+# ---------------------------------------------------------------- running
+
+def restore_array(image: np.ndarray, settings: Settings, progress: Optional[Callable] = None) -> Outcome:
+    """Restore the faces of an RGB (or gray / RGBA) uint8 array. Never raises."""
+    import torch
+    try:
+        rgb, alpha = split_array(image)
+    except FaceRefineError as err:
+        return Outcome(messages=[str(err)])
+    outcome = _restore(torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None], settings, progress)
+    if outcome.ok:
+        outcome.alpha = alpha
+        if image.ndim == 2:  # keep the caller's layout
+            outcome.image = outcome.image.mean(axis=2).round().astype(np.uint8)
+    return outcome
+
+
+def restore_pil(image, settings: Settings, progress: Optional[Callable] = None) -> Outcome:
+    try:
+        array = np.asarray(image.convert("RGBA" if "A" in image.getbands() else "RGB"))
+    except Exception as err:
+        return Outcome(messages=[f"could not read the image: {err}"])
+    return restore_array(array, settings, progress)
+
+
+def restore_file(path, settings: Settings, progress: Optional[Callable] = None,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Outcome:
+    """Load an image file (EXIF orientation, 16-bit and alpha kept), restore it. Never raises.
+
+    ``outcome.tensor`` keeps the full precision for saving with core.image_io.save_image.
+    """
+    name = Path(str(path)).name
+    try:
+        check_image_file(path, max_megapixels)
+        from ..core.image_io import load_image
+        loaded = load_image(path)
+    except BaseException as err:  # noqa: BLE001
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        return Outcome(messages=[f"{name}: {friendly_error(err)}"])
+    outcome = _restore(loaded.image, settings, progress)
+    outcome.messages = [f"{name}: {m}" for m in outcome.messages]
+    outcome.source = loaded
+    if outcome.ok and loaded.alpha is not None:
+        outcome.alpha = (loaded.alpha.clamp(0, 1) * 255).round().byte().cpu().numpy()
+    return outcome
+
+
+def split_array(image) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """RGB uint8 [H,W,3] and alpha [H,W] (or None) from gray, RGB or RGBA arrays of any numeric type."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        raise ImageInputError(f"expected an image array [H,W] or [H,W,C], got {getattr(image, 'shape', type(image))}")
+    if image.dtype != np.uint8:
+        finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if np.issubdtype(image.dtype, np.floating) and float(finite.max()) <= 1.0 else 1.0
+        image = np.clip(finite * scale, 0, 255).round().astype(np.uint8)
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2), None
+    channels = image.shape[2]
+    if channels == 1:
+        return np.repeat(image, 3, axis=2), None
+    if channels == 3:
+        return image, None
+    if channels == 4:
+        return image[:, :, :3], image[:, :, 3]
+    raise ImageInputError(f"expected 1, 3 or 4 channels, got {channels}")
+
+
+def check_image_file(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[int, int]:
+    """(width, height) from the file header; refuses non-images and images over the pixel limit."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except UnidentifiedImageError as err:
+        raise ImageInputError(f"not an image file ({Path(str(path)).suffix or 'no extension'}): "
+                              f"upload a JPEG, PNG, WebP, BMP or TIFF") from err
+    except Image.DecompressionBombError as err:
+        raise ImageInputError(f"image too large to open safely: {err}") from err
+    except OSError as err:
+        raise ImageInputError(f"could not read the image: {err}") from err
+    if width * height > max_megapixels * 1e6:
+        raise ImageInputError(
+            f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP, the limit is {max_megapixels:g} MP. "
+            f"Downscale it first (or raise the limit with --max-megapixels).")
+    return width, height
+
+
+def _restore(images, settings: Settings, progress: Optional[Callable]) -> Outcome:
+    """images: float32 [1,H,W,3] 0..1."""
+    import torch
+    outcome = Outcome()
+    h, w = images.shape[1:3]
+    try:
+        with _lock:
+            result = run_pipeline(images, settings, progress)
+        restored = result["images"][0]
+        outcome.tensor = restored
+        outcome.image = (restored.clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+        if outcome.image.shape[:2] != (h, w):
+            raise FaceRefineError(f"internal error: output size {outcome.image.shape[:2]} != input {(h, w)}")
+        outcome.rows = result["rows"]
+        outcome.faces = len(result["rows"])
+        outcome.messages += result["messages"]
+        outcome.ok = True
+    except BaseException as err:  # noqa: BLE001 - the host must keep running whatever happens here
+        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+            raise
+        outcome.messages.append(friendly_error(err))
+        outcome.image = outcome.tensor = None
+    outcome.info = infotext(settings, outcome)
+    return outcome
+
+
+def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None) -> dict:
+    """Call core.pipeline.restore_images and flatten its result for the front ends."""
+    from ..core import pipeline
+    options = build_options(pipeline, settings, progress)
+    result = pipeline.restore_images(images, options)
+    return {"images": _result_images(result), "rows": face_rows(result, settings), "messages": _result_messages(result)}
+
+
+def build_options(pipeline, settings: Settings, progress: Optional[Callable] = None):
+    """RestoreOptions from Settings; only the fields the pipeline defines are passed."""
+    wanted = {
+        "restorer": settings.restorer, "detector": settings.detector, "metric": settings.metric,
+        "quality": settings.quality, "fidelity": settings.fidelity, "refine_steps": settings.refine_steps,
+        "identity_strength": settings.identity_strength, "reference": _reference(settings.reference),
+        "visibility": settings.visibility, "color_correction": settings.color_correction,
+        "device": None if settings.device in ("auto", "", None) else settings.device,
+        "seed": settings.seed, "progress": progress,
+    }
+    names = {f.name for f in dataclasses.fields(pipeline.RestoreOptions)}
+    kwargs = {k: v for k, v in wanted.items() if k in names and v is not None}
+    return pipeline.RestoreOptions(**kwargs)
+
+
+def _reference(reference):
+    """A reference photo as a [1,H,W,3] float tensor (path or array), or None."""
+    if reference is None or (isinstance(reference, str) and not reference):
+        return None
+    import torch
+    if isinstance(reference, (str, Path)):
+        from ..core.image_io import load_image
+        return load_image(reference).image
+    rgb, _ = split_array(np.asarray(reference))
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None]
+
+
+def _result_images(result):
+    return getattr(result, "images", result[0] if isinstance(result, tuple) else result)
+
+
+def _result_messages(result) -> list[str]:
+    return [str(m) for m in (getattr(result, "warnings", None) or getattr(result, "messages", None) or [])]
+
+
+def face_rows(result, settings: Settings) -> list[dict]:
+    """One row per face: where it is and its quality before/after (normalised 0..1, higher = better)."""
+    crops = getattr(result, "face_crops", None)
+    before_crops = getattr(result, "input_crops", None) or getattr(result, "original_crops", None)
+    if crops is None:
+        return []
+    before = _scores(before_crops, settings.metric)
+    after = _scores(crops, settings.metric)
+    rows = []
+    for i, face in enumerate(crops.faces):
+        b, a = before[i] if i < len(before) else None, after[i] if i < len(after) else None
+        rows.append({
+            "image": face.image_index, "face": i, "bbox": [round(float(v)) for v in face.bbox],
+            "detector score": round(float(face.score), 3),
+            "metric": (a or b).metric if (a or b) else (settings.metric or "-"),
+            "before": None if b is None else round(b.normalized, 3),
+            "after": None if a is None else round(a.normalized, 3),
+            "raw before": None if b is None else round(b.raw, 3),
+            "raw after": None if a is None else round(a.raw, 3),
+        })
+    return rows
+
+
+def _scores(crops, metric):
+    if crops is None:
+        return []
+    return crops.latest_quality(metric) if metric else crops.latest_quality()
+
+
+def infotext(settings: Settings, outcome: Outcome) -> dict:
+    if not outcome.ok:
+        return {"FaceRefine": "error: " + (outcome.messages[-1] if outcome.messages else "unknown")}
+    info = {"FaceRefine": settings.restorer, "FaceRefine quality": round(settings.quality, 3),
+            "FaceRefine fidelity": round(settings.fidelity, 3), "FaceRefine faces": outcome.faces}
+    if settings.refine_steps:
+        info["FaceRefine refine"] = f"{int(settings.refine_steps)} steps, strength {round(settings.identity_strength, 3)}"
+    if settings.visibility < 1:
+        info["FaceRefine visibility"] = round(settings.visibility, 3)
+    deltas = [r["after"] - r["before"] for r in outcome.rows if r["after"] is not None and r["before"] is not None]
+    if deltas:
+        info["FaceRefine quality gain"] = round(float(np.mean(deltas)), 3)
+    return info
+
+
+def unload() -> None:
+    """Free cached models (the webui's 'unload after use')."""
+    try:
+        from ..core import pipeline
+        clear = getattr(pipeline, "clear_cache", None) or getattr(pipeline, "unload", None)
+        if clear is not None:
+            clear()
+    except Exception as err:
+        _log(f"unload failed: {err}")
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+# ---------------------------------------------------------------- errors
+
+def friendly_error(err: BaseException) -> str:
+    """One line a user can act on. Unexpected errors also print their traceback to stderr."""
+    if isinstance(err, FaceRefineError):
+        return str(err)
+    text = str(err)
+    if isinstance(err, MemoryError) or "out of memory" in text.lower():
+        return ("out of memory: try a smaller image, fewer faces or the cpu device "
+                f"({type(err).__name__}: {text.splitlines()[0] if text else ''})")
+    name = type(err).__name__
+    if name in ("UnidentifiedImageError",):
+        return f"not an image file: {text}"
+    if name == "DecompressionBombError":
+        return f"image too large: {text}"
+    _log("".join(traceback.format_exception(type(err), err, err.__traceback__)))
+    return f"unexpected error ({name}): {text}"
+
+
+def _log(message: str) -> None:
+    print(f"[FaceRefine] {message}", file=sys.stderr)
