@@ -14,6 +14,11 @@ def add_arguments(p) -> None:
     p.add_argument("--restorer", default="none", help="registry name, weights path, or none (crop + paste only)")
     p.add_argument("--quality", type=float, default=1.0, help="quality slider 0..1 (IQPFR)")
     p.add_argument("--fidelity", type=float, default=0.5, help="fidelity weight 0..1 (higher = closer to input)")
+    p.add_argument("--lookup-mode", default="auto", choices=["auto", "trained", "training-free", "off"],
+                   help="quality slider: trained conditioning, critic-steered codes (training-free) or off")
+    p.add_argument("--quality-condition", default=None,
+                   help="IQPFR quality-conditioning weights for a CodeFormer restorer (name or path)")
+    p.add_argument("--critic", default=None, help="NR-IQA critic for training-free steering (default face-niqe)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="identity-guided latent refine steps (0 = off; 10-20 recommended)")
     p.add_argument("--identity-strength", type=float, default=None,
@@ -69,6 +74,7 @@ def run(args) -> dict:
         reference=args.reference, device=device, seed=args.seed,
         refine_strength=args.refine_strength, refine_sampler=args.sampler, latent_prior=args.latent_prior,
         id_model=args.id_model, identity_recovery=args.identity_recovery, identity_target=args.identity_target,
+        lookup_mode=args.lookup_mode, quality_condition=args.quality_condition, critic=args.critic,
         crop=crop_options_from_args(args, device),
         paste=PasteOptions(mask=args.mask, erode=args.erode, feather=args.feather, protect_hair=args.protect_hair,
                            visibility=args.visibility, color_correction=args.color_correction, device=device))

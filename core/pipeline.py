@@ -35,7 +35,7 @@ class RestoreOptions:
     refine_steps: int = 0             # CLR-Face refine steps (0 = no refine)
     identity_strength: float = 0.0    # identity guidance strength in refine
     reference: Optional[Any] = None   # reference photo: path or [1,H,W,3] tensor
-    device: str = "cpu"               # used by every step (overrides crop/paste device)
+    device: str = "auto"              # auto | cpu | cuda; used by every step (overrides crop/paste device)
     seed: int = 0
     refine_strength: float = 0.4      # SDEdit noise level of the refine step (0..1)
     refine_sampler: str = "dpmpp_2m"  # dpmpp_2m | euler | heun | ddim
@@ -43,8 +43,29 @@ class RestoreOptions:
     id_model: str = "arcface"         # ArcFace weights name/path for identity guidance
     identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
     identity_target: str = "auto"     # auto | reference | recovery | lq
+    lookup_mode: str = "auto"         # auto | trained | training-free | off (quality slider mode)
+    quality_condition: Optional[str] = None  # IQPFR conditioning weights for a CodeFormer restorer
+    critic: Optional[str] = None      # NR-IQA critic of training-free steering (default face-niqe)
     crop: CropOptions = field(default_factory=CropOptions)
     paste: PasteOptions = field(default_factory=PasteOptions)
+    # flat shortcuts for front ends; when set they override the nested crop/paste options
+    detector: Optional[str] = None
+    visibility: Optional[float] = None
+    color_correction: Optional[str] = None
+    metric: Optional[str] = None      # NR-IQA metric for a scoring step, if one is registered
+    progress: Optional[Callable[[str, int, int], None]] = None
+
+    def crop_options(self, device: str) -> CropOptions:
+        extra = {"detector": self.detector} if self.detector else {}
+        return replace(self.crop, device=device, **extra)
+
+    def paste_options(self, device: str) -> PasteOptions:
+        extra = {}
+        if self.visibility is not None:
+            extra["visibility"] = float(self.visibility)
+        if self.color_correction:
+            extra["color_correction"] = self.color_correction
+        return replace(self.paste, device=device, **extra)
 
     @property
     def wants_restorer(self) -> bool:
@@ -124,10 +145,11 @@ def restore_images(images: torch.Tensor, options: RestoreOptions = RestoreOption
     images = sanitize_images(images)
     steps = build_steps(options) if steps is None else steps
     total = 2 + len(steps)
-    report = progress or (lambda *a: None)
+    report = progress or options.progress or (lambda *a: None)
+    device = resolve_device(options.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        crop_opts = replace(options.crop, device=options.device)
+        crop_opts = options.crop_options(device)
         detections = detect_faces(images, crop_opts, timings)
         crops = align_faces(images, detections, crop_opts, timings)
     notes = [str(w.message) for w in caught]
@@ -146,7 +168,7 @@ def restore_images(images: torch.Tensor, options: RestoreOptions = RestoreOption
         restored = step(restored, ctx)
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         report(name, 2 + k, total)
-    out, masks = paste_back(images, restored, replace(options.paste, device=options.device), timings)
+    out, masks = paste_back(images, restored, options.paste_options(device), timings)
     report("paste", total, total)
     return RestoreResult(out, masks, restored, crops, ctx.latent, timings, ctx.warnings)
 
@@ -167,10 +189,27 @@ def resolve_device(name: Optional[str]) -> str:
     return name
 
 
+def _register_lookup_step() -> None:
+    """The lookup step (restorer through spandrel / IQPFR); puts ctx.latent and ctx.state['restorer']."""
+    from .lookup.pipeline_step import register
+    register()
+
+
 def _register_refine_step() -> None:
     """The refine step runs after lookup (it needs ctx.latent and ctx.state['restorer'])."""
     from .refine.pipeline_step import register
     register()
 
 
+_register_lookup_step()
 _register_refine_step()
+
+
+def clear_cache() -> None:
+    """Forget loaded detectors and face parsers (restorer steps keep their own caches)."""
+    from .crop.detectors import clear_cache as clear_detectors
+    from .paste.masks import clear_cache as clear_parsers
+    clear_detectors()
+    clear_parsers()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

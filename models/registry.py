@@ -8,7 +8,7 @@ checked for completeness only and `models verify` reports them as "unverified".
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 
@@ -114,6 +114,15 @@ for _arch in ("codeformer", "iqpfr"):
         None, None, "trained here", "FaceRefine-IdentityRecovery",
         f"refine (Identity Recovery Network + learned latent mask for the {_arch} latent; "
         f"absent = LQ-face target and landmark region mask)"))
+
+# --- the compact default model trained here (core/train, configs/compact.json; docs/training.md) ---
+register(WeightSpec(
+    "facerefine-compact", "facerefine_compact.safetensors", "facerefine", (), None, None,
+    "trained here on UTKFace (non-commercial research) + London train identities (CC BY 4.0)", "IQPFR",
+    "lookup (embedded default restorer when no community weights are present; 64x64 IQPFR, CPU-trained)",
+    embedded=True, notes="fp16; retrain with `python -m facerefine train vqgan|lookup|prior --config configs/compact.json`"))
+register(replace(REGISTRY["latent-prior-iqpfr"], embedded=True,
+                 notes="ships with facerefine-compact (weights/); models its 2x64-channel 16x16 latent"))
 
 
 def get_spec(name: str) -> Optional[WeightSpec]:

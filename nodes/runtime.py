@@ -320,17 +320,62 @@ def register_model_folders() -> None:
 
 
 def list_weights(folder: str) -> list[str]:
-    """Weights files for a dropdown: ComfyUI's folder listing, else models.locate's search folders."""
+    """Weights files for a dropdown: ComfyUI's folder listing plus models.locate's search folders
+    ($FACEREFINE_HOME, A1111). Files embedded in the package show only under their own kind."""
+    from ..models.locate import PACKAGE_WEIGHTS, WEIGHT_SUFFIXES, search_folders
+    from ..models.registry import REGISTRY
     fp = folder_paths()
+    names: list[str] = []
     if fp is not None:
         try:
             names = list(fp.get_filename_list(folder))
         except Exception:  # noqa: BLE001 - folder kind not registered
             names = []
-        if names:
-            return names
-    from ..models.locate import list_files
-    return list_files(folder)
+    kind = {s.file: s.folder for s in REGISTRY.values()}
+    for d in search_folders(folder):
+        if not d.is_dir():
+            continue
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() not in WEIGHT_SUFFIXES or f.name in names:
+                continue
+            if d == PACKAGE_WEIGHTS and kind.get(f.name) != folder:
+                continue
+            names.append(f.name)
+    return names
+
+
+def weights_choices(folder: str, extra: Sequence[str] = ()) -> list[str]:
+    """Dropdown entries: ``extra`` first, files present, then known registry files not present yet.
+
+    Known-but-absent entries download on first use, or (offline) fail with an error that
+    names the file, the folders searched and the URL.
+    """
+    from ..models.registry import specs_for_folder
+    names = list(extra)
+    for name in list_weights(folder) + [s.file for s in specs_for_folder(folder) if not s.embedded]:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def embedded_restorers() -> list[str]:
+    """Restorers shipped inside the package (weights/), e.g. the compact IQPFR default."""
+    from ..models.locate import PACKAGE_WEIGHTS
+    from ..models.registry import REGISTRY
+    return [s.file for s in REGISTRY.values()
+            if s.embedded and s.needed_by.startswith("lookup") and (PACKAGE_WEIGHTS / s.file).is_file()]
+
+
+def restorer_choices(extra: Sequence[str] = ()) -> list[str]:
+    """Restorer dropdown: models/facerestore_models files, the embedded default, known downloads."""
+    register_model_folders()
+    return weights_choices("facerestore_models", extra=list(extra) + embedded_restorers())
+
+
+def default_restorer() -> str:
+    """Embedded default if shipped, else the first file present, else CodeFormer (downloads on first use)."""
+    present = embedded_restorers() + list_weights("facerestore_models")
+    return present[0] if present else "codeformer.pth"
 
 
 def weights_path(name: str, folder: str) -> Path:

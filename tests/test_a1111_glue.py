@@ -244,13 +244,19 @@ def test_bad_input_never_raises(webui, bad, capsys):
     assert out is bad or (isinstance(out, np.ndarray) and out.shape == bad.shape)
 
 
-def test_unload_after_use_setting(webui, tiny_restorer):
+def test_unload_after_use_setting(webui, tiny_restorer, monkeypatch):
+    from facerefine.core import pipeline
+    cleared = []
+    original = pipeline.clear_cache
+    monkeypatch.setattr(pipeline, "clear_cache", lambda: cleared.append(1) or original())
     webui.shared.opts.facerefine_model = install_restorer(webui, tiny_restorer)
-    webui.shared.opts.facerefine_unload = True
     module = load_script("facerefine_restorer.py")
-    out = module.FaceRefineRestoration().restore(astronaut())
-    assert out.shape == (512, 512, 3)
-    assert module.service.cached_models() == 0
+    restorer = module.FaceRefineRestoration()
+    restorer.restore(np.zeros((64, 64, 3), np.uint8))
+    assert cleared == []
+    webui.shared.opts.facerefine_unload = True
+    out = restorer.restore(np.zeros((64, 64, 3), np.uint8))
+    assert out.shape == (64, 64, 3) and cleared == [1]
 
 
 # ---------------------------------------------------------------- Extras tab

@@ -107,13 +107,19 @@ class Page:
 
     def upload(self, *files: Path) -> None:
         self.page.locator("#fr-upload input[type=file]").set_input_files([str(f) for f in files])
-        for f in files:  # gradio lists each uploaded file by name once the upload finished
-            self.page.locator("#fr-upload").get_by_text(f.name).first.wait_for(timeout=120_000)
+        for f in files:  # gradio lists each file with a download link once its upload finished
+            self.page.locator(f"#fr-upload tr:has(td.filename[aria-label='{f.name}']) a[download]").wait_for(
+                timeout=120_000)
 
     def clear_upload(self) -> None:
-        clear = self.page.locator("#fr-upload button[aria-label='Clear']")
-        if clear.count():
-            clear.first.click()
+        remove = self.page.locator("#fr-upload button[aria-label='Remove this file']")
+        while remove.count():
+            remove.first.click()
+        self.page.wait_for_function("!document.querySelector('#fr-upload td.filename')")
+
+    def listed(self, elem_id: str) -> list[str]:
+        """File names listed by a gr.File component."""
+        return self.page.eval_on_selector_all(f"#{elem_id} td.filename", "els => els.map(e => e.ariaLabel)")
 
     def run(self) -> str:
         before = self.status()
@@ -206,7 +212,7 @@ def test_london_face_restored_in_browser(page, server, london_dir, artifacts):
     assert len(rows) == 1 and rows[0][0] == face.name, rows
     before, after = float(rows[0][5]), float(rows[0][6])
     assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
-    assert page.page.locator("#fr-download").get_by_text("_restored.png").count() >= 1
+    assert page.listed("fr-download") == [face.stem + "_restored.png"]
     assert shot.stat().st_size > 10_000
     assert server.alive()
 

@@ -46,7 +46,7 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
                                            label="Restorer", allow_custom_value=True, elem_id="fr-restorer")
                     detector = gr.Dropdown(detectors, value=_choice(detectors, ["auto"]), label="Face detector",
                                            elem_id="fr-detector")
-                    metric = gr.Dropdown(metrics, value=_choice(metrics, ["face-niqe", "piqe"]),
+                    metric = gr.Dropdown(metrics, value=_choice(metrics, ["auto", "face-niqe"]),
                                          label="Quality metric", elem_id="fr-metric")
                 quality = gr.Slider(0, 1, value=1.0, step=0.05, label="Quality (IQPFR slider: 0 = base model)",
                                     elem_id="fr-quality")
@@ -141,9 +141,10 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
 
 
 def _face_progress(progress, index: int, total: int):
-    def report(done, count, desc=None):
+    """restore_images' progress(stage, done, count) -> the page's progress bar over all uploads."""
+    def report(stage, done, count):
         fraction = (index + (done / count if count else 1.0)) / total
-        progress(fraction, desc=desc or f"image {index + 1}/{total}")
+        progress(fraction, desc=f"image {index + 1}/{total}: {stage}")
     return report
 
 

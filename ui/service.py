@@ -21,10 +21,11 @@ DEFAULT_RESTORER = "auto"
 DEFAULT_COLOR = "lab"
 DEFAULT_MAX_MEGAPIXELS = 50.0
 _FALLBACK_DETECTORS = ["auto"]
-_FALLBACK_METRICS = ["face-niqe", "piqe"]
+_FALLBACK_METRICS = ["auto", "face-niqe", "piqe"]
 _FALLBACK_COLORS = ["none", "lab", "wavelet"]
 
 _lock = threading.Lock()  # one restoration at a time per process (models are shared)
+_STEPS: dict = {}  # {"key": settings that built them, "steps": pipeline steps holding loaded models}
 
 
 @dataclass
@@ -84,12 +85,31 @@ def restorer_choices() -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def default_restorer() -> str:
+    """What 'auto' means: a model shipped with the package, else the first restorer on disk, else codeformer
+    (whose missing-file message then says where to get it)."""
+    try:
+        from ..models.locate import find_existing, list_files
+        from ..models.registry import REGISTRY
+        specs = [s for s in REGISTRY.values() if s.folder in ("facerestore_models", "facerefine")
+                 and "lookup" in s.needed_by]
+        for spec in sorted(specs, key=lambda s: not s.embedded):
+            if find_existing(spec.file, spec.folder):
+                return spec.name
+        files = list_files("facerestore_models")
+        if files:
+            return files[0]
+    except Exception as err:
+        _log(f"could not look for restorers: {err}")
+    return "codeformer"
+
+
 def detector_choices() -> list[str]:
     return _core_choices("crop", ("DETECTORS", "detector_names"), _FALLBACK_DETECTORS, first="auto")
 
 
 def metric_choices() -> list[str]:
-    return _core_choices("score", ("METRICS", "metric_names", "OFFLINE_METRICS"), _FALLBACK_METRICS)
+    return _core_choices("score", ("METRICS", "metric_names", "OFFLINE_METRICS"), _FALLBACK_METRICS, first="auto")
 
 
 def color_choices() -> list[str]:
@@ -230,26 +250,60 @@ def _restore(images, settings: Settings, progress: Optional[Callable]) -> Outcom
 
 
 def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None) -> dict:
-    """Call core.pipeline.restore_images and flatten its result for the front ends."""
+    """Call core.pipeline.restore_images, score the faces before/after, flatten for the front ends.
+
+    progress(stage, done, total) as in restore_images.
+    """
     from ..core import pipeline
-    options = build_options(pipeline, settings, progress)
-    result = pipeline.restore_images(images, options)
-    return {"images": _result_images(result), "rows": face_rows(result, settings), "messages": _result_messages(result)}
+    options = build_options(pipeline, settings)
+    result = pipeline.restore_images(images, options, steps=_cached_steps(pipeline, options, settings),
+                                     progress=progress)
+    messages = [str(m) for m in result.warnings]
+    before, after = result.original_crops, result.face_crops
+    if settings.metric and not after.is_empty:
+        try:
+            before, after = _scored(before, settings.metric, options.device), _scored(after, settings.metric, options.device)
+        except Exception as err:  # scores are a bonus: the restored image still counts
+            messages.append(f"quality scores unavailable: {friendly_error(err)}")
+    return {"images": result.images, "rows": face_rows(before, after, settings.metric), "messages": messages}
 
 
-def build_options(pipeline, settings: Settings, progress: Optional[Callable] = None):
+def _cached_steps(pipeline, options, settings: Settings):
+    """The restoration steps (with their loaded models) of the latest settings, reused while they hold."""
+    reference = settings.reference
+    key = tuple((f.name, getattr(settings, f.name)) for f in dataclasses.fields(Settings)
+                if f.name not in ("reference", "metric", "detector", "visibility", "color_correction"))
+    key += (("reference", reference if isinstance(reference, (str, Path, type(None))) else id(reference)),
+            ("device", options.device), ("resolved restorer", options.restorer))
+    if _STEPS.get("key") != key:
+        _STEPS.clear()  # free the previous models before loading others
+        steps = pipeline.build_steps(options)
+        _STEPS.update(key=key, steps=steps)
+    return _STEPS["steps"]
+
+
+def _scored(crops, metric: str, device: str):
+    from ..core.pipeline import resolve_device
+    from ..core.score import canonical_name, score_face_crops
+    name = canonical_name(metric)
+    if all(any(q.metric == name for q in f.quality) for f in crops.faces):
+        return crops  # a scoring step already did it
+    return score_face_crops(crops, name, resolve_device(device))
+
+
+def build_options(pipeline, settings: Settings):
     """RestoreOptions from Settings; only the fields the pipeline defines are passed."""
+    restorer = settings.restorer or DEFAULT_RESTORER
     wanted = {
-        "restorer": settings.restorer, "detector": settings.detector, "metric": settings.metric,
-        "quality": settings.quality, "fidelity": settings.fidelity, "refine_steps": settings.refine_steps,
-        "identity_strength": settings.identity_strength, "reference": _reference(settings.reference),
-        "visibility": settings.visibility, "color_correction": settings.color_correction,
-        "device": None if settings.device in ("auto", "", None) else settings.device,
-        "seed": settings.seed, "progress": progress,
+        "restorer": default_restorer() if restorer == DEFAULT_RESTORER else restorer, "detector": settings.detector, "metric": settings.metric,
+        "quality": float(settings.quality), "fidelity": float(settings.fidelity),
+        "refine_steps": int(settings.refine_steps), "identity_strength": float(settings.identity_strength),
+        "reference": _reference(settings.reference), "visibility": float(settings.visibility),
+        "color_correction": settings.color_correction, "seed": settings.seed,
+        "device": pipeline.resolve_device(settings.device or "auto"),
     }
     names = {f.name for f in dataclasses.fields(pipeline.RestoreOptions)}
-    kwargs = {k: v for k, v in wanted.items() if k in names and v is not None}
-    return pipeline.RestoreOptions(**kwargs)
+    return pipeline.RestoreOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
 
 
 def _reference(reference):
@@ -259,46 +313,36 @@ def _reference(reference):
     import torch
     if isinstance(reference, (str, Path)):
         from ..core.image_io import load_image
+        check_image_file(reference)
         return load_image(reference).image
     rgb, _ = split_array(np.asarray(reference))
     return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None]
 
 
-def _result_images(result):
-    return getattr(result, "images", result[0] if isinstance(result, tuple) else result)
-
-
-def _result_messages(result) -> list[str]:
-    return [str(m) for m in (getattr(result, "warnings", None) or getattr(result, "messages", None) or [])]
-
-
-def face_rows(result, settings: Settings) -> list[dict]:
+def face_rows(before_crops, after_crops, metric: Optional[str]) -> list[dict]:
     """One row per face: where it is and its quality before/after (normalised 0..1, higher = better)."""
-    crops = getattr(result, "face_crops", None)
-    before_crops = getattr(result, "input_crops", None) or getattr(result, "original_crops", None)
-    if crops is None:
+    if after_crops is None:
         return []
-    before = _scores(before_crops, settings.metric)
-    after = _scores(crops, settings.metric)
+    name = None
+    if metric:
+        from ..core.score import canonical_name
+        name = canonical_name(metric)
+    before = before_crops.latest_quality(name) if before_crops is not None and name else []
+    after = after_crops.latest_quality(name) if name else []
     rows = []
-    for i, face in enumerate(crops.faces):
-        b, a = before[i] if i < len(before) else None, after[i] if i < len(after) else None
+    for i, face in enumerate(after_crops.faces):
+        b = before[i] if i < len(before) else None
+        a = after[i] if i < len(after) else None
         rows.append({
             "image": face.image_index, "face": i, "bbox": [round(float(v)) for v in face.bbox],
             "detector score": round(float(face.score), 3),
-            "metric": (a or b).metric if (a or b) else (settings.metric or "-"),
-            "before": None if b is None else round(b.normalized, 3),
-            "after": None if a is None else round(a.normalized, 3),
-            "raw before": None if b is None else round(b.raw, 3),
-            "raw after": None if a is None else round(a.raw, 3),
+            "metric": (a or b).metric if (a or b) else "-",
+            "before": None if b is None else round(float(b.normalized), 3),
+            "after": None if a is None else round(float(a.normalized), 3),
+            "raw before": None if b is None else round(float(b.raw), 3),
+            "raw after": None if a is None else round(float(a.raw), 3),
         })
     return rows
-
-
-def _scores(crops, metric):
-    if crops is None:
-        return []
-    return crops.latest_quality(metric) if metric else crops.latest_quality()
 
 
 def infotext(settings: Settings, outcome: Outcome) -> dict:
@@ -318,11 +362,13 @@ def infotext(settings: Settings, outcome: Outcome) -> dict:
 
 def unload() -> None:
     """Free cached models (the webui's 'unload after use')."""
+    with _lock:
+        _STEPS.clear()
     try:
         from ..core import pipeline
-        clear = getattr(pipeline, "clear_cache", None) or getattr(pipeline, "unload", None)
-        if clear is not None:
-            clear()
+        pipeline.clear_cache()
+        from ..core.score import clear_cache as clear_metrics
+        clear_metrics()
     except Exception as err:
         _log(f"unload failed: {err}")
     try:

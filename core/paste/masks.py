@@ -140,5 +140,11 @@ def soften(masks: torch.Tensor, erode: float, feather: float) -> torch.Tensor:
             inner = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(feather) * 2 + 1,) * 2))
             k = int(feather * 2) * 2 + 1
             m = np.minimum(cv2.GaussianBlur(inner, (k, k), feather / 2), m)
+            m = np.where(m > 1 - 1e-4, 1.0, m).astype(np.float32)  # blur round-off inside the face
         out.append(m)
     return torch.from_numpy(np.stack(out)).clamp(0, 1)
+
+
+def clear_cache() -> None:
+    with _lock:
+        _parsers.clear()

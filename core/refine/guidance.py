@@ -78,7 +78,8 @@ def align_reference(reference, crop_size: int) -> torch.Tensor:
         if image.ndim != 4 or image.shape[-1] not in (3, 4):
             raise FaceRefineError(f"reference must be an image [B,H,W,3], got shape {tuple(image.shape)}")
         from ..crop import CropOptions, crop_faces
-        crops = crop_faces(image[..., :3].float(), CropOptions(crop_size=crop_size))
+        size = crop_size if crop_size in (256, 512, 1024) else 512
+        crops = crop_faces(image[..., :3].float(), CropOptions(crop_size=size))
     if crops.is_empty:
         raise NoFaceError("no face found in the reference photo; use a clear, front-facing photo of the same "
                           "person (or leave the reference empty to use the face's own identity)")

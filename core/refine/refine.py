@@ -198,7 +198,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
 
     generator = torch.Generator().manual_seed(int(seed) + first)
     if not guided:
-        return sample(plain, x_start.clone(), sigmas, generator=generator), None
+        return to_latent(sample(plain, x_start.clone(), sigmas, generator=generator)).float().cpu(), None
 
     trajectory: list[torch.Tensor] = []
     sample(plain, x_start.clone(), sigmas, generator=generator,

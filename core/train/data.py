@@ -179,10 +179,11 @@ class FaceBatches:
     def set_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch [B,3,S,S] float 0..1, indices into the cache)."""
         idx = torch.randint(len(self.faces), (self.batch_size,), generator=self.generator)
         batch = torch.from_numpy(np.stack([self.faces[i] for i in idx.tolist()])).permute(0, 3, 1, 2).float() / 255
         if self.flip:
             flip = torch.rand(self.batch_size, generator=self.generator) < 0.5
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return batch.contiguous()
+        return batch.contiguous(), idx

@@ -39,7 +39,6 @@ def canonical_stage(name: str) -> str:
 def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        from importlib import resources
         packaged = Path(__file__).resolve().parents[2] / "configs" / path.name
         if packaged.is_file():
             path = packaged
@@ -121,9 +120,9 @@ def load_faces(cfg: dict, log: Callable = print):
 
 def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, device: Optional[str] = None,
                 out_dir: Optional[str] = None, resume: bool = True, max_minutes: Optional[float] = None,
-                faces=None, log: Callable = print) -> dict:
+                faces=None, probe: bool = False, log: Callable = print) -> dict:
     """Run (or continue) one stage; returns a summary with first/last losses and the exported files."""
-    from .stages import STAGES
+    from .stages import STAGES, QualityLabels
     stage_name = canonical_stage(stage_name)
     settings = stage_settings(cfg, stage_name)
     if steps is not None:
@@ -141,6 +140,11 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
     if faces is None:
         faces = load_faces(cfg, log)
     batches = FaceBatches(faces, int(settings["batch_size"]), seed=int(settings["seed"]))
+    metric = cfg.get("iqa_metric", "face-niqe")
+    label_file = Path(str(cfg.get("data", {}).get("cache") or out.parent / "faces")).with_suffix("")
+    labels = QualityLabels(metric, label_file.with_name(f"{label_file.name}.quality-{metric}.npy"),
+                           int(cfg.get("resolution", 128)), log) if metric not in ("", "none") else None
+    stage.attach_data(faces, labels)
     degrade_cfg = DegradeConfig.from_dict(cfg.get("degrade"))
     degrade_gen = torch.Generator().manual_seed(int(settings["seed"]) + 1)
 
@@ -154,6 +158,15 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
             degrade_gen.set_state(rng["degrade"])
         log(f"[{stage_name}] resumed from {ckpt} at step {start}")
     stage.on_start(start)
+    probe_batch = None
+    if probe:  # a fixed batch scored before and after (smoke tests: "the loss decreases")
+        g = torch.Generator().manual_seed(12345)
+        idx = torch.randperm(len(faces), generator=g)[: int(settings["batch_size"])]
+        import numpy as np
+        hq0 = torch.from_numpy(np.stack([faces[i] for i in idx.tolist()])).permute(0, 3, 1, 2).float() / 255
+        lq0, _ = degrade(hq0, degrade_cfg, seed=54321)
+        probe_batch = (hq0.to(dev), lq0.to(dev))
+        probe_start = stage.probe(*probe_batch)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(ckpt, step, modules, optimizers,
@@ -168,9 +181,9 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
     stopped = "done"
     try:
         while step < total:
-            hq = batches.next()
+            hq, indices = batches.next()
             lq, _ = degrade(hq, degrade_cfg, generator=degrade_gen)
-            losses = stage.step(hq.to(dev), lq.to(dev), step)
+            losses = stage.step(hq.to(dev), lq.to(dev), step, indices=indices)
             step += 1
             record = {"step": step, **{k: float(v) for k, v in losses.items()},
                       "time": round(time.time() - t0, 2)}
@@ -184,6 +197,8 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
                 raise FaceRefineError(f"[{stage_name}] loss became non-finite at step {step}: {losses}")
             if step % int(settings["checkpoint_every"]) == 0:
                 checkpoint(step)
+                if labels is not None:
+                    labels.save()
             if max_minutes and time.time() - t0 > max_minutes * 60:
                 stopped = "time budget"
                 break
@@ -194,13 +209,16 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
         if step > start:
             checkpoint(step)
     exported = [str(p) for p in stage.export()]
+    probes = {}
+    if probe_batch is not None:
+        probes = {"probe_start": probe_start, "probe_end": stage.probe(*probe_batch)}
     log(f"[{stage_name}] {stopped} at step {step}; wrote {exported}")
     first = history[0] if history else {}
     last = history[-1] if history else {}
     return {"stage": stage_name, "step": step, "start_step": start, "stopped": stopped,
             "device": str(dev), "precision": str(amp.dtype or torch.float32), "checkpoint": str(ckpt),
             "exported": exported, "first_losses": first, "last_losses": last,
-            "seconds": round(time.time() - t0, 1), "history": history}
+            "seconds": round(time.time() - t0, 1), "history": history, **probes}
 
 
 def _public(cfg: dict) -> dict:

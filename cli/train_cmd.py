@@ -1,0 +1,34 @@
+"""``python -m facerefine train STAGE --config FILE``: train one stage (resumes from its checkpoint).
+
+STAGE: vqgan (1), lookup (2), prior (3), identity (4), or ``export`` to pack a finished run into one
+fp16 safetensors file for the registry.
+"""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("stage", help="vqgan|lookup|prior|identity (or 1-4), or export")
+    parser.add_argument("--config", required=True, help="JSON config (e.g. configs/compact.json)")
+    parser.add_argument("--steps", type=int, default=None, help="train until this total step count")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--device", default=None, help="cpu|cuda (default: cuda when available)")
+    parser.add_argument("--out-dir", default=None, help="run folder (default: the config's out_dir)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--output", default=None, help="export: destination file (default: config export.file)")
+
+
+def run(args) -> dict:
+    import torch
+
+    from ..core.train.runner import load_config, train_stage
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    if args.stage == "export":
+        from ..core.train.export import export_run
+        return export_run(cfg, out_dir=args.out_dir, output=args.output)
+    summary = train_stage(args.stage, cfg, steps=args.steps, device=args.device, out_dir=args.out_dir,
+                          resume=not args.fresh, max_minutes=args.max_minutes)
+    summary.pop("history", None)
+    return summary

@@ -1,0 +1,91 @@
+"""The RESTORER handle: a loaded restorer on a device, plus how to run it."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ...models.restorers import CODEBOOK_ARCHS, LoadedRestorer, attach_quality_condition, load_restorer_file
+
+
+@dataclass
+class Restorer:
+    loaded: LoadedRestorer
+    device: torch.device
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def architecture(self) -> str:
+        return self.loaded.architecture
+
+    @property
+    def codebook(self):
+        """Lookup surface (encode/logits/code_features/finish_quantize/decode) or None (GFPGAN, RestoreFormer)."""
+        return self.loaded.codebook
+
+    @property
+    def img_size(self) -> int:
+        return self.loaded.img_size
+
+    @property
+    def supports_quality(self) -> bool:
+        """Whether the quality slider can act (a lookup Transformer exists)."""
+        return self.architecture in CODEBOOK_ARCHS
+
+    @property
+    def supports_fidelity(self) -> bool:
+        return self.architecture in CODEBOOK_ARCHS
+
+    @property
+    def has_trained_conditioning(self) -> bool:
+        return self.loaded.has_trained_conditioning
+
+    def to(self, device) -> "Restorer":
+        device = torch.device(device)
+        if device != self.device:
+            self.loaded.module.to(device)
+            if self.codebook is not None:
+                self.codebook.to(device)
+            self.device = device
+        return self
+
+    def attach_quality_condition(self, path) -> "Restorer":
+        attach_quality_condition(self.loaded, Path(path))
+        self.loaded.codebook.to(self.device)
+        return self
+
+    def autocast(self):
+        """bf16 autocast on CUDA when the architecture supports it (fp16 otherwise); no-op on CPU."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.loaded.supports_bfloat16 and torch.cuda.is_bf16_supported() else \
+            (torch.float16 if self.loaded.supports_half else None)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=dtype)
+
+    def __repr__(self) -> str:
+        cond = ", quality-conditioned" if self.has_trained_conditioning else ""
+        return f"Restorer({self.name}, {self.architecture}{cond}, {self.device})"
+
+
+def load_restorer(name_or_path, device=None, quality_condition: Optional[str] = None) -> Restorer:
+    """Load a restorer by registry name, file name (searched in facerestore_models) or path.
+
+    quality_condition: optional IQPFR conditioning weights (name/path, searched in the facerefine folder)
+    for a CodeFormer checkpoint. Wrong files raise WrongArchitectureError.
+    """
+    from ...models.locate import resolve
+    from ...models.registry import get_spec
+    path = resolve(name_or_path, "facerestore_models")
+    name = str(name_or_path) if get_spec(str(name_or_path)) else path.name
+    cond_path = resolve(quality_condition, "facerefine") if quality_condition else None
+    loaded = load_restorer_file(path, name, cond_path)
+    device = torch.device(device or "cpu")
+    return Restorer(loaded, torch.device("cpu")).to(device)

@@ -1,0 +1,150 @@
+"""ComfyUI nodes of the refine step: Identity Latent Refine + loaders for the latent prior and ID model."""
+from __future__ import annotations
+
+import contextlib
+
+from . import runtime as rt
+
+NONE_CHOICE = "(none)"
+SAMPLER_CHOICES = ["dpmpp_2m", "euler", "heun", "ddim"]
+TARGET_CHOICES = ["auto", "reference", "recovery", "lq"]
+
+
+def _with_default(names: list, default: str) -> list:
+    return names if default in names else [default] + names
+
+
+class FaceRefineIdentityLatentRefine:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "face_crops": ("FACE_CROPS", {"tooltip": rt.tooltip("face_crops")}),
+                "face_latent": ("FACE_LATENT", {"tooltip": rt.tooltip("face_latent")}),
+                "restorer": ("FACEREFINE_RESTORER", {"tooltip": "The restorer used by the lookup (decodes latents)."}),
+                "latent_prior": ("FACEREFINE_LATENT_PRIOR", {"tooltip": "Latent score model (or none)."}),
+                "id_model": ("FACEREFINE_ID_MODEL", {"tooltip": "ArcFace (+ trained identity recovery)."}),
+                "steps": ("INT", {"default": 12, "min": 0, "max": 200,
+                                  "tooltip": "Denoising steps; 0 returns the lookup result unchanged."}),
+                "strength": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "How much of the lookup latent is re-noised (SDEdit)."}),
+                "identity_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                                "tooltip": "Size of the identity update of the masked latent."}),
+                "sampler": (SAMPLER_CHOICES, {"default": "dpmpp_2m"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": rt.tooltip("seed")}),
+                "identity_target": (TARGET_CHOICES, {
+                    "default": "auto",
+                    "tooltip": "auto = reference if connected, else the recovery network if trained, else the "
+                               "degraded face."}),
+                "device": (["auto", "cpu"], {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
+            },
+            "optional": {
+                "reference": ("IMAGE", {"tooltip": "Photo of the same person; its face is aligned like the crops "
+                                                   "and becomes the identity target."}),
+            },
+        }
+
+    RETURN_TYPES = ("FACE_CROPS",)
+    RETURN_NAMES = ("face_crops",)
+    FUNCTION = "refine"
+    CATEGORY = rt.CATEGORY_STEPS
+    DESCRIPTION = ("CLR-Face identity-guided latent refinement: re-noises the lookup latent, denoises it with the "
+                   "latent prior, and pulls the facial-feature latents toward the identity target.")
+
+    def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, steps, strength,
+               identity_strength, sampler, seed, identity_target="auto", device="auto", face_batch=8,
+               reference=None):
+        from ..core.refine import refine, select_latent
+        from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
+        if face_crops.is_empty or steps <= 0 or strength <= 0:
+            return (face_crops,)
+        dev = rt.get_device(device)
+        sigmas = sdedit_sigmas(steps, strength)
+        per_face = denoiser_steps(sampler, sigmas) * (2 if identity_strength and id_model is not None else 1)
+        progress = rt.Progress(per_face * len(face_crops))
+        lq_crops = face_latent.extra.get("lq_crops") if isinstance(face_latent.extra, dict) else None
+        modules = [m for m in (latent_prior, id_model, restorer) if m is not None and hasattr(m, "to")]
+
+        def run(start, stop):
+            idx = list(range(start, stop))
+            base = progress.done
+
+            def report(done, total):
+                progress.absolute(base + done)
+            return refine(face_crops.select(idx), select_latent(face_latent, idx), restorer, latent_prior,
+                          id_model, steps=steps, strength=strength, identity_strength=identity_strength,
+                          reference=reference, sampler=sampler, seed=seed, progress=report,
+                          should_stop=rt.should_stop, target=identity_target, device=dev,
+                          lq_crops=None if lq_crops is None else lq_crops[start:stop],
+                          batch_size=stop - start, index_offset=start)
+
+        with contextlib.ExitStack() as stack:
+            for m in modules:
+                stack.enter_context(rt.on_device(m, dev))
+            parts = rt.map_batches(run, len(face_crops), face_batch)
+        return (_concat(face_crops, parts),)
+
+
+def _concat(original, parts):
+    import dataclasses
+
+    import torch
+    crops = torch.cat([p.crops for p in parts])
+    history = parts[0].history if parts else original.history
+    return dataclasses.replace(original, crops=crops, history=history)
+
+
+class FaceRefineLatentPriorLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = [NONE_CHOICE] + rt.list_weights("facerefine")
+        return {"required": {"prior_name": (names, {
+            "default": NONE_CHOICE,
+            "tooltip": "Latent score model (models/facerefine). (none) = identity guidance only."})}}
+
+    RETURN_TYPES = ("FACEREFINE_LATENT_PRIOR",)
+    RETURN_NAMES = ("latent_prior",)
+    FUNCTION = "load"
+    CATEGORY = rt.CATEGORY_LOADERS
+
+    def load(self, prior_name):
+        if prior_name in (None, "", NONE_CHOICE):
+            return (None,)
+        from ..models.arch.latent_prior import load_latent_prior
+        path = rt.weights_path(prior_name, "facerefine")
+        return (rt.cached_model(path, "cpu", lambda: load_latent_prior(path, "cpu"), "latent_prior"),)
+
+
+class FaceRefineIdModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        arcface = _with_default(rt.list_weights("facedetection"), "recognition_arcface_ir_se50.pth")
+        return {"required": {
+            "arcface": (arcface, {"default": "recognition_arcface_ir_se50.pth",
+                                  "tooltip": "facexlib ArcFace IR-SE50 (models/facedetection)."}),
+            "identity_recovery": ([NONE_CHOICE] + rt.list_weights("facerefine"), {
+                "default": NONE_CHOICE,
+                "tooltip": "Trained Identity Recovery Network + latent mask (optional)."}),
+        }}
+
+    RETURN_TYPES = ("FACEREFINE_ID_MODEL",)
+    RETURN_NAMES = ("id_model",)
+    FUNCTION = "load"
+    CATEGORY = rt.CATEGORY_LOADERS
+
+    def load(self, arcface, identity_recovery=NONE_CHOICE):
+        from ..models.arch.identity import load_id_model
+        arc_path = rt.weights_path(arcface, "facedetection")
+        rec_path = None if identity_recovery in (None, "", NONE_CHOICE) else rt.weights_path(identity_recovery,
+                                                                                            "facerefine")
+        model = rt.cached_model(arc_path, "cpu", lambda: load_id_model(str(arc_path), rec_path and str(rec_path)),
+                                "id_model", str(rec_path))
+        return (model,)
+
+
+NODES = {
+    "FaceRefineIdentityLatentRefine": (FaceRefineIdentityLatentRefine, "FaceRefine Identity Latent Refine"),
+    "FaceRefineLatentPriorLoader": (FaceRefineLatentPriorLoader, "FaceRefine Load Latent Prior"),
+    "FaceRefineIdModelLoader": (FaceRefineIdModelLoader, "FaceRefine Load ID Model"),
+}
