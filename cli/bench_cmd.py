@@ -26,14 +26,17 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
-                   help="channels_last memory format (default on for CUDA)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+                   help="force the channels_last layout on the restorer (default: what load_restorer does, i.e. channels_last on CUDA only)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="force NCHW")
     p.add_argument("--restorer", default=None, help="registry name or path of real weights (default: random "
                    "weights with the full-size CodeFormer shapes)")
     p.add_argument("--stages", default="", help="comma-separated subset of: lookup, detect_align_paste, score, "
                    "refine, memory, parity (default all)")
     p.add_argument("--refine-steps", type=int, default=None, help="refine steps (default: refine's default)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--steering", dest="steering", action="store_true", default=None,
+                   help="also time lookup at its defaults (quality steering on); default on for CUDA and --tiny")
+    p.add_argument("--no-steering", dest="steering", action="store_false")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -55,7 +58,7 @@ def run(args) -> dict:
     opts = BenchOptions(device=args.device, batches=batches, repeats=args.repeats, warmup=args.warmup,
                         tiny=args.tiny, compile=args.compile, dtype=args.dtype, channels_last=args.channels_last,
                         restorer=args.restorer, stages=stages, refine_steps=args.refine_steps,
-                        threads=args.threads, log=log)
+                        threads=args.threads, steering=args.steering, log=log)
     report = run_bench(opts)
     if not args.json:
         print(format_report(report))

@@ -44,11 +44,12 @@ class BenchOptions:
     tiny: bool = False
     compile: bool = False
     dtype: str = "auto"                    # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Optional[bool] = None   # None: on for CUDA, off for CPU
+    channels_last: Optional[bool] = None   # None: the layout load_restorer chose (channels_last on CUDA)
     restorer: Optional[str] = None         # name or path of real weights; default: random full-size CodeFormer
     stages: tuple[str, ...] = ()           # empty: all
     refine_steps: Optional[int] = None     # None: refine's default
     threads: Optional[int] = None
+    steering: Optional[bool] = None        # time lookup at its defaults too; None: not on full-size CPU runs
     log: Optional[Callable[[str], None]] = None
 
     def resolved(self) -> "BenchOptions":
@@ -58,10 +59,11 @@ class BenchOptions:
             batches = (1, 4)
         repeats = self.repeats or (10 if cuda else (3 if self.tiny else 2))
         dtype = self.dtype if self.dtype != "auto" else ("bf16" if cuda else "fp32")
-        cl = self.channels_last if self.channels_last is not None else cuda
+        cl = self.channels_last  # None: keep the layout load_restorer chose (channels_last on CUDA)
+        steering = self.steering if self.steering is not None else (cuda or self.tiny)
         return BenchOptions(self.device, tuple(sorted(set(batches))), repeats, self.warmup, self.tiny,
                             self.compile, dtype, cl, self.restorer, self.stages, self.refine_steps,
-                            self.threads, self.log)
+                            self.threads, steering, self.log)
 
 
 ALL_STAGES = ("lookup", "detect_align_paste", "score", "refine", "memory", "parity")
@@ -279,8 +281,10 @@ def autocast_dtype(opts: BenchOptions) -> Optional[torch.dtype]:
 
 
 @contextlib.contextmanager
-def inference_context(device: torch.device, dtype: Optional[torch.dtype]):
-    with torch.inference_mode():
+def inference_context(device: torch.device, dtype: Optional[torch.dtype], inference: bool = True):
+    """Autocast to ``dtype`` (None: none), under inference_mode unless ``inference`` is False (pipeline steps
+    manage their own grad mode: steering and refine need autograd, which an outer inference_mode would kill)."""
+    with torch.inference_mode() if inference else contextlib.nullcontext():
         if dtype is None:
             yield
         else:
@@ -309,7 +313,8 @@ class BenchContext:
 
     def measure(self, fns: dict[str, Callable[[], object]], count_flops: bool = False,
                 repeats: Optional[int] = None, warmup: Optional[int] = None) -> dict[str, Measurement]:
-        with self.infer():
+        """Autocast only: each callable sets its grad mode, as a user's call would."""
+        with inference_context(self.device, self.dtype, inference=False):
             return measure_interleaved(fns, self.device, self.opts.warmup if warmup is None else warmup,
                                        self.opts.repeats if repeats is None else repeats, count_flops, self.log)
 
@@ -405,6 +410,7 @@ class RestorerSetup:
     handle: object = None                    # core.lookup Restorer, None when core.lookup is missing
     handle_error: str = ""
     parameters: int = 0
+    layout: str = ""
 
 
 def _compile_blocks(module: torch.nn.Module, log) -> int:
@@ -446,6 +452,8 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
         handle = load_restorer(str(path), device)
     except ImportError as err:
         handle_error = f"core.lookup not available: {err}"
+    if handle is not None and hasattr(handle, "precision"):
+        handle.precision = "fp32" if opts.dtype == "fp32" else "auto"
     module = _find_module(handle) if handle is not None else None
     descriptor = getattr(handle, "descriptor", None)
     if module is None:
@@ -464,8 +472,8 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
         architecture = getattr(handle, "architecture", None) or type(module).__name__
     input_size = int(getattr(handle, "img_size", 0) or getattr(getattr(module, "config", None), "img_size", 0)
                      or FULL_CROP)
-    if opts.channels_last:
-        module.to(memory_format=torch.channels_last)
+    if opts.channels_last is not None:
+        module.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
     if opts.compile:
         _compile_blocks(module, ctx.log)
 
@@ -477,7 +485,15 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
             return out[0] if isinstance(out, (tuple, list)) else out
 
     return RestorerSetup(path, architecture, input_size, description, bare, module, handle, handle_error,
-                         sum(p.numel() for p in module.parameters()))
+                         sum(p.numel() for p in module.parameters()), _layout(module))
+
+
+def _layout(module: torch.nn.Module) -> str:
+    for p in module.parameters():
+        if p.ndim == 4:
+            return "channels_last" if p.is_contiguous(memory_format=torch.channels_last) and \
+                not p.is_contiguous() else "contiguous (NCHW)"
+    return "n/a"
 
 
 def _find_module(handle) -> Optional[torch.nn.Module]:
@@ -494,6 +510,11 @@ def _find_module(handle) -> Optional[torch.nn.Module]:
 
 # ----------------------------------------------------------------------------------------------- stages
 
+def _inference(fn, *args):
+    with torch.inference_mode():
+        return fn(*args)
+
+
 def _lookup_fn():
     try:
         from .lookup import lookup
@@ -507,7 +528,7 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
     import inspect
     setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
     size = setup.input_size
-    cl = torch.channels_last if ctx.opts.channels_last else torch.contiguous_format
+    cl = torch.channels_last if setup.layout == "channels_last" else torch.contiguous_format
     lookup = None
     if setup.handle is not None:
         lookup = _lookup_fn()
@@ -521,10 +542,10 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
         crops = synthetic_face_crops(b, size, seed=b)
         crops = crops.__class__(crops.crops.to(ctx.device), crops.faces, crops.crop_size)
         x = (crops.crops * 2 - 1).contiguous(memory_format=cl)
-        fns = {"bare": lambda x=x: setup.bare(x)}
+        fns = {"bare": lambda x=x: _inference(setup.bare, x)}
         if lookup is not None:
             fns["lookup_off"] = lambda c=crops: lookup(c, setup.handle, quality=1.0, fidelity=0.5, mode="off")
-            if b == 1:
+            if b == 1 and ctx.opts.steering:
                 fns["lookup_default"] = lambda c=crops: lookup(c, setup.handle)
         ctx.log(f"lookup: batch {b} ({', '.join(fns)})")
         res = ctx.measure(fns, count_flops=(b == 1))
@@ -549,6 +570,9 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
             out[label][str(b)] = row
     if setup.handle is None:
         out["note"] = setup.handle_error
+    elif not ctx.opts.steering:
+        out["defaults"] = {"status": "skipped", "reason": "lookup at its defaults (quality steering: ~2 rounds "
+                           "of gradient + trial decodes) is not timed on full-size CPU runs; pass --steering"}
     summary = {}
     if off_rows.get(1):
         summary["overhead_vs_bare_batch1"] = round(off_rows[1].median / bare_rows[1].median - 1, 4)
@@ -602,7 +626,7 @@ def stage_detect_align_paste(ctx: BenchContext, report: dict) -> dict:
         fns["paste"] = lambda: paste_back(image, crops, paste_options)
     except ImportError as err:
         paste_error = f"core.paste not available: {err}"
-    res = ctx.measure(fns, repeats=max(ctx.opts.repeats, 3))
+    res = ctx.measure(fns, repeats=ctx.opts.repeats if ctx.opts.tiny else max(ctx.opts.repeats, 3))
     out = {"image": [size, size], "faces": len(crops), "image_source": source, "detector": options.detector}
     for name, m in res.items():
         out[name] = m.summary(1, unit="image")
@@ -642,16 +666,16 @@ def stage_score(ctx: BenchContext, report: dict) -> dict:
         except Exception as err:  # a metric that cannot load offline is reported, not fatal
             errors[name] = f"{type(err).__name__}: {err}"
             continue
-        fns[name] = lambda metric=metric: score_face_crops(crops, metric)
+        fns[name] = lambda metric=metric: _inference(score_face_crops, crops, metric)
         critic = getattr(metric, "critic", None)
         if callable(critic):
             x = crops.crops.to(ctx.device).requires_grad_(True)
 
             def critic_grad(critic=critic, x=x):
-                with torch.inference_mode(False), torch.enable_grad():
+                with torch.enable_grad():
                     critic(x).sum().backward()
             fns[f"{name}:critic_forward_backward"] = critic_grad
-    res = ctx.measure(fns, repeats=max(ctx.opts.repeats, 3)) if fns else {}
+    res = ctx.measure(fns, repeats=ctx.opts.repeats if ctx.opts.tiny else max(ctx.opts.repeats, 3)) if fns else {}
     for name, m in res.items():
         out["metrics"][name] = m.summary(n)
     for name, err in errors.items():
@@ -663,16 +687,22 @@ def stage_score(ctx: BenchContext, report: dict) -> dict:
 
 
 def _refine_models(ctx: BenchContext, latent):
-    """Random latent prior with the lookup latent's shapes and a random full-size ArcFace IR-SE50."""
+    """Random latent prior with the lookup latent's shapes and a random ArcFace IR-SE50 (in --tiny: the same
+    facexlib classes with one unit per stage, as tests/refine_fixtures.py)."""
+    from facexlib.recognition.arcface_arch import Backbone, bottleneck_IR_SE
     from ..models.arch.identity import ArcFaceEmbedder, IdentityModel, build_arcface_backbone
     from ..models.arch.latent_prior import build_latent_prior
     torch.manual_seed(0)
     c, h = int(latent.quantized.shape[1]), int(latent.quantized.shape[-1])
     overrides = dict(latent_channels=c, cond_channels=int(latent.lq_features.shape[1]), latent_size=h)
+    backbone = build_arcface_backbone()
     if ctx.opts.tiny:
         overrides.update(hidden=32, depth=1, heads=2)
+        backbone = Backbone(num_layers=50, drop_ratio=0.6, mode="ir_se")
+        backbone.body = torch.nn.Sequential(*[bottleneck_IR_SE(a, b, 2) for a, b in
+                                              ((64, 64), (64, 128), (128, 256), (256, 512))])
     prior = build_latent_prior(**overrides).to(ctx.device).eval()
-    id_model = IdentityModel(ArcFaceEmbedder(build_arcface_backbone())).to(ctx.device).eval()
+    id_model = IdentityModel(ArcFaceEmbedder(backbone)).to(ctx.device).eval()
     for p in list(prior.parameters()) + list(id_model.parameters()):
         p.requires_grad_(False)
     return prior, id_model
@@ -689,36 +719,58 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
         raise StageUnavailable(f"refine needs the lookup step: {setup.handle_error}")
     lookup = _lookup_fn()
     crops = synthetic_face_crops(1, setup.input_size, seed=11)
-    with ctx.infer():
-        restored, latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
+    restored, latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
     prior, id_model = _refine_models(ctx, latent)
-    steps = ctx.opts.refine_steps if ctx.opts.refine_steps is not None else refine_mod.DEFAULT_STEPS
-
-    def run_refine():
-        # refine needs gradients (identity guidance): it must not run under our inference_mode
-        with torch.inference_mode(False):
-            return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=steps, seed=0)
-
+    default_steps = refine_mod.DEFAULT_STEPS
+    steps = ctx.opts.refine_steps if ctx.opts.refine_steps is not None else default_steps
     cpu = ctx.device.type == "cpu"
+    # a full-size guided step costs ~2 decoder passes + backward: on CPU time 1 and 2 steps and extrapolate
+    extrapolate = cpu and not ctx.opts.tiny and ctx.opts.refine_steps is None and default_steps > 2
+    step_counts = (1, 2) if extrapolate else (steps,)
+
+    def run_refine(n_steps, identity_strength=refine_mod.DEFAULT_IDENTITY_STRENGTH):
+        # identity guidance needs autograd: not under our inference_mode
+        with torch.inference_mode(False):
+            return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=n_steps,
+                                     identity_strength=identity_strength, seed=0)
+
+    fns = {f"guided_{k}_steps": (lambda k=k: run_refine(k)) for k in step_counts}
+    fns["unguided"] = lambda: run_refine(default_steps if extrapolate else steps, 0.0)
     with torch.inference_mode(False):
-        res = measure_interleaved({"refine": run_refine}, ctx.device, 0 if cpu else ctx.opts.warmup,
-                                  1 if cpu else ctx.opts.repeats, count_flops=True, log=ctx.log)
-    m = res["refine"]
-    out = {"steps": steps, "strength": refine_mod.DEFAULT_STRENGTH, "sampler": refine_mod.DEFAULT_SAMPLER,
-           "identity_guidance": True, "prior": "random LatentScoreModel", "id_model": "random ArcFace IR-SE50",
-           "refine": m.summary(1),
-           "note": "CPU: one timed run, FLOPs counted during it" if cpu else ""}
+        res = measure_interleaved(fns, ctx.device, 0 if cpu else ctx.opts.warmup, 1 if cpu else ctx.opts.repeats,
+                                  count_flops=True, log=ctx.log)
+    out = {"default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
+           "sampler": refine_mod.DEFAULT_SAMPLER, "prior": "random LatentScoreModel",
+           "id_model": "random ArcFace IR-SE" + (" (1 unit per stage)" if ctx.opts.tiny else "50"),
+           "runs": {k: m.summary(1) for k, m in res.items()},
+           "note": "CPU: one timed run each, FLOPs counted during it" if cpu else ""}
+    if extrapolate:
+        one, two = res["guided_1_steps"], res["guided_2_steps"]
+        per_step, per_step_flops = two.median - one.median, (two.flops or 0) - (one.flops or 0)
+        seconds = one.median + per_step * (default_steps - 1)
+        flops = (one.flops or 0) + per_step_flops * (default_steps - 1)
+        out["extrapolated"] = {"steps": default_steps, "from": "1- and 2-step runs, linear in steps",
+                               "per_step_s": round(per_step, 4), "per_step_gflop": round(per_step_flops / 1e9, 2)}
+    else:
+        m = res[f"guided_{steps}_steps"]
+        seconds, flops = m.median, m.flops or 0
+    out["steps"] = default_steps if extrapolate else steps
     lookup_face = _get(report, "stages", "lookup", "steering_off", "1", "per_face_s")
     lookup_gflop = _get(report, "stages", "lookup", "steering_off", "1", "gflop_per_face")
-    summary = {"refine_s_per_face": round(m.median, 4), "refine_gflop_per_face": out["refine"].get("gflop")}
+    unguided = res["unguided"]
+    summary = {"refine_s_per_face": round(seconds, 4), "refine_gflop_per_face": round(flops / 1e9, 2),
+               "unguided_s_per_face": round(unguided.median, 4),
+               "unguided_gflop_per_face": round((unguided.flops or 0) / 1e9, 2),
+               "extrapolated": extrapolate}
     if lookup_face:
         summary["lookup_s_per_face"] = lookup_face
-        summary["refine_over_lookup"] = round(m.median / lookup_face, 3)
-    if lookup_gflop and m.flops:
-        summary["refine_over_lookup_flops"] = round(m.flops / 1e9 / lookup_gflop, 3)
+        summary["refine_over_lookup"] = round(seconds / lookup_face, 3)
+        summary["unguided_over_lookup"] = round(unguided.median / lookup_face, 3)
+    if lookup_gflop:
+        summary["refine_over_lookup_flops"] = round(flops / 1e9 / lookup_gflop, 3)
+        summary["unguided_over_lookup_flops"] = round((unguided.flops or 0) / 1e9 / lookup_gflop, 3)
     out["summary"] = summary
     return out
-
 
 
 def one_face_image() -> tuple[torch.Tensor, str]:
@@ -753,20 +805,23 @@ def stage_memory(ctx: BenchContext, report: dict) -> dict:
     paste_options = PasteOptions(device=str(ctx.device))
     x = (torch.rand(1, 3, setup.input_size, setup.input_size) * 2 - 1).to(ctx.device)
 
+    lookup_kwargs = {} if ctx.opts.steering else {"mode": "off"}
+
     def pipeline():
         crops = align_faces(image, detections, options)
-        restored, _latent = lookup(crops, setup.handle)
+        restored, _latent = lookup(crops, setup.handle, **lookup_kwargs)
         return paste_back(image, restored, paste_options)
 
     cpu = ctx.device.type == "cpu"
-    res = ctx.measure({"bare": lambda: setup.bare(x), "pipeline": pipeline}, warmup=0 if cpu else 1,
+    res = ctx.measure({"bare": lambda: _inference(setup.bare, x), "pipeline": pipeline}, warmup=0 if cpu else 1,
                       repeats=1 if cpu and not ctx.opts.tiny else 2)
     weights = module_bytes(setup.bare_module)
     bare, pipe = res["bare"], res["pipeline"]
     out = {"image_source": source, "method": bare.memory_method, "weights_bytes": weights,
            "bare_peak_increment_bytes": bare.peak_increment, "pipeline_peak_increment_bytes": pipe.peak_increment,
            "pipeline_s": round(pipe.median, 4), "detect_excluded": "detection ran once before (its weights stay "
-           "loaded); the timed chain is align -> lookup (defaults) -> paste"}
+           "loaded); the timed chain is align -> lookup -> paste",
+           "lookup_mode": "defaults" if ctx.opts.steering else "off (steering not timed: see lookup stage)"}
     out["summary"] = {
         "pipeline_over_bare_total": round((weights + pipe.peak_increment) / max(weights + bare.peak_increment, 1), 4),
         "pipeline_over_bare_increment": round(pipe.peak_increment / max(bare.peak_increment, 1), 4),
@@ -776,31 +831,54 @@ def stage_memory(ctx: BenchContext, report: dict) -> dict:
     return out
 
 
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> dict:
+    diff = (a.float().cpu() - b.float().cpu()).abs()
+    mse = float((diff ** 2).mean())
+    return {"max_abs_diff": round(float(diff.max()), 5), "mean_abs_diff": round(float(diff.mean()), 6),
+            "psnr_db": round(10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item(), 2)}
+
+
 def stage_parity(ctx: BenchContext, report: dict) -> dict:
-    """Lookup output under autocast (bf16/fp16) against fp32 on the same faces."""
+    """Lookup under autocast (bf16/fp16) against fp32 on the same faces.
+
+    Two figures: the decoder on the same codes (the continuous path, where the tolerance applies), and the
+    whole lookup, where a code whose top-2 logits are closer than bf16's rounding may flip (random weights
+    have many such near ties; trained ones few), so its pixel difference is reported, not judged."""
     setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
     if setup.handle is None:
         raise StageUnavailable(setup.handle_error)
     low = ctx.dtype or torch.bfloat16
     if ctx.device.type == "cpu" and not ctx.opts.tiny and ctx.dtype is None:
         raise StageUnavailable("fp32 run on CPU: nothing to compare (use --dtype bf16 or --device cuda)")
+    from .lookup import decode
     lookup = _lookup_fn()
+    handle = setup.handle
     crops = synthetic_face_crops(2, setup.input_size, seed=3)
-    with inference_context(ctx.device, None):
-        ref, ref_latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
-    with inference_context(ctx.device, low):
-        got, got_latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
-    diff = (got.crops.float().cpu() - ref.crops.float().cpu()).abs()
-    mse = float((diff ** 2).mean())
-    out = {"dtype": str(low).replace("torch.", ""), "max_abs_diff": round(float(diff.max()), 5),
-           "mean_abs_diff": round(float(diff.mean()), 6),
-           "psnr_db": round(10 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item(), 2),
-           "tolerance": {"mean_abs_diff": PARITY_MEAN_ABS_TOL, "psnr_db": PARITY_PSNR_DB}}
+    saved = getattr(handle, "precision", "auto")
+    try:
+        handle.precision = "fp32"
+        with inference_context(ctx.device, None):
+            ref, ref_latent = lookup(crops, handle, quality=1.0, fidelity=0.5, mode="off")
+            ref_dec = decode(handle, ref_latent.quantized, ref_latent.skip_features, ref_latent.fidelity)
+        handle.precision = "auto"
+        with inference_context(ctx.device, low):
+            got, got_latent = lookup(crops, handle, quality=1.0, fidelity=0.5, mode="off")
+            got_dec = decode(handle, ref_latent.quantized, ref_latent.skip_features, ref_latent.fidelity)
+    finally:
+        handle.precision = saved
+    out = {"dtype": str(low).replace("torch.", ""), "decoder_same_codes": _psnr(got_dec, ref_dec),
+           "whole_lookup": _psnr(got.crops, ref.crops),
+           "tolerance": {"mean_abs_diff": round(PARITY_MEAN_ABS_TOL, 5), "psnr_db": PARITY_PSNR_DB,
+                         "applies_to": "decoder_same_codes"}}
     if ref_latent.indices is not None and got_latent.indices is not None:
         out["code_indices_changed"] = round(float((ref_latent.indices.cpu() != got_latent.indices.cpu())
                                                   .float().mean()), 4)
-    out["within_tolerance"] = out["mean_abs_diff"] <= PARITY_MEAN_ABS_TOL and out["psnr_db"] >= PARITY_PSNR_DB
-    out["summary"] = {k: out[k] for k in ("dtype", "mean_abs_diff", "psnr_db", "within_tolerance")}
+    dec = out["decoder_same_codes"]
+    out["within_tolerance"] = dec["mean_abs_diff"] <= PARITY_MEAN_ABS_TOL and dec["psnr_db"] >= PARITY_PSNR_DB
+    out["summary"] = {"dtype": out["dtype"], "decoder_psnr_db": dec["psnr_db"],
+                      "decoder_mean_abs_diff": dec["mean_abs_diff"], "within_tolerance": out["within_tolerance"],
+                      "whole_lookup_psnr_db": out["whole_lookup"]["psnr_db"],
+                      "code_indices_changed": out.get("code_indices_changed")}
     return out
 
 
@@ -835,6 +913,7 @@ def run_bench(opts: BenchOptions) -> dict:
             raise FaceRefineError(str(err)) from None
         report["restorer"] = {"architecture": setup.architecture, "description": setup.description,
                               "parameters": setup.parameters, "input_size": setup.input_size,
+                              "layout": setup.layout,
                               "weights_bytes": module_bytes(setup.bare_module),
                               "lookup_handle": setup.handle is not None, "note": setup.handle_error or None}
         # the bare forward is the yardstick of every ratio: always measured (inside the lookup stage)
@@ -888,6 +967,9 @@ def evaluate_targets(report: dict) -> list[dict]:
     refine_ratio = _get(stages, "refine", "summary", "refine_over_lookup")
     add("refine at default steps / lookup (GPU)", refine_ratio, 1.0, "<=", needs=cuda,
         note="" if cuda else "CPU figure reported; the target is for GPU")
+    refine_flops = _get(stages, "refine", "summary", "refine_over_lookup_flops")
+    add("refine / lookup in FLOPs (a proxy for the GPU ratio)", refine_flops, 1.0, "<=",
+        note="FLOPs, not time: meant to predict the GPU target where no GPU was measured")
     scale8 = _get(stages, "lookup", "summary", "lookup_faces_per_s_batch8_over_batch1")
     add("GPU: faces/s batch 8 / batch 1", scale8, 3.0, ">=", needs=cuda)
     tflops16 = _get(stages, "lookup", "steering_off", "16", "achieved_tflops")

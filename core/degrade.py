@@ -143,19 +143,23 @@ def poisson_noise(x: torch.Tensor, scale: Severity, generator: Optional[torch.Ge
 def jpeg(x: torch.Tensor, quality: Severity) -> torch.Tensor:
     """Real JPEG round trip (libjpeg via torchvision) at ``quality`` 1..100 (scalar or [N]); 100+ leaves it unchanged."""
     _check(x)
+    import warnings
+
     from torchvision.io import decode_jpeg, encode_jpeg
     n = x.shape[0]
     qs = _per_sample(quality, n, x.device).round().clamp(1, 101).long().tolist()
     out = x.clone()
     u8 = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    for i, q in enumerate(qs):
-        if q > 100:
-            continue
-        img = u8[i]
-        if img.shape[0] == 1:
-            img = img.expand(3, -1, -1)
-        dec = decode_jpeg(encode_jpeg(img.contiguous(), quality=int(q)))
-        out[i] = (dec[: x.shape[1]].float() / 255).to(x.device, x.dtype)
+    with warnings.catch_warnings():  # torchvision 0.29 announces a move to torchcodec; the codec still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for i, q in enumerate(qs):
+            if q > 100:
+                continue
+            img = u8[i]
+            if img.shape[0] == 1:
+                img = img.expand(3, -1, -1)
+            dec = decode_jpeg(encode_jpeg(img.contiguous(), quality=int(q)))
+            out[i] = (dec[: x.shape[1]].float() / 255).to(x.device, x.dtype)
     return out
 
 

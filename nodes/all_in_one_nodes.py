@@ -4,21 +4,15 @@ from __future__ import annotations
 import dataclasses
 
 from . import runtime as rt
+from .crop_nodes import DETECTOR_CHOICES
 
 NONE_CHOICE = "none"
-
-
-def _detector_choices() -> list[str]:
-    from ..core.crop import DETECTORS
-    return ["auto"] + [d for d in DETECTORS if d != "auto"]
 
 
 class FaceRefineRestore:
     @classmethod
     def INPUT_TYPES(cls):
         rt.register_model_folders()
-        from ..core.crop.align import CROP_SIZES
-        from ..core.paste import COLOR_MODES
         restorers = rt.restorer_choices(extra=[NONE_CHOICE])
         default = rt.default_restorer()
         return {
@@ -39,19 +33,18 @@ class FaceRefineRestore:
                 "identity_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                                 "tooltip": "Strength of the identity guidance during refine "
                                                            "(needs ArcFace weights in models/facedetection)."}),
-                "detector": (_detector_choices(), {
+                "detector": (DETECTOR_CHOICES, {
                     "default": "auto",
                     "tooltip": "auto = RetinaFace when its weights are present, else the embedded MTCNN."}),
-                "crop_size": ([str(s) for s in CROP_SIZES], {"default": "512",
-                                                            "tooltip": "Aligned face size in pixels."}),
+                "crop_size": ([512, 256, 1024], {"default": 512, "tooltip": "Aligned face size in pixels."}),
                 "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                          "tooltip": "0 = original face, 1 = fully restored face."}),
-                "color_correction": (list(COLOR_MODES), {
-                    "default": "lab" if "lab" in COLOR_MODES else COLOR_MODES[0],
+                "color_correction": (["lab", "lowfreq", "none"], {
+                    "default": "lab",
                     "tooltip": "Match the restored face's colours to the original: none, lab (mean/std in "
                                "LAB) or lowfreq (keep the original's low frequencies)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": rt.tooltip("seed")}),
-                "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
             },
             "optional": {
                 "reference": ("IMAGE", {"tooltip": "Optional photo of the same person: identity target of "
@@ -71,7 +64,7 @@ class FaceRefineRestore:
                    "colour correction. Shows a before/after compare widget after a run.")
 
     def restore(self, image, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, refine_steps=0,
-                identity_strength=1.0, detector="auto", crop_size="512", visibility=1.0, color_correction="lab",
+                identity_strength=1.0, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
                 seed=0, device="auto", reference=None):
         import torch
 

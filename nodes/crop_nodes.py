@@ -24,12 +24,14 @@ class FaceRefineFaceCrop:
             "detector": (DETECTOR_CHOICES, {"default": "auto", "tooltip":
                          "auto = RetinaFace when its weights are in models/facedetection, else the embedded "
                          "MTCNN (works offline)."}),
-            "crop_size": ([512, 256, 1024], {"default": 512}),
-            "sort": (["largest", "left_to_right", "confidence"], {"default": "largest"}),
+            "crop_size": ([512, 256, 1024], {"default": 512, "tooltip": "Aligned face size in pixels."}),
+            "sort": (["largest", "left_to_right", "confidence"], {"default": "largest", "tooltip":
+                     "Face order (and which faces max_faces / face_index keep)."}),
             "face_index": ("STRING", {"default": "", "tooltip":
                            "Pick faces after sorting: '' = all, '0' = first, '0,2' = first and third."}),
             "max_faces": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0 = all faces."}),
-            "only_center_face": ("BOOLEAN", {"default": False}),
+            "only_center_face": ("BOOLEAN", {"default": False,
+                                             "tooltip": "Keep only the face nearest the image centre."}),
             "min_face_size": ("INT", {"default": 0, "min": 0, "max": 8192,
                                       "tooltip": "Ignore faces smaller than this many pixels."}),
             "det_threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -65,6 +67,8 @@ class FaceRefineCropsToImage:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("crops",)
     FUNCTION = "convert"
+    DESCRIPTION = ("FACE_CROPS -> IMAGE batch (one aligned face per image), to edit the faces with any image "
+                   "node; bring them back with Image to Face Crops.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -81,6 +85,8 @@ class FaceRefineImageToCrops:
     RETURN_TYPES = ("FACE_CROPS",)
     RETURN_NAMES = ("face_crops",)
     FUNCTION = "convert"
+    DESCRIPTION = ("Puts edited face images back into the FACE_CROPS they came from (same order and count); "
+                   "the geometry is kept, so Paste Back can place them.")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -24,7 +24,7 @@ class FaceRefineCodebookLookup:
                     "(critic-steered), else off. off = the plain base model.")}),
                 "top_k": ("INT", {"default": 8, "min": 2, "max": 64,
                                   "tooltip": "training-free: candidate codes per token (top-k of the lookup logits)."}),
-                "device": (["auto", "cpu"], {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
                 "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
             },
             "optional": {
@@ -61,7 +61,8 @@ class FaceRefineCodebookLookup:
                               critic=iqa_model, top_k=top_k, batch_size=stop - start)
             parts = rt.map_batches(run, len(face_crops), face_batch, progress)
         crops = face_crops.with_crops(torch.cat([p[0].crops for p in parts]), parts[0][0].history[-1])
-        return (crops, concat_latents([p[1] for p in parts]))
+        crops, ui = rt.score_before_after(face_crops, crops, iqa_model)  # per-face quality before -> after
+        return rt.node_output((crops, concat_latents([p[1] for p in parts])), ui)
 
 
 NODES = {"FaceRefineCodebookLookup": (FaceRefineCodebookLookup, "FaceRefine Codebook Lookup")}

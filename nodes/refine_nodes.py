@@ -30,13 +30,14 @@ class FaceRefineIdentityLatentRefine:
                                        "tooltip": "How much of the lookup latent is re-noised (SDEdit)."}),
                 "identity_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                                 "tooltip": "Size of the identity update of the masked latent."}),
-                "sampler": (SAMPLER_CHOICES, {"default": "dpmpp_2m"}),
+                "sampler": (SAMPLER_CHOICES, {"default": "dpmpp_2m",
+                                              "tooltip": "Sampler of the latent diffusion (dpmpp_2m: good in few steps)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": rt.tooltip("seed")}),
                 "identity_target": (TARGET_CHOICES, {
                     "default": "auto",
                     "tooltip": "auto = reference if connected, else the recovery network if trained, else the "
                                "degraded face."}),
-                "device": (["auto", "cpu"], {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
                 "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
             },
             "optional": {
@@ -80,6 +81,7 @@ class FaceRefineIdentityLatentRefine:
                           batch_size=stop - start, index_offset=start)
 
         with contextlib.ExitStack() as stack:
+            stack.enter_context(rt.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode
             for m in modules:
                 stack.enter_context(rt.on_device(m, dev))
             parts = rt.map_batches(run, len(face_crops), face_batch)
@@ -107,6 +109,8 @@ class FaceRefineLatentPriorLoader:
     RETURN_NAMES = ("latent_prior",)
     FUNCTION = "load"
     CATEGORY = rt.CATEGORY_LOADERS
+    DESCRIPTION = ("Loads the latent score model (CLR-Face diffusion prior over the restorer's clean latents) "
+                   "for Identity Latent Refine. (none) = identity guidance only.")
 
     def load(self, prior_name):
         if prior_name in (None, "", NONE_CHOICE):
@@ -132,6 +136,8 @@ class FaceRefineIdModelLoader:
     RETURN_NAMES = ("id_model",)
     FUNCTION = "load"
     CATEGORY = rt.CATEGORY_LOADERS
+    DESCRIPTION = ("Loads ArcFace (identity embedding) and, optionally, the trained Identity Recovery Network "
+                   "with its learned latent mask, for Identity Latent Refine.")
 
     def load(self, arcface, identity_recovery=NONE_CHOICE):
         from ..models.arch.identity import load_id_model

@@ -32,6 +32,7 @@ CATEGORY_UTILS = "FaceRefine/utils"
 # facerestore_cf and ReActor; the others hold our own weights.
 MODEL_FOLDERS = ("facerestore_models", "facerefine", "facedetection", "pyiqa")
 WEIGHT_EXTENSIONS = {".safetensors", ".pth", ".pt", ".ckpt", ".bin"}
+DEVICE_CHOICES = ["auto", "cpu"]  # auto = ComfyUI's device (GPU when present)
 
 TOOLTIPS = {
     "image": "Images to process (ComfyUI IMAGE, batch allowed).",
@@ -279,7 +280,8 @@ class ModelCache:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        model = loader()
+        with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; keep params autograd-able
+            model = loader()
         with self._lock:
             self._items[key] = model
             self._items.move_to_end(key)
@@ -300,6 +302,13 @@ MODEL_CACHE = ModelCache()
 
 def cached_model(path: Optional[os.PathLike | str], device: Any, loader: Callable[[], Any], *extra: Any) -> Any:
     return MODEL_CACHE.get_or_load(path, device, loader, *extra)
+
+
+@contextlib.contextmanager
+def autograd() -> Iterator[None]:
+    """Gradients inside a ComfyUI node (ComfyUI executes nodes under torch.inference_mode)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 # --- model folders (dropdowns) ---
@@ -410,6 +419,25 @@ def quality_ui(face_crops_before: Any, face_crops_after: Any = None) -> dict:
             a = None
         lines.append({"face": i, "before": _score_dict(b), "after": _score_dict(a)})
     return {"facerefine_quality": lines}
+
+
+def score_before_after(before: Any, after: Any, iqa: Any = None) -> tuple[Any, dict]:
+    """Score a step's input and output faces with one metric (``iqa`` or the default face metric).
+
+    Returns (output faces carrying the new score, quality_ui payload). Input faces already
+    scored with that metric are not scored again. A metric that cannot load (missing weights)
+    only drops the read-out, with a warning: it never fails the restoration step.
+    """
+    try:
+        from ..core.score import get_metric, score_face_crops
+        metric = iqa if iqa is not None else get_metric("auto", get_device("auto"))
+        if before is not None and not before.is_empty and any(
+                q is None for q in before.latest_quality(metric.name)):
+            before = score_face_crops(before, metric)
+        after = score_face_crops(after, metric)
+    except FaceRefineError as err:
+        log.warning("FaceRefine: no quality read-out: %s", err)
+    return after, quality_ui(before, after)
 
 
 def _latest(face: Any, metric: Optional[str] = None) -> Any:

@@ -21,7 +21,7 @@ class FaceRefineLoadIQA:
         runtime.register_model_folders()
         return {"required": {
             "metric": (METRIC_CHOICES, {"default": AUTO, "tooltip": METRIC_TOOLTIP}),
-            "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": runtime.TOOLTIPS["device"]}),
+            "device": (runtime.DEVICE_CHOICES, {"default": "auto", "tooltip": runtime.TOOLTIPS["device"]}),
         }}
 
     RETURN_TYPES = ("FACEREFINE_IQA",)
@@ -45,7 +45,7 @@ class FaceRefineQualityScore:
                 "face_crops": ("FACE_CROPS", {"tooltip": "Faces to score (each aligned crop gets a score)."}),
                 "image": ("IMAGE", {"tooltip": "Whole images to score when no faces are connected."}),
                 "iqa": ("FACEREFINE_IQA", {"tooltip": "A loaded metric; overrides the metric choice."}),
-                "device": (["auto", "cpu", "cuda"], {"default": "auto", "tooltip": runtime.TOOLTIPS["device"]}),
+                "device": (runtime.DEVICE_CHOICES, {"default": "auto", "tooltip": runtime.TOOLTIPS["device"]}),
             },
         }
 
@@ -84,7 +84,7 @@ class FaceRefineQualityScore:
             scores = scored.latest_quality(m.name)
             labels = [f"face {i} (image {f.image_index})" for i, f in enumerate(scored.faces)]
             out_crops = scored
-            ui = runtime.quality_ui(scored)
+            ui = runtime.quality_ui(face_crops, scored)  # before: an earlier score of this metric, if any
         else:
             scores = score_images(image, m)
             labels = [f"image {i}" for i in range(len(scores))]

@@ -55,7 +55,7 @@ def restore_uploads(paths, tmp_path, settings=None, max_mp=service.DEFAULT_MAX_M
 
 def test_no_upload(tmp_path):
     out, _ = restore_uploads([], tmp_path)
-    assert out["status"].startswith("⚠️ Upload") and out["slider"] is None
+    assert out["status"].startswith("Upload at least") and out["slider"] is None
 
 
 def test_non_image_and_huge_are_refused_before_decoding(tmp_path):
@@ -65,7 +65,7 @@ def test_non_image_and_huge_are_refused_before_decoding(tmp_path):
     big = tmp_path / "big.png"
     Image.new("RGB", (3000, 2000)).save(big)
     out, progress = restore_uploads([text, big], tmp_path, max_mp=5)
-    assert out["status"].startswith("❌ Nothing restored (2 upload(s))")
+    assert out["status"].startswith("**Nothing restored (2 upload(s)).**")
     assert "notes.txt: not an image file" in out["status"]
     assert "big.png: image too large: 3000x2000 = 6 MP, the limit is 5 MP" in out["status"]
     assert out["downloads"] is None and out["pairs"] == []

@@ -10,7 +10,7 @@ from facerefine.core.types import FaceCrops, FaceInfo
 from facerefine.errors import FaceRefineError, WrongArchitectureError
 
 
-def make_crops(n, size=64, seed=0):
+def make_crops(n, size=32, seed=0):
     """Smooth random 'faces' (low-frequency noise) with dummy geometry."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, size // 8, size // 8, generator=g)
@@ -26,9 +26,13 @@ def grey_critic(x):
     return contrast - ((x - 0.5) ** 2).mean((1, 2, 3))
 
 
+# smaller than the tiny default (32^2 input, 8x8 tokens per branch): this file decodes many times
+FAST = dict(img_size=32, ch_mult=(1, 2, 2), connect_list=("16", "32"))
+
+
 @pytest.fixture(scope="module")
 def iq_path(tmp_path_factory):
-    return make_tiny_iqpfr(tmp_path_factory.mktemp("iq") / "tiny_iqpfr.safetensors")
+    return make_tiny_iqpfr(tmp_path_factory.mktemp("iq") / "tiny_iqpfr.safetensors", **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +57,16 @@ def test_batch_of_three_equals_three_single_calls(restorer):
     assert torch.equal(lat.indices, torch.cat([s[1].indices for s in singles]))
     merged = concat_latents([s[1] for s in singles])
     torch.testing.assert_close(merged.quantized, lat.quantized, atol=1e-5, rtol=0)
-    assert set(merged.skip_features) == set(lat.skip_features) == {"32", "64"}
+    assert set(merged.skip_features) == set(lat.skip_features) == {"16", "32"}
     assert batched.history[-1] == "lookup:IQPFR:trained"
 
 
 def test_latent_contents_and_decode_reproduce_the_output(restorer):
     crops = make_crops(2, seed=1)
     out, lat = lookup(crops, restorer, fidelity=0.3, mode="off")
-    assert lat.lq_features.shape == (2, 32, 16, 16)
-    assert lat.quantized.shape == (2, 64, 16, 16)            # universal + HQ branch channels
-    assert lat.indices.shape == (2, 512) and lat.logits.shape == (2, 512, 32)
+    assert lat.lq_features.shape == (2, 32, 8, 8)
+    assert lat.quantized.shape == (2, 64, 8, 8)              # universal + HQ branch channels
+    assert lat.indices.shape == (2, 128) and lat.logits.shape == (2, 128, 32)
     assert lat.fidelity == 0.3 and lat.architecture == "IQPFR" and lat.extra["mode"] == "off"
     with torch.inference_mode():
         again = decode(restorer, lat.quantized, lat.skip_features, lat.fidelity)
@@ -80,9 +84,9 @@ def test_decode_passes_gradients_to_the_latent(restorer):
 
 
 def test_off_input_size_is_resized_and_back(restorer):
-    crops = make_crops(1, size=96, seed=3)
+    crops = make_crops(1, size=48, seed=3)
     out, _ = lookup(crops, restorer, mode="off")
-    assert out.crops.shape == (1, 3, 96, 96) and out.crop_size == 96
+    assert out.crops.shape == (1, 3, 48, 48) and out.crop_size == 48
 
 
 def test_zero_initialised_conditioning_is_exactly_the_unconditioned_lookup(restorer):
@@ -94,7 +98,7 @@ def test_zero_initialised_conditioning_is_exactly_the_unconditioned_lookup(resto
 
 
 def test_trained_conditioning_changes_the_lookup_with_quality(tmp_path):
-    path = make_tiny_iqpfr(tmp_path / "cond.safetensors", seed=1)
+    path = make_tiny_iqpfr(tmp_path / "cond.safetensors", seed=1, **FAST)
     r = load_restorer(str(path))
     with torch.no_grad():  # stand-in for trained conditioning weights
         g = torch.Generator().manual_seed(0)
@@ -168,7 +172,7 @@ def test_bad_arguments_are_user_errors(restorer):
 def test_training_step_runs_both_stages_and_learns(tmp_path):
     from facerefine.models.arch.iqpfr import IQPFR, training_step
     torch.manual_seed(0)
-    model = IQPFR(tiny_iqpfr_config())
+    model = IQPFR(tiny_iqpfr_config(**FAST))
     hq = make_crops(2, seed=10).crops
     lq = torch.nn.functional.avg_pool2d(hq, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
     batch = {"hq": hq, "lq": lq, "quality": torch.tensor([0.8, 0.4])}
@@ -178,7 +182,7 @@ def test_training_step_runs_both_stages_and_learns(tmp_path):
         last = training_step(model, batch, "codebook", opt)
     assert set(first) >= {"l1", "vq", "lq_l1", "total"} and last["l1"] < first["l1"]
     opt2 = torch.optim.Adam(model.stage_parameters("lookup"), lr=2e-3)
-    teacher = IQPFR(tiny_iqpfr_config())
+    teacher = IQPFR(tiny_iqpfr_config(**FAST))
     teacher.load_state_dict(model.state_dict())
     first = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher)
     for _ in range(6):
@@ -194,7 +198,7 @@ def test_default_compact_config_fits_the_size_budget():
 
 
 def test_iqpfr_file_without_config_is_a_clear_error(tmp_path):
-    path = make_tiny_iqpfr(tmp_path / "bare.pth")
+    path = make_tiny_iqpfr(tmp_path / "bare.pth", **FAST)
     with pytest.raises(WrongArchitectureError, match="config"):
         load_restorer(str(path))
 

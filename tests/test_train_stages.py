@@ -37,7 +37,7 @@ def _config(tmp_path):
             "prior": {"hidden": 32, "depth": 1, "heads": 2},
             "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 100, "seed": 0},
             "stages": {"vqgan": {"lr": 2e-3}, "lookup": {"lr": 2e-3}, "prior": {"lr": 2e-3},
-                       "identity": {"lr": 3e-3, "arcface": "random", "hidden": 32, "mask_every": 2}}}
+                       "identity": {"lr": 3e-3, "arcface": "tiny-random", "hidden": 32, "mask_every": 3}}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
     cfg, faces = _config(tmp), _faces(SHARED_DATA)
     torch.set_num_threads(1)
     results = {}
-    for stage, steps in (("vqgan", 25), ("lookup", 20), ("prior", 25), ("identity", 6)):
+    for stage, steps in (("vqgan", 25), ("lookup", 20), ("prior", 25), ("identity", 15)):
         results[stage] = train_stage(stage, cfg, steps=steps, faces=faces, probe=True, log=lambda m: None)
     return cfg, faces, results
 

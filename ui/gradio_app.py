@@ -67,8 +67,8 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
             with gr.Column(scale=2, min_width=420):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="fr-slider",
                                         interactive=False, max_height=560)
-                gallery = gr.Gallery(label="Results (click one to compare)", columns=6, height=140,
-                                     allow_preview=False, elem_id="fr-gallery")
+                gallery = gr.Gallery(label="Results (click one to compare)", columns=8, height=150,
+                                     object_fit="contain", allow_preview=False, elem_id="fr-gallery")
                 table = gr.Dataframe(value=EMPTY_TABLE, headers=SCORE_HEADERS, interactive=False,
                                      label="Faces: quality before / after (0..1, higher = better)",
                                      elem_id="fr-scores")
@@ -103,7 +103,7 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
     """One run over the uploads: (slider, gallery, table, downloads, status, pairs). Never raises."""
     paths = [p for p in (paths or []) if p]
     if not paths:
-        return None, [], EMPTY_TABLE, None, "⚠️ Upload at least one photo first.", []
+        return None, [], EMPTY_TABLE, None, "Upload at least one photo first.", []
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
     messages, rows, pairs, downloads = [], [], [], []
     for index, path in enumerate(paths):
@@ -130,12 +130,12 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
     if len(downloads) > 1:
         downloads.insert(0, _zip(downloads, out_dir / "facerefine_results.zip"))
     done = len(pairs)
-    head = (f"✅ Restored {done} of {len(paths)} image(s), {len(rows)} face(s)." if done
-            else f"❌ Nothing restored ({len(paths)} upload(s)).")
+    head = (f"Restored {done} of {len(paths)} image(s), {len(rows)} face(s)." if done
+            else f"Nothing restored ({len(paths)} upload(s)).")
     if messages:
         for message in messages:
             gr.Warning(message)
-    status = "\n".join([head] + [f"- ⚠️ {m}" for m in messages])
+    status = "\n".join([f"**{head}**"] + [f"- ⚠ {m}" for m in messages])
     return (pairs[0] if pairs else None, [after for _, after in pairs], rows or EMPTY_TABLE,
             downloads or None, status, pairs)
 

@@ -144,7 +144,7 @@ def restore_array(image: np.ndarray, settings: Settings, progress: Optional[Call
         rgb, alpha = split_array(image)
     except FaceRefineError as err:
         return Outcome(messages=[str(err)])
-    outcome = _restore(torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None], settings, progress)
+    outcome = _restore(torch.tensor(rgb, dtype=torch.float32).div_(255.0)[None], settings, progress)
     if outcome.ok:
         outcome.alpha = alpha
         if image.ndim == 2:  # keep the caller's layout

@@ -48,8 +48,8 @@ function showQuality(node, lines) {
     return el;
   }, 24 + 16 * Math.min(lines.length, 8));
   const text = lines.map((l) => {
-    const after = l.after ? ` → ${formatScore(l.after)}` : "";
-    return `face ${l.face}: ${formatScore(l.before)}${after}`;
+    if (l.before && l.after) return `face ${l.face}: ${formatScore(l.before)} → ${formatScore(l.after)}`;
+    return `face ${l.face}: ${formatScore(l.after || l.before)}`;
   });
   widget.element.textContent = text.length ? text.join("\n") : "no faces";
   node.setDirtyCanvas?.(true, true);

@@ -48,7 +48,7 @@ def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
 def _patches(images: torch.Tensor, image_idx: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Area-like resample of each box (zero outside the image), normalised for the nets."""
     rois = torch.cat([image_idx[:, None].to(boxes), boxes], dim=1)
-    return _normalise(roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=-1, aligned=True))
+    return _normalise(roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=4, aligned=True))
 
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ...models.restorers import CODEBOOK_ARCHS, LoadedRestorer, attach_quality_c
 class Restorer:
     loaded: LoadedRestorer
     device: torch.device
+    precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA; fp32: never autocast (parity checks, bench)
 
     @property
     def name(self) -> str:
@@ -49,9 +50,11 @@ class Restorer:
     def to(self, device) -> "Restorer":
         device = torch.device(device)
         if device != self.device:
-            self.loaded.module.to(device)
+            # channels_last: the NHWC layout tensor-core convolutions use (CPU stays NCHW: bit-stable tests)
+            layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+            self.loaded.module.to(device, memory_format=layout)
             if self.codebook is not None:
-                self.codebook.to(device)
+                self.codebook.to(device, memory_format=layout)
             self.device = device
         return self
 
@@ -62,7 +65,7 @@ class Restorer:
 
     def autocast(self):
         """bf16 autocast on CUDA when the architecture supports it (fp16 otherwise); no-op on CPU."""
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.loaded.supports_bfloat16 and torch.cuda.is_bf16_supported() else \
             (torch.float16 if self.loaded.supports_half else None)

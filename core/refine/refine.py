@@ -53,12 +53,17 @@ def restorer_decoder(restorer, latent: FaceLatent, index: torch.Tensor) -> Decod
     if getattr(restorer, "codebook", None) is None and hasattr(restorer, "architecture"):
         raise FaceRefineError(f"refine needs a codebook restorer (CodeFormer or IQPFR); "
                               f"{restorer.architecture} has no latent to refine")
-    skips = {k: v[index] for k, v in (latent.skip_features or {}).items()}
+    skips = {k: plain_tensor(v[index]) for k, v in (latent.skip_features or {}).items()}
 
     def run(z: torch.Tensor) -> torch.Tensor:
         sub = {k: v.to(z.device) for k, v in skips.items()}
         return decode(restorer, z, sub, latent.fidelity)
     return run
+
+
+def plain_tensor(t):
+    """A normal tensor from one made under torch.inference_mode (those cannot join autograd graphs)."""
+    return t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t
 
 
 def _autocast(device: torch.device):
@@ -91,7 +96,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     if len(latent) != n:
         raise FaceRefineError(f"FACE_LATENT holds {len(latent)} faces but FACE_CROPS holds {n}; "
                               f"connect the outputs of the same lookup step")
-    z_lookup = latent.quantized.detach().float().cpu()
+    z_lookup = plain_tensor(latent.quantized.detach().float().cpu())
     sigmas_cfg = (prior.config.sigma_min, prior.config.sigma_max) if prior is not None else (0.002, 80.0)
     sigmas = sdedit_sigmas(int(steps), float(strength), *sigmas_cfg)
     guided = identity_strength != 0 and id_model is not None
@@ -116,7 +121,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             lq_crops = face_crops.crops  # no degraded crops kept: keep the lookup result's identity
         target_emb, target_source = identity_target(
             id_model, target, n, reference_crop=ref_crop, lq_crops=lq_crops,
-            lq_latent=latent.lq_features.float(), device=device)
+            lq_latent=plain_tensor(latent.lq_features.float()), device=device)
         mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
     elif reference is not None:
         align_reference(reference, face_crops.crop_size)  # still report a reference with no face
@@ -177,7 +182,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
     z0 = z0.to(device)
     if prior is not None:
         x_anchor = prior.normalize(z0)
-        cond = prior.normalize_cond(latent.lq_features[idx].float().to(device))
+        cond = prior.normalize_cond(plain_tensor(latent.lq_features[idx].float().to(device)))
         to_latent = prior.denormalize
     else:
         x_anchor, cond, to_latent = z0, None, (lambda x: x)

@@ -23,8 +23,8 @@ def score_matching_step(model, optimizer: Optional[torch.optim.Optimizer], clean
     (call ``model.fit_statistics`` once on a sample of the training set first).
     """
     device = next(model.parameters()).device
-    x = model.normalize(clean_latents.float().to(device))
-    cond = model.normalize_cond(degraded_latents.float().to(device))
+    x = model.normalize(clean_latents.float().to(device).clone())
+    cond = model.normalize_cond(degraded_latents.float().to(device).clone())
     n = x.shape[0]
     if cond_dropout > 0:
         keep = (torch.rand(n, 1, 1, 1, generator=generator) >= cond_dropout).to(device)
@@ -59,7 +59,8 @@ def identity_recovery_step(id_model, optimizer: Optional[torch.optim.Optimizer],
     Returns the losses as floats.
     """
     device = next(id_model.recovery.parameters()).device
-    lq_crops, hq_crops = lq_crops.float().to(device), hq_crops.float().to(device)
+    lq_crops, hq_crops = lq_crops.float().to(device).clone(), hq_crops.float().to(device).clone()
+    lq_latent = lq_latent.float().to(device).clone()  # also turns inference-mode tensors into normal ones
     with torch.no_grad():
         hq_emb = id_model.embed(hq_crops)
         lq_emb = id_model.embed(lq_crops)
@@ -72,7 +73,7 @@ def identity_recovery_step(id_model, optimizer: Optional[torch.optim.Optimizer],
         losses["identity_recovery"] = float(loss.detach())
         losses["lq_similarity"] = float((lq_emb * hq_emb).sum(1).mean())
         if id_model.mask is not None and restored_latent is not None and decode is not None:
-            z = restored_latent.float().to(device).detach().requires_grad_(True)
+            z = restored_latent.float().to(device).detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 sim = (id_model.embed(decode(z)) * pred.detach()).sum(1)
                 (grad,) = torch.autograd.grad(sim.sum(), z)
@@ -82,7 +83,9 @@ def identity_recovery_step(id_model, optimizer: Optional[torch.optim.Optimizer],
                 raise ValueError(f"latent mask is {tuple(soft.shape[-2:])} but the latent is {tuple(z.shape[-2:])}")
             faces = decode(z.detach() + mask_step * soft * grad.detach())
             mask_id = 1 - (id_model.embed(faces) * hq_emb).sum(1).mean()
-            mask_pix = F.l1_loss(faces, hq_crops)
+            hq_small = hq_crops if hq_crops.shape[-2:] == faces.shape[-2:] else F.interpolate(
+                hq_crops, size=faces.shape[-2:], mode="bilinear", antialias=True)
+            mask_pix = F.l1_loss(faces, hq_small)
             mask_loss = mask_id + pixel_weight * mask_pix + mask_sparsity * soft.mean()
             loss = loss + mask_loss
             losses.update(mask_identity=float(mask_id.detach()), mask_pixel=float(mask_pix.detach()),

@@ -88,9 +88,9 @@ def aggd_params(x: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torc
 # ---------------------------------------------------------------- features
 def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """[N,1,H,W] -> [N, nblocks, block*block] (non-overlapping, row-major)."""
-    n = x.shape[0]
-    t = F.unfold(x, kernel_size=block, stride=block)  # [N, b*b, L]
-    return t.transpose(1, 2).reshape(n, -1, block * block)
+    n, _, h, w = x.shape
+    t = x.reshape(n, h // block, block, w // block, block).permute(0, 1, 3, 2, 4)
+    return t.reshape(n, -1, block * block)
 
 
 def _gaussian_1d(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:

@@ -373,6 +373,13 @@ class PriorStage(Stage):
 
 
 # ----------------------------------------------------------------------------------------------- 4
+def tiny_embedding_net() -> torch.nn.Module:
+    """A small random [N,3,112,112] -> [N,512] network standing in for ArcFace in CPU smoke tests."""
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 16, 4, 4), nn.SiLU(), nn.Conv2d(16, 32, 4, 4), nn.SiLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 512))
+
+
 class IdentityStage(Stage):
     name = "identity"
 
@@ -385,9 +392,9 @@ class IdentityStage(Stage):
             p.requires_grad_(False)
         c = self.restorer.config
         arc = settings.get("arcface", "arcface")
-        if arc == "random":  # smoke tests only: a random-initialised ArcFace-architecture judge
+        if arc in ("random", "tiny-random"):  # smoke tests only: random-initialised judges
             torch.manual_seed(int(settings["seed"]))
-            embedder = ArcFaceEmbedder()
+            embedder = ArcFaceEmbedder(tiny_embedding_net() if arc == "tiny-random" else None)
         else:
             embedder = load_arcface(arc, device)
         for p in embedder.parameters():
