@@ -22,7 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--refine-steps", type=int, default=0,
                    help="identity-guided latent refine steps (0 = off; 10-20 recommended)")
     p.add_argument("--identity-strength", type=float, default=None,
-                   help="identity guidance strength (default 1.0 when refining; 0 = prior only)")
+                   help="identity guidance strength (default 0.5 when refining; 0 = prior only)")
     p.add_argument("--reference", default=None, help="reference photo of the same person (identity target)")
     g = p.add_argument_group("refine")
     g.add_argument("--refine-strength", type=float, default=0.4,
@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     g.add_argument("--identity-recovery", default=None, help="trained Identity Recovery Network + mask file")
     g.add_argument("--identity-target", default="auto", choices=["auto", "reference", "recovery", "lq"],
                    help="auto = reference if given, else the IRN if trained, else the degraded face")
+    g.add_argument("--guidance-steps", type=int, default=None,
+                   help="refine steps that compute a fresh identity gradient (default 1; = --refine-steps for "
+                        "every step, slower: each costs a decoder forward+backward)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     p.add_argument("--seed", type=int, default=0)
     add_crop_arguments(p)
@@ -70,10 +73,11 @@ def run(args) -> dict:
     options = RestoreOptions(
         restorer=args.restorer, quality=args.quality, fidelity=args.fidelity, refine_steps=args.refine_steps,
         identity_strength=(args.identity_strength if args.identity_strength is not None
-                           else (1.0 if args.refine_steps > 0 else 0.0)),
+                           else (0.5 if args.refine_steps > 0 else 0.0)),
         reference=args.reference, device=device, seed=args.seed,
         refine_strength=args.refine_strength, refine_sampler=args.sampler, latent_prior=args.latent_prior,
         id_model=args.id_model, identity_recovery=args.identity_recovery, identity_target=args.identity_target,
+        refine_guidance_steps=args.guidance_steps,
         lookup_mode=args.lookup_mode, quality_condition=args.quality_condition, critic=args.critic,
         crop=crop_options_from_args(args, device),
         paste=PasteOptions(mask=args.mask, erode=args.erode, feather=args.feather, protect_hair=args.protect_hair,

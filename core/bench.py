@@ -588,16 +588,14 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
     return out
 
 
-
 def _placed_detections(size: int, faces: int):
     """Detections at known places (one face per tile), for when the detector has no real face to find."""
     from .crop import RawDetections
     tile = size // faces
     marks, boxes = [], []
-    for i in range(faces):
-        scale, x0, y0 = tile / 1024, i * tile + tile / 4, (size - tile) / 2 + tile / 4
-        pts = torch.tensor(FFHQ_5_POINTS_512) * scale * 2 / 2 + torch.tensor([x0, y0])
-        marks.append(pts)
+    for i in range(faces):  # a face half a tile wide in the middle of each tile
+        x0, y0 = i * tile + tile / 4, (size - tile) / 2 + tile / 4
+        marks.append(torch.tensor(FFHQ_5_POINTS_512) * (tile / 2) / 512 + torch.tensor([x0, y0]))
         boxes.append(torch.tensor([x0, y0, x0 + tile / 2, y0 + tile / 2]))
     return [RawDetections(torch.stack(boxes).float(), torch.ones(faces), torch.stack(marks).float())]
 

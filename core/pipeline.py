@@ -43,6 +43,7 @@ class RestoreOptions:
     id_model: str = "arcface"         # ArcFace weights name/path for identity guidance
     identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
     identity_target: str = "auto"     # auto | reference | recovery | lq
+    refine_guidance_steps: Optional[int] = None  # fresh identity gradients per refine (None = refine default, 1)
     lookup_mode: str = "auto"         # auto | trained | training-free | off (quality slider mode)
     quality_condition: Optional[str] = None  # IQPFR conditioning weights for a CodeFormer restorer
     critic: Optional[str] = None      # NR-IQA critic of training-free steering (default face-niqe)

@@ -28,7 +28,7 @@ class FaceRefineIdentityLatentRefine:
                                   "tooltip": "Denoising steps; 0 returns the lookup result unchanged."}),
                 "strength": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
                                        "tooltip": "How much of the lookup latent is re-noised (SDEdit)."}),
-                "identity_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                "identity_strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.05,
                                                 "tooltip": "Size of the identity update of the masked latent."}),
                 "sampler": (SAMPLER_CHOICES, {"default": "dpmpp_2m",
                                               "tooltip": "Sampler of the latent diffusion (dpmpp_2m: good in few steps)."}),
@@ -39,6 +39,9 @@ class FaceRefineIdentityLatentRefine:
                                "degraded face."}),
                 "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
                 "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
+                "guidance_steps": ("INT", {"default": 1, "min": 1, "max": 200,
+                                           "tooltip": "Steps that compute a fresh identity gradient (each costs a "
+                                                      "decoder forward+backward); = steps for every step."}),
             },
             "optional": {
                 "reference": ("IMAGE", {"tooltip": "Photo of the same person; its face is aligned like the crops "
@@ -55,7 +58,7 @@ class FaceRefineIdentityLatentRefine:
 
     def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, steps, strength,
                identity_strength, sampler, seed, identity_target="auto", device="auto", face_batch=8,
-               reference=None):
+               guidance_steps=1, reference=None):
         from ..core.refine import refine, select_latent
         from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
         if face_crops.is_empty or steps <= 0 or strength <= 0:
@@ -78,7 +81,7 @@ class FaceRefineIdentityLatentRefine:
                           reference=reference, sampler=sampler, seed=seed, progress=report,
                           should_stop=rt.should_stop, target=identity_target, device=dev,
                           lq_crops=None if lq_crops is None else lq_crops[start:stop],
-                          batch_size=stop - start, index_offset=start)
+                          batch_size=stop - start, index_offset=start, guidance_steps=guidance_steps)
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(rt.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode

@@ -171,7 +171,7 @@ def build(name: str, spec: dict, object_info: dict) -> dict:
                       "properties": {"text": ""}, "widgets_values": [spec["note"]],
                       "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": note_id, "last_link_id": len(links_out), "nodes": nodes_out, "links": links_out,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [60, 160]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 200]}}, "version": 0.4}
 
 
 def main() -> None:

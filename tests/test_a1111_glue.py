@@ -177,6 +177,19 @@ def test_model_dropdown_lists_files_in_webui_models_dir(webui, tiny_restorer):
     assert name in module.service.restorer_choices()
 
 
+def test_auto_restorer_uses_webui_files_not_detector_weights(webui):
+    """models/GFPGAN holds facexlib's detector/parser weights next to GFPGANv1.4.pth."""
+    gfpgan_dir = webui.models / "GFPGAN"
+    gfpgan_dir.mkdir(parents=True)
+    for name in ("detection_Resnet50_Final.pth", "parsing_parsenet.pth", "GFPGANv1.4.pth"):
+        (gfpgan_dir / name).write_bytes(b"not read here")
+    module = load_script("facerefine_restorer.py")
+    choices = module.service.restorer_choices()
+    assert "GFPGANv1.4.pth" in choices
+    assert not {"detection_Resnet50_Final.pth", "parsing_parsenet.pth"} & set(choices)
+    assert module.service.default_restorer() == "gfpgan-1.4"
+
+
 def test_package_loads_from_extension_folder_under_another_name(tmp_path):
     """Inside the webui `facerefine` may be taken (or absent): the scripts import the folder itself."""
     code = f"""

@@ -111,11 +111,9 @@ class Page:
             self.page.locator(f"#fr-upload tr:has(td.filename[aria-label='{f.name}']) a[download]").wait_for(
                 timeout=120_000)
 
-    def clear_upload(self) -> None:
-        remove = self.page.locator("#fr-upload button[aria-label='Remove this file']")
-        while remove.count():
-            remove.first.click()
-        self.page.wait_for_function("!document.querySelector('#fr-upload td.filename')")
+    def reload(self) -> None:
+        self.page.reload(wait_until="domcontentloaded")
+        self.page.wait_for_selector("#fr-run", timeout=120_000)
 
     def listed(self, elem_id: str) -> list[str]:
         """File names listed by a gr.File component."""
@@ -145,6 +143,7 @@ class Page:
 
     def screenshot(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.wait_for_timeout(1500)  # let gradio's fade-in of fresh outputs finish (looks only)
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
@@ -217,6 +216,23 @@ def test_london_face_restored_in_browser(page, server, london_dir, artifacts):
     assert server.alive()
 
 
+def test_many_uploads_gallery_and_zip(page, server, london_dir):
+    faces = [sorted((london_dir / kind).glob("*.jpg"))[0] for kind in ("neutral", "smiling")]
+    page.upload(*faces)
+    status = page.run()
+    assert status.startswith("Restored 2 of 2 image(s), 2 face(s)"), status
+    assert [r[0] for r in page.table_rows()] == [f.name for f in faces]
+    assert page.listed("fr-download") == ["facerefine_results.zip"] + [f.stem + "_restored.png" for f in faces]
+    thumbs = page.page.locator("#fr-gallery button img")
+    assert thumbs.count() == 2
+    first = page.page.get_attribute("#fr-slider img >> nth=1", "src")
+    thumbs.nth(1).click()
+    page.page.wait_for_function(
+        "prev => { const i = document.querySelectorAll('#fr-slider img')[1]; return i && i.src !== prev; }",
+        arg=first, timeout=30_000)
+    assert server.alive()
+
+
 def _no_face_image(path: Path) -> Path:
     from PIL import Image
     y, x = np.mgrid[0:384, 0:512]
@@ -242,14 +258,14 @@ def test_bad_uploads_give_messages_and_server_survives(page, server, tmp_path, a
     assert "notes.txt: not an image file" in status and "broken.png" in status
     assert server.alive()
 
-    page.clear_upload()
+    page.reload()
     page.upload(_no_face_image(tmp_path / "no_face.png"))
     status = page.run()
     assert status.startswith("Restored 1 of 1 image(s), 0 face(s)"), status
     assert "no face" in status.lower()
     assert server.alive()
 
-    page.clear_upload()
+    page.reload()
     page.upload(_huge_image(tmp_path / "huge.png"))
     status = page.run()
     page.screenshot(artifacts / "app_bad_input.png")
@@ -281,7 +297,7 @@ def take_readme_screenshot(target: Path, restorer: str | None) -> Path:
             srv.wait_ready()
             with sync_playwright() as p:
                 b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = Page(b.new_context(viewport={"width": 1400, "height": 900}).new_page(), srv.url)
+                page = Page(b.new_context(viewport={"width": 1400, "height": 1130}).new_page(), srv.url)
                 page.upload(photo)
                 print(page.run())
                 page.screenshot(target)

@@ -97,3 +97,13 @@ def test_friendly_errors():
     assert service.friendly_error(WeightsNotFoundError("weights file 'x.pth' not found")) == "weights file 'x.pth' not found"
     assert service.friendly_error(RuntimeError("CUDA out of memory. Tried")).startswith("out of memory")
     assert "unexpected error (ZeroDivisionError)" in service.friendly_error(ZeroDivisionError("boom"))
+
+
+def test_missing_weights_is_a_message(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (96, 64), (90, 80, 70)).save(photo)
+    out, _ = restore_uploads([photo], tmp_path, service.Settings(restorer="codeformer"))
+    assert out["status"].startswith("**Nothing restored (1 upload(s)).**")
+    assert "photo.png: weights file 'codeformer.pth' not found" in out["status"]
+    assert "\n  " in out["status"]  # the folders searched stay inside the message's list item

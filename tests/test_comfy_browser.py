@@ -41,10 +41,11 @@ def prepared():
 
 
 def test_page_extension_and_compare_widget(browser, prepared, tmp_path):
+    from test_comfy_workflows import TEST_WIDGETS
     server = prepared
-    workflow = json.loads((REPO / "example_workflows" / "restore_all_in_one.json").read_text())
+    workflow = json.loads((REPO / "example_workflows" / "07_full_chain.json").read_text())
     errors: list[str] = []
-    page = browser.new_page(viewport={"width": 1400, "height": 800})
+    page = browser.new_page(viewport={"width": 1920, "height": 1000})
     page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     our_js = []
@@ -67,7 +68,15 @@ def test_page_extension_and_compare_widget(browser, prepared, tmp_path):
         assert _normalise(api) == _normalise(mine), path.name
 
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
-    paste_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "FaceRefineRestore")
+    paste_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "FaceRefinePasteBack")
+    lookup_id = next(n["id"] for n in workflow["nodes"] if n["type"] == "FaceRefineCodebookLookup")
+    page.evaluate("""(sizes) => {  // CPU-sized settings, set on the widgets like a user would
+        for (const node of window.app.graph.nodes)
+            for (const [name, value] of Object.entries(sizes[node.type] || {})) {
+                const w = node.widgets?.find(w => w.name === name);
+                if (w) w.value = value;
+            }
+    }""", TEST_WIDGETS)
     page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
     page.wait_for_function(
         """(id) => { const n = window.app.graph.getNodeById(id);
@@ -78,6 +87,10 @@ def test_page_extension_and_compare_widget(browser, prepared, tmp_path):
         """() => { const imgs = document.querySelectorAll('.facerefine-compare img');
                    return imgs.length >= 2 && [...imgs].every(i => i.complete && i.naturalWidth > 0); }""",
         timeout=60_000)
+    quality = page.evaluate(
+        """(id) => window.app.graph.getNodeById(id).widgets.find(w => w.name === 'facerefine_quality')
+                   ?.element?.textContent""", lookup_id)
+    assert quality and quality.startswith("face 0:") and "→" in quality, quality
     # drag across the widget: the split follows the pointer
     box = page.locator(".facerefine-compare").first.bounding_box()
     assert box and box["width"] > 50 and box["height"] > 50

@@ -30,6 +30,15 @@ def grey_critic(x):
 FAST = dict(img_size=32, ch_mult=(1, 2, 2), connect_list=("16", "32"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny ops on a shared, loaded CPU: one thread avoids OpenMP spin-waits (10x+ faster here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def iq_path(tmp_path_factory):
     return make_tiny_iqpfr(tmp_path_factory.mktemp("iq") / "tiny_iqpfr.safetensors", **FAST)

@@ -67,12 +67,12 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
             with gr.Column(scale=2, min_width=420):
                 slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="fr-slider",
                                         interactive=False, max_height=560)
-                gallery = gr.Gallery(label="Results (click one to compare)", columns=8, height=150,
+                gallery = gr.Gallery(label="Results (click one to compare)", columns=8, height=150, visible=False,
                                      object_fit="contain", allow_preview=False, elem_id="fr-gallery")
                 table = gr.Dataframe(value=EMPTY_TABLE, headers=SCORE_HEADERS, interactive=False,
                                      label="Faces: quality before / after (0..1, higher = better)",
                                      elem_id="fr-scores")
-                download = gr.File(label="Download", file_count="multiple", interactive=False,
+                download = gr.File(label="Download", file_count="multiple", interactive=False, height=120,
                                    elem_id="fr-download")
         pairs = gr.State([])
 
@@ -103,7 +103,7 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
     """One run over the uploads: (slider, gallery, table, downloads, status, pairs). Never raises."""
     paths = [p for p in (paths or []) if p]
     if not paths:
-        return None, [], EMPTY_TABLE, None, "Upload at least one photo first.", []
+        return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
     messages, rows, pairs, downloads = [], [], [], []
     for index, path in enumerate(paths):
@@ -135,8 +135,9 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
     if messages:
         for message in messages:
             gr.Warning(message)
-    status = "\n".join([f"**{head}**"] + [f"- ⚠ {m}" for m in messages])
-    return (pairs[0] if pairs else None, [after for _, after in pairs], rows or EMPTY_TABLE,
+    status = "\n".join([f"**{head}**"] + [f"- ⚠ {m.strip()}".replace("\n", "\n  ") for m in messages])
+    gallery = gr.update(value=[after for _, after in pairs], visible=len(pairs) > 1)  # one result: the slider shows it
+    return (pairs[0] if pairs else None, gallery, rows or EMPTY_TABLE,
             downloads or None, status, pairs)
 
 

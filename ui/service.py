@@ -75,28 +75,37 @@ class Outcome:
 def restorer_choices() -> list[str]:
     names = [DEFAULT_RESTORER, "none"]
     try:
-        from ..models.locate import list_files
         from ..models.registry import REGISTRY
         names += [s.name for s in REGISTRY.values() if s.folder in ("facerestore_models", "facerefine")
                   and "lookup" in s.needed_by]
-        names += list_files("facerestore_models")
+        names += restorer_files()
     except Exception as err:  # a broken registry must not break the UI
         _log(f"could not list restorers: {err}")
     return list(dict.fromkeys(names))
+
+
+def restorer_files() -> list[str]:
+    """Weights files in the restorer folders, minus the detector/parser/identity files that the webui keeps
+    in the same folders (models/GFPGAN holds facexlib's detection_*.pth and parsing_*.pth)."""
+    from ..models.locate import list_files
+    from ..models.registry import REGISTRY
+    other = {s.file for s in REGISTRY.values() if s.folder not in ("facerestore_models",)}
+    return [f for f in list_files("facerestore_models") if f not in other
+            and not f.startswith(("detection_", "parsing_", "recognition_"))]
 
 
 def default_restorer() -> str:
     """What 'auto' means: a model shipped with the package, else the first restorer on disk, else codeformer
     (whose missing-file message then says where to get it)."""
     try:
-        from ..models.locate import find_existing, list_files
+        from ..models.locate import find_existing
         from ..models.registry import REGISTRY
         specs = [s for s in REGISTRY.values() if s.folder in ("facerestore_models", "facerefine")
                  and "lookup" in s.needed_by]
         for spec in sorted(specs, key=lambda s: not s.embedded):
             if find_existing(spec.file, spec.folder):
                 return spec.name
-        files = list_files("facerestore_models")
+        files = restorer_files()
         if files:
             return files[0]
     except Exception as err:
@@ -142,8 +151,9 @@ def restore_array(image: np.ndarray, settings: Settings, progress: Optional[Call
     import torch
     try:
         rgb, alpha = split_array(image)
-    except FaceRefineError as err:
-        return Outcome(messages=[str(err)])
+    except Exception as err:  # odd dtypes, object arrays, ...
+        return Outcome(messages=[friendly_error(err) if isinstance(err, FaceRefineError)
+                                 else f"not an image array: {err}"])
     outcome = _restore(torch.tensor(rgb, dtype=torch.float32).div_(255.0)[None], settings, progress)
     if outcome.ok:
         outcome.alpha = alpha
@@ -347,7 +357,7 @@ def face_rows(before_crops, after_crops, metric: Optional[str]) -> list[dict]:
 
 def infotext(settings: Settings, outcome: Outcome) -> dict:
     if not outcome.ok:
-        return {"FaceRefine": "error: " + (outcome.messages[-1] if outcome.messages else "unknown")}
+        return {"FaceRefine": "error: " + (" ".join(outcome.messages[-1].split()) if outcome.messages else "unknown")}
     info = {"FaceRefine": settings.restorer, "FaceRefine quality": round(settings.quality, 3),
             "FaceRefine fidelity": round(settings.fidelity, 3), "FaceRefine faces": outcome.faces}
     if settings.refine_steps:

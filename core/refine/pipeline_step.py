@@ -77,6 +77,7 @@ def build_refine_step(options):
                       strength=strength, identity_strength=identity_strength, reference=reference,
                       sampler=sampler, seed=options.seed, device=device,
                       target=getattr(options, "identity_target", "auto"),
+                      guidance_steps=getattr(options, "refine_guidance_steps", None),
                       lq_crops=ctx.state.get("lq_crops"))
     return step
 

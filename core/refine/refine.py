@@ -21,8 +21,10 @@ from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
 
 DEFAULT_STEPS = 12
 DEFAULT_STRENGTH = 0.4
-DEFAULT_IDENTITY_STRENGTH = 1.0
+DEFAULT_IDENTITY_STRENGTH = 0.5
 DEFAULT_SAMPLER = "dpmpp_2m"
+# Each fresh identity gradient costs a decoder forward + backward (~1.6x a CodeFormer lookup): one by default.
+DEFAULT_GUIDANCE_STEPS = 1
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,7 +89,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
                   identity_strength: float = DEFAULT_IDENTITY_STRENGTH, reference=None,
                   sampler: str = DEFAULT_SAMPLER, seed: int = 0, target: str = "auto",
                   lq_crops: Optional[torch.Tensor] = None, decoder: Optional[Callable] = None,
-                  guidance_interval: int = 1, batch_size: int = 8, device=None, index_offset: int = 0,
+                  guidance_steps: Optional[int] = None, batch_size: int = 8, device=None, index_offset: int = 0,
                   progress: Optional[Callable[[int, int], None]] = None,
                   should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refine every face; see ``refine`` for the arguments. ``decoder(restorer, latent, index)`` overrides
@@ -104,8 +106,11 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         return RefineResult(face_crops, z_lookup, info={"skipped": True})
     if prior is not None:
         prior.check_latent(z_lookup, latent.lq_features)
-    if guidance_interval < 1:
-        raise FaceRefineError("guidance_interval must be >= 1")
+    n_steps = len(sigmas) - 1
+    guidance_steps = DEFAULT_GUIDANCE_STEPS if guidance_steps is None else int(guidance_steps)
+    if guidance_steps < 1:
+        raise FaceRefineError("guidance_steps must be >= 1 (use identity_strength 0 to turn guidance off)")
+    fresh = {k * n_steps // min(guidance_steps, n_steps) for k in range(min(guidance_steps, n_steps))}
     device = torch.device(device) if device is not None else _module_device(prior, id_model)
     sample = get_sampler(sampler)
     make_decoder = decoder or restorer_decoder
@@ -142,7 +147,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         chunk = _refine_chunk(
             z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
             identity_strength, guided, None if target_emb is None else target_emb[idx],
-            None if mask is None else mask[idx], guidance_interval, device, tick, index_offset)
+            None if mask is None else mask[idx], fresh, device, tick, index_offset)
         outs.append(chunk)
     z_final = torch.cat([o[0] for o in outs])
     with torch.inference_mode(), _autocast(device):
@@ -178,7 +183,7 @@ def _similarity(id_model, crops, target, device, batch_size) -> torch.Tensor:
 
 
 def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
-                  identity_strength, guided, target, mask, guidance_interval, device, tick, index_offset=0):
+                  identity_strength, guided, target, mask, fresh, device, tick, index_offset=0):
     z0 = z0.to(device)
     if prior is not None:
         x_anchor = prior.normalize(z0)
@@ -224,7 +229,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
         tick()
         x0 = prior_denoise(x, sigma)
         if i not in cache:
-            if i % guidance_interval == 0 or "last" not in cache:
+            if i in fresh or "last" not in cache:
                 grad, sim = identity_gradient(x0, decode, id_model, target, mask)
                 cache["last"] = grad
                 if not first_sim:
@@ -268,7 +273,9 @@ def refine(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id_model,
     identity_strength: total size of the identity update, in latent standard deviations.
     reference: optional IMAGE [B,H,W,3] of the same person (aligned with the crop step).
     progress(done, total) and should_stop() are called at every denoiser step.
-    options: target ("auto"|"reference"|"recovery"|"lq"), lq_crops, guidance_interval, batch_size, device.
+    options: target ("auto"|"reference"|"recovery"|"lq"), lq_crops, guidance_steps (how many steps compute a
+    fresh identity gradient through decoder + ArcFace, spread evenly; the others reuse the last one;
+    = steps for a fresh gradient at every step), batch_size, device, index_offset.
     """
     return refine_latent(face_crops, latent, restorer, prior, id_model, steps=steps, strength=strength,
                          identity_strength=identity_strength, reference=reference, sampler=sampler,

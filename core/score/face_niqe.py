@@ -110,11 +110,9 @@ def _blur(y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def mscn(y: torch.Tensor, cfg: FaceNiqeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """MSCN coefficients and local sigma of luminance y [N,1,H,W] in 0..255."""
-    # local moments in float32 (fast conv paths); the error is far below the MSCN stabiliser C
-    y32 = y.float()
-    g = _gaussian_1d(cfg.mscn_window, cfg.mscn_sigma, y32)
-    mu = _blur(y32, g).to(y.dtype)
-    var = _blur(y32 * y32, g).to(y.dtype) - mu * mu
+    g = _gaussian_1d(cfg.mscn_window, cfg.mscn_sigma, y)
+    mu = _blur(y, g)
+    var = _blur(y * y, g) - mu * mu
     sigma = (var.abs() + 1e-12).sqrt()
     return (y - mu) / (sigma + cfg.mscn_c), sigma
 
@@ -135,12 +133,13 @@ def block_features(norm: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def luminance(x: torch.Tensor, work_size: Optional[int]) -> torch.Tensor:
-    """RGB [N,3,H,W] 0..1 -> Y [N,1,S,S] 0..255 float64 (rounded like an 8-bit image, straight-through)."""
+    """RGB [N,3,H,W] 0..1 -> Y [N,1,S,S] 0..255 float32 (rounded like an 8-bit image, straight-through)."""
     from pyiqa.utils.color_util import to_y_channel
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected [N,3,H,W] or [N,1,H,W], got {tuple(x.shape)}")
-    y = to_y_channel(x.clamp(0, 1), 1.0, "yiq") if x.shape[1] == 3 else x.clamp(0, 1)
-    y = y.to(torch.float64)
+    x = x.float().clamp(0, 1)
+    y = to_y_channel(x, 1.0, "yiq") if x.shape[1] == 3 else x
+    y = y.to(torch.float32)
     if work_size and (y.shape[-1] != work_size or y.shape[-2] != work_size):
         y = F.interpolate(y, size=(work_size, work_size), mode="bicubic", align_corners=False, antialias=True)
     y = y * 255.0
@@ -174,6 +173,7 @@ def nss_features(x: torch.Tensor, cfg: FaceNiqeConfig) -> tuple[torch.Tensor, to
 
 def mvg_distance(feats: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """NIQE distance between each image's feature Gaussian and the pristine one -> [N]."""
+    feats = feats.to(torch.float64)  # features are float32; the Gaussian algebra needs float64
     mu = mu.to(feats)
     cov = cov.to(feats)
     mu_d = feats.mean(dim=1)

@@ -1,0 +1,45 @@
+"""An 8000x8000 image: detect on a small copy, crop from the full image, bounded memory."""
+import json
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import json, resource, sys, warnings
+    import numpy as np, torch
+    sys.path.insert(0, sys.argv[1])
+    from crop_fixtures import place_faces, similarity
+    from facerefine.core.crop import CropOptions, align_faces, crop_faces
+    from facerefine.core.paste import PasteOptions, paste_back
+    from facerefine.core.crop import RawDetections
+    patch, det, _ = place_faces(3000, 3000, [similarity(5.0, 3.0, 200.0, 150.0)])
+    image = torch.full((1, 8000, 8000, 3), 0.35)
+    image[:, 1500:4500, 2000:5000] = patch
+    shift = torch.tensor([2000.0, 1500.0])
+    det = RawDetections((det.boxes.view(-1, 2, 2) + shift).view(-1, 4), det.scores, det.landmarks + shift)
+    del patch
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = crop_faces(image, CropOptions(detector="mtcnn"))   # full detector on the 1280 copy
+    crops = align_faces(image, [det])                               # known face, crop from full size
+    out, masks = paste_back(image, crops, PasteOptions(color_correction="lab"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    inside = masks[0] > 0
+    same_outside = bool(torch.equal(torch.where(inside[..., None], 0.0, out[0]),
+                                    torch.where(inside[..., None], 0.0, image[0])))
+    print(json.dumps({"extra_mib": (peak - base) / 1024, "image_mib": image.numel() * 4 / 2**20,
+                      "crop": list(crops.crops.shape), "same_outside": same_outside,
+                      "detected": len(found)}))
+""")
+
+
+def test_8000px_image_bounded_memory(tmp_path):
+    from pathlib import Path
+    tests_dir = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, tests_dir], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["crop"] == [1, 3, 512, 512] and res["same_outside"]
+    # the output image and its [H,W] mask plus small working buffers; never several full-size copies
+    assert res["extra_mib"] < 2.5 * res["image_mib"], res
