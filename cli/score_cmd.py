@@ -28,7 +28,8 @@ def run(args) -> dict:
                 from ..core.crop import CropOptions, crop_faces
             except ImportError as err:
                 raise FaceRefineError(f"--faces needs the crop step, which is not available: {err}") from err
-            opts = CropOptions() if not args.detector else CropOptions(detector=args.detector)
+            device = args.device if args.device in ("cpu", "cuda") else "cpu"
+            opts = CropOptions(detector=args.detector or "auto", device=device)
             crops = score_face_crops(crop_faces(image, opts), metric)
             faces = []
             for i, (face, q) in enumerate(zip(crops.faces, crops.latest_quality(metric.name))):

@@ -314,8 +314,11 @@ class BenchContext:
     def measure(self, fns: dict[str, Callable[[], object]], count_flops: bool = False,
                 repeats: Optional[int] = None, warmup: Optional[int] = None) -> dict[str, Measurement]:
         """Autocast only: each callable sets its grad mode, as a user's call would."""
+        warmup = self.opts.warmup if warmup is None else warmup
+        if self.opts.compile and count_flops:
+            warmup = max(warmup, 1) + 1  # the FLOP-counted call compiles under a dispatch mode: compile again
         with inference_context(self.device, self.dtype, inference=False):
-            return measure_interleaved(fns, self.device, self.opts.warmup if warmup is None else warmup,
+            return measure_interleaved(fns, self.device, warmup,
                                        self.opts.repeats if repeats is None else repeats, count_flops, self.log)
 
 

@@ -181,7 +181,7 @@ def grayscale(x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Ten
 
 # --------------------------------------------------------------------------- severity levels (for IQA tests)
 
-# level 0..1 -> parameter, stated at 512 px; blur/downscale scale with image size like DegradeConfig.
+# level 0..1 -> parameter (pixel sizes at the input's own size unless apply_severity gets reference_size)
 SEVERITY_KINDS = {
     "blur": (0.0, 8.0),          # Gaussian sigma px
     "motion": (0.0, 31.0),       # motion length px
@@ -193,10 +193,12 @@ SEVERITY_KINDS = {
 
 
 def apply_severity(x: torch.Tensor, kind: str, level: float, seed: int = 0,
-                   reference_size: int = 512) -> torch.Tensor:
+                   reference_size: Optional[int] = None) -> torch.Tensor:
     """One degradation at ``level`` in 0..1 (0 = identity), for monotonicity tests. Deterministic in ``seed``.
 
     ``kind`` is one of SEVERITY_KINDS or "combined" (all of blur, downscale, noise, jpeg at the same level).
+    Pixel sizes (blur sigma, motion length, downscale factor) apply to ``x`` as given; pass
+    ``reference_size`` (e.g. 512) to scale them by ``x.shape[-1] / reference_size`` like DegradeConfig.
     """
     if kind == "combined":
         for k in ("blur", "downscale", "noise", "jpeg"):
@@ -206,14 +208,14 @@ def apply_severity(x: torch.Tensor, kind: str, level: float, seed: int = 0,
         raise ValueError(f"unknown degradation {kind!r}; choose from {sorted(SEVERITY_KINDS) + ['combined']}")
     lo, hi = SEVERITY_KINDS[kind]
     value = lo + (hi - lo) * float(min(max(level, 0.0), 1.0))
-    scale = x.shape[-1] / reference_size
+    scale = x.shape[-1] / reference_size if reference_size else 1.0
     gen = torch.Generator(device="cpu").manual_seed(seed)
     if kind == "blur":
         return gaussian_blur(x, value * scale)
     if kind == "motion":
         return motion_blur(x, value * scale, 45.0)
     if kind == "downscale":
-        return downscale(x, max(1.0, value * scale) if scale < 1 else value)
+        return downscale(x, max(1.0, value * scale))
     if kind == "noise":
         return _on(x, lambda y: gaussian_noise(y, value, gen))
     if kind == "poisson":

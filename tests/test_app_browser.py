@@ -123,14 +123,18 @@ class Page:
         before = self.status()
         self.page.click("#fr-run")
         self.page.wait_for_function(
-            """prev => { const s = document.querySelector('#fr-status');
+            """prev => { const s = document.querySelector('#fr-status [data-testid=markdown]');
                          const t = s ? s.innerText.trim() : '';
+                         const busy = document.querySelector('#fr-status [data-testid=status-tracker]:not(.hide)');
+                         if (busy) return false;
                          return t && t !== prev && /Restored|Nothing restored|Upload at least/.test(t); }""",
             arg=before, timeout=RUN_TIMEOUT_MS)
         return self.status()
 
     def status(self) -> str:
-        return self.page.inner_text("#fr-status").strip()
+        """The status text only (not the progress overlay drawn over it while running)."""
+        box = self.page.locator("#fr-status [data-testid=markdown]")
+        return box.inner_text().strip() if box.count() else ""
 
     def slider_images(self) -> list[int]:
         """naturalWidth of each image shown in the before/after slider."""

@@ -107,3 +107,18 @@ def test_missing_weights_is_a_message(tmp_path):
     assert out["status"].startswith("**Nothing restored (1 upload(s)).**")
     assert "photo.png: weights file 'codeformer.pth' not found" in out["status"]
     assert "\n  " in out["status"]  # the folders searched stay inside the message's list item
+
+
+def test_port_in_use_is_a_clear_error():
+    import json
+    import socket
+    import subprocess
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "facerefine", "app", "--port", str(port), "--json"],
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["ok"] is False and f"cannot serve on 127.0.0.1:{port}" in result["error"]

@@ -18,6 +18,12 @@ SCRIPT = textwrap.dedent("""
     shift = torch.tensor([2000.0, 1500.0])
     det = RawDetections((det.boxes.view(-1, 2, 2) + shift).view(-1, 4), det.scores, det.landmarks + shift)
     del patch
+    if sys.argv[2]:  # a real portrait, 4x upscaled, in the middle of the canvas
+        from facerefine.core.image_io import load_image
+        face = load_image(sys.argv[2]).image.permute(0, 3, 1, 2)
+        face = torch.nn.functional.interpolate(face, scale_factor=4, mode="bilinear").permute(0, 2, 3, 1)
+        image[:, 4600:4600 + face.shape[1], 4600:4600 + face.shape[2]] = face.clamp(0, 1)
+        del face
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -36,10 +42,17 @@ SCRIPT = textwrap.dedent("""
 
 def test_8000px_image_bounded_memory(tmp_path):
     from pathlib import Path
+
+    from conftest import SHARED_DATA
     tests_dir = str(Path(__file__).resolve().parent)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, tests_dir], capture_output=True, text=True, timeout=900)
+    portraits = sorted((SHARED_DATA / "london" / "neutral").glob("*.jpg"))
+    portrait = str(portraits[0]) if portraits else ""
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, tests_dir, portrait], capture_output=True, text=True,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["crop"] == [1, 3, 512, 512] and res["same_outside"]
+    if portrait:
+        assert res["detected"] == 1  # the real face is found on the downscaled copy
     # the output image and its [H,W] mask plus small working buffers; never several full-size copies
     assert res["extra_mib"] < 2.5 * res["image_mib"], res

@@ -163,7 +163,8 @@ def test_critic_without_gradients_still_works(restorer):
 
 def test_budget_grid_is_nested():
     small, large = budget_grid(0.1, 256, 0.5), budget_grid(0.9, 256, 0.5)
-    assert small == [1, 2, 4, 8] and set(small) <= set(large)
+    assert small == [1, 4] and large == [1, 4, 16, 64] and set(small) <= set(large)
+    assert budget_grid(0.1, 256, 0.5, factor=2) == [1, 2, 4, 8]
 
 
 def test_bad_arguments_are_user_errors(restorer):

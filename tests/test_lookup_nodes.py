@@ -6,7 +6,7 @@ import torch
 
 from tiny_models import make_tiny_iqpfr
 
-from test_lookup_iqpfr import FAST, grey_critic, make_crops
+from test_lookup_iqpfr import FAST, make_crops
 
 
 @pytest.fixture(autouse=True)
@@ -42,13 +42,14 @@ def test_lookup_node_batches_like_the_core_function(models_home):
     (restorer,) = FaceRefineRestorerLoader().load("tiny_iqpfr.safetensors")
     crops = make_crops(3, seed=11)
     node = FaceRefineCodebookLookup()
-    out, latent = node.lookup(crops, restorer, quality=0.4, fidelity=0.5, mode="training-free", device="cpu",
-                              face_batch=2, iqa_model=grey_critic)
+    result = node.lookup(crops, restorer, quality=0.4, fidelity=0.5, mode="trained", device="cpu", face_batch=2)
+    out, latent = result["result"] if isinstance(result, dict) else result
     ref, ref_latent = lookup(crops, load_restorer(str(models_home / "facerestore_models" / "tiny_iqpfr.safetensors")),
-                             quality=0.4, fidelity=0.5, mode="training-free", critic=grey_critic)
+                             quality=0.4, fidelity=0.5, mode="trained")
     torch.testing.assert_close(out.crops, ref.crops, atol=1e-5, rtol=0)
     assert torch.equal(latent.indices, ref_latent.indices) and len(latent) == 3
-    assert latent.extra["critic_after"].shape == (3,)
+    assert set(latent.skip_features) == set(ref_latent.skip_features)
+    assert latent.skip_features["32"].shape[0] == 3 and latent.extra["lq_crops"].shape[0] == 3
     assert "GFPGAN" in FaceRefineCodebookLookup.DESCRIPTION and "base output" in FaceRefineCodebookLookup.DESCRIPTION
 
 

@@ -159,3 +159,21 @@ def test_pipeline_step_registered_after_lookup():
     if "lookup" in names:
         assert names.index("lookup") < names.index("refine")
     assert not any(n == "refine" for n, _ in build_steps(RestoreOptions(restorer="none", refine_steps=5)))
+
+
+def test_clear_errors_for_unusable_inputs(setup):
+    import dataclasses
+
+    from facerefine.core.refine import refine
+    from facerefine.errors import FaceRefineError
+    s = setup
+    empty = dataclasses.replace(s["latent"], quantized=torch.zeros(2, 0, 1, 1), lq_features=torch.zeros(2, 0, 1, 1))
+    with pytest.raises(FaceRefineError, match="needs a codebook latent"):
+        refine(s["restored"], empty, s["restorer"], None, None, steps=3)
+    wrong = build_latent_prior(latent_channels=8, cond_channels=8, latent_size=4, hidden=16, depth=1, heads=2)
+    with pytest.raises(FaceRefineError, match="latent prior expects"):
+        refine(s["restored"], s["latent"], s["restorer"], wrong, None, steps=3)
+    with pytest.raises(FaceRefineError, match="FACE_LATENT holds 2 faces"):
+        refine(s["restored"].select([0]), s["latent"], s["restorer"], None, None, steps=3)
+    with pytest.raises(FaceRefineError, match="unknown sampler"):
+        refine(s["restored"], s["latent"], s["restorer"], None, None, steps=3, sampler="nope")

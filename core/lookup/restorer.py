@@ -26,6 +26,11 @@ class Restorer:
         return self.loaded.architecture
 
     @property
+    def module(self) -> torch.nn.Module:
+        """The network itself (spandrel's CodeFormer/GFPGAN/RestoreFormer, or IQPFR), e.g. for a bare forward."""
+        return self.loaded.module
+
+    @property
     def codebook(self):
         """Lookup surface (encode/logits/code_features/finish_quantize/decode) or None (GFPGAN, RestoreFormer)."""
         return self.loaded.codebook

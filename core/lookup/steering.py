@@ -6,7 +6,7 @@ Each token may only move to one of its top-k codes under the lookup logits. Per 
    critic's gradient ``g`` there;
 2. first-order gain of swapping token t to candidate c: ``g_t . (e_c - e_cur)``; each token proposes
    its best candidate, tokens are ranked by gain;
-3. the best ``m`` proposals are applied for every ``m`` on a fixed grid {1, 2, 4, ...} up to the
+3. the best ``m`` proposals are applied for every ``m`` on a fixed grid {1, 4, 16, ...} up to the
    budget ``strength * max_fraction * tokens``; each candidate is decoded without gradients and
    scored exactly; a face keeps the best candidate only if it beats its current score.
 
@@ -37,21 +37,22 @@ class SteerResult:
     notes: list = field(default_factory=list)
 
 
-def budget_grid(strength: float, tokens: int, max_fraction: float) -> list[int]:
+def budget_grid(strength: float, tokens: int, max_fraction: float, factor: int = 4) -> list[int]:
+    """Changed-token counts tried: 1, factor, factor^2, ... up to the budget (the same grid for every strength)."""
     budget = max(1, int(strength * max_fraction * tokens))
     grid, m = [], 1
     while m <= budget:
         grid.append(m)
-        m *= 2
+        m *= max(2, int(factor))
     return grid
 
 
 def steer(model, lq_feat: torch.Tensor, skips: Mapping[str, torch.Tensor], logits: torch.Tensor,
           indices: torch.Tensor, fidelity: float, critic: Critic, strength: float, *, top_k: int = 8,
-          rounds: int = 2, max_fraction: float = 0.5) -> SteerResult:
+          rounds: int = 2, max_fraction: float = 0.5, grid_factor: int = 4) -> SteerResult:
     """Return steered code indices for a batch. ``model``: the shared lookup surface (decode -> [-1,1])."""
     n, tokens, k_all = logits.shape
-    grid = budget_grid(strength, tokens, max_fraction)
+    grid = budget_grid(strength, tokens, max_fraction, grid_factor)
     k = max(1, min(int(top_k), k_all))
     cand = logits.topk(k, dim=-1).indices                                  # [N,L,k]
     books = model.codebooks                                                # [G,K,C]

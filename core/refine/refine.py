@@ -104,8 +104,14 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     guided = identity_strength != 0 and id_model is not None
     if n == 0 or len(sigmas) < 2:
         return RefineResult(face_crops, z_lookup, info={"skipped": True})
+    if z_lookup.numel() == 0 or (hasattr(restorer, "codebook") and restorer.codebook is None):
+        raise FaceRefineError(f"refine needs a codebook latent (CodeFormer or IQPFR restorer); "
+                              f"{latent.architecture} has none to refine - set refine steps to 0")
     if prior is not None:
-        prior.check_latent(z_lookup, latent.lq_features)
+        try:
+            prior.check_latent(z_lookup, latent.lq_features)
+        except ValueError as err:
+            raise FaceRefineError(f"{err}. Load the latent prior trained for this restorer, or none.") from None
     n_steps = len(sigmas) - 1
     guidance_steps = DEFAULT_GUIDANCE_STEPS if guidance_steps is None else int(guidance_steps)
     if guidance_steps < 1:
@@ -141,7 +147,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         if progress is not None:
             progress(done[0], total_calls)
 
-    outs, sims_before, sims_after = [], [], []
+    outs = []
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n))
         chunk = _refine_chunk(
@@ -230,7 +236,8 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
         x0 = prior_denoise(x, sigma)
         if i not in cache:
             if i in fresh or "last" not in cache:
-                grad, sim = identity_gradient(x0, decode, id_model, target, mask)
+                with _autocast(device):
+                    grad, sim = identity_gradient(x0, decode, id_model, target, mask)
                 cache["last"] = grad
                 if not first_sim:
                     first_sim.append(sim.float().cpu())

@@ -62,11 +62,27 @@ def fit(paths: Sequence[Path], cfg: FaceNiqeConfig = DEFAULT_CONFIG, log=None) -
     """State dict of a face-niqe model fitted on ``paths``."""
     if not paths:
         raise ValueError("no training images")
-    mu, cov = fit_mvg(collect_features(paths, cfg, log=log))
+    feats = collect_features(paths, cfg, log=log)
+    mu, cov = fit_mvg(feats)
     sd = {"mu": mu, "cov": cov, "norm_range": torch.tensor(NORM_RANGE, dtype=torch.float64),
           "num_images": torch.tensor(len(paths), dtype=torch.int64)}
+    # per-image first/second moments: lets a quick test re-derive a few images' features and
+    # check that they aggregate to mu and diag(cov) without refitting everything
+    sd["per_image_mean"] = torch.stack([f.double().mean(0) for f in feats])
+    sd["per_image_sqmean"] = torch.stack([f.double().pow(2).mean(0) for f in feats])
+    sd["blocks_per_image"] = torch.tensor([f.shape[0] for f in feats], dtype=torch.int64)
     sd.update(cfg.to_tensor_dict())
     return sd
+
+
+def aggregate_moments(sd: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and diag(cov) re-derived from the stored per-image moments."""
+    n = sd["blocks_per_image"].double().unsqueeze(1)
+    total = n.sum()
+    mu = (sd["per_image_mean"] * n).sum(0) / total
+    second = (sd["per_image_sqmean"] * n).sum(0)
+    var = (second - total * mu * mu) / (total - 1)
+    return mu, var
 
 
 def compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -103,6 +119,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         from ...models.loading import save_safetensors
         save_safetensors(sd, args.out, metadata={"fitted_on": "London set neutral, training identities",
+                                                 "train_files": ",".join(p.name for p in paths),
                                                  "crop": f"central {LONDON_CROP_BOX}",
                                                  "license": "CC BY 4.0 data (DeBruine & Jones 2017)"})
         report["out"] = args.out
