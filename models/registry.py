@@ -125,6 +125,16 @@ register(replace(REGISTRY["latent-prior-iqpfr"], embedded=True,
                  notes="ships with facerefine-compact (weights/); models its 2x64-channel 16x16 latent"))
 
 
+def default_restorer() -> str:
+    """'auto' restorer: the first community restorer found on disk, else the embedded compact model."""
+    from .locate import find_existing
+    for name in ("codeformer", "gfpgan-1.4", "gfpgan-1.3", "restoreformer++"):
+        spec = REGISTRY[name]
+        if find_existing(spec.file, spec.folder) is not None:
+            return name
+    return "facerefine-compact"
+
+
 def get_spec(name: str) -> Optional[WeightSpec]:
     return REGISTRY.get(name)
 

@@ -65,6 +65,26 @@ def _option(key, default):
         return default
 
 
+def _device():
+    """Settings -> FaceRefine device; 'auto' follows the webui's face-restoration device."""
+    choice = _option("facerefine_device", "auto")
+    if choice and choice != "auto":
+        return choice
+    try:
+        from modules import devices
+        device = getattr(devices, "device_codeformer", None) or getattr(devices, "device", None)
+        return str(device) if device is not None else "auto"
+    except Exception:
+        return "auto"
+
+
+def _number(value, default: float) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
 class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
     name = "FaceRefine"
     order = 3100  # after the webui's CodeFormer (3000)
@@ -72,8 +92,9 @@ class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
     def ui(self):
         with _accordion("FaceRefine") as enable:
             with gr.Row():
-                restorer = gr.Dropdown(service.restorer_choices(), value=_option("facerefine_model", service.DEFAULT_RESTORER),
-                                       label="Restorer", allow_custom_value=True, elem_id="extras_facerefine_restorer")
+                restorer = gr.Dropdown(service.restorer_choices(), label="Restorer", allow_custom_value=True,
+                                       value=_option("facerefine_model", service.DEFAULT_RESTORER),
+                                       elem_id="extras_facerefine_restorer")
                 color_correction = gr.Dropdown(service.color_choices(), value=service.DEFAULT_COLOR,
                                                label="Colour correction", elem_id="extras_facerefine_color")
             with gr.Row():
@@ -94,15 +115,15 @@ class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
 
     def process(self, pp, enable=False, restorer=None, quality=1.0, fidelity=0.5, refine_steps=0,
                 identity_strength=0.5, visibility=1.0, color_correction=None):
-        if not enable or not visibility:
+        visibility = _number(visibility, 1.0)
+        if not enable or visibility <= 0:
             return
-        device = _option("facerefine_device", "auto")
-        settings = service.Settings(
+        settings = service.Settings(  # the webui's API passes None for arguments it was not given
             restorer=restorer or _option("facerefine_model", service.DEFAULT_RESTORER),
-            detector=_option("facerefine_detector", "auto"), device=device,
-            quality=float(quality), fidelity=float(fidelity), refine_steps=int(refine_steps),
-            identity_strength=float(identity_strength), visibility=float(visibility),
-            color_correction=color_correction or service.DEFAULT_COLOR)
+            detector=_option("facerefine_detector", "auto"), device=_device(),
+            quality=_number(quality, 1.0), fidelity=_number(fidelity, 0.5),
+            refine_steps=int(_number(refine_steps, 0)), identity_strength=_number(identity_strength, 0.5),
+            visibility=visibility, color_correction=color_correction or service.DEFAULT_COLOR)
         outcome = service.restore_pil(pp.image, settings)
         for message in outcome.messages:
             print(f"[FaceRefine] {message}", file=sys.stderr)

@@ -148,14 +148,16 @@ def build(name: str, spec: dict, object_info: dict) -> dict:
                    if not (isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))]
         outputs = list(zip(info.get("output_name") or info["output"], info["output"]))
         height = 46 + 24 * len(widgets) + 22 * max(len(sockets), len(outputs))
-        node = {"id": nid, "type": ntype, "pos": [40 + COL * col, 80 + 260 * row], "size": [320, height],
+        if ntype == "LoadImage":
+            height = 330
+        column_rows = [n for n in spec["nodes"] if n[2] == col and n[3] < row]
+        y = 40 + sum(by_id[n[0]]["size"][1] + 60 for n in column_rows)
+        node = {"id": nid, "type": ntype, "pos": [40 + COL * col, y], "size": [320, height],
                 "flags": {}, "order": order, "mode": 0,
                 "inputs": [{"name": n, "type": t if isinstance(t, str) else "*", "link": None} for n, t in sockets],
                 "outputs": [{"name": n, "type": t, "links": [], "slot_index": k}
                             for k, (n, t) in enumerate(outputs)],
                 "properties": {"Node name for S&R": ntype}, "widgets_values": widgets}
-        if ntype == "LoadImage":
-            node["size"] = [320, 330]
         nodes_out.append(node)
         by_id[nid] = node
     for lid, (src, out_name, dst, in_name) in enumerate(spec["links"], start=1):
@@ -166,33 +168,63 @@ def build(name: str, spec: dict, object_info: dict) -> dict:
         d["inputs"][dslot]["link"] = lid
         links_out.append([lid, src, slot, dst, dslot, s["outputs"][slot]["type"]])
     note_id = max(by_id) + 1
-    nodes_out.append({"id": note_id, "type": NOTE, "pos": [40, -120], "size": [700, 110], "flags": {},
+    nodes_out.append({"id": note_id, "type": NOTE, "pos": [40, -150], "size": [700, 120], "flags": {},
                       "order": len(nodes_out), "mode": 0, "inputs": [], "outputs": [],
                       "properties": {"text": ""}, "widgets_values": [spec["note"]],
                       "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": note_id, "last_link_id": len(links_out), "nodes": nodes_out, "links": links_out,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 200]}}, "version": 0.4}
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.7, "offset": [40, 230]}}, "version": 0.4}
+
+
+def thumbnails(server, paths: list[Path]) -> None:
+    """<name>.jpg next to each workflow: the graph as the template browser's thumbnail."""
+    import io
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+    server.post("/settings/Comfy.TutorialCompleted", True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1920, "height": 1000})
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.wait_for_function("() => window.app && window.app.graph && window.app.extensions?.length > 0",
+                               timeout=120_000)
+        for path in paths:
+            page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", json.loads(path.read_text()))
+            page.wait_for_timeout(500)
+            png = page.screenshot(clip={"x": 48, "y": 110, "width": 1872, "height": 820})
+            img = Image.open(io.BytesIO(png)).convert("RGB")
+            img.thumbnail((768, 768))
+            img.save(path.with_suffix(".jpg"), quality=80, optimize=True)
+            print("wrote", path.with_suffix(".jpg").relative_to(REPO))
+        browser.close()
 
 
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    import comfy_engine
     import tempfile
+
+    import comfy_engine
     engine = comfy_engine.install_engine()
     server = comfy_engine.ComfyServer(engine, Path(tempfile.mkdtemp(prefix="facerefine-wf-"))).start()
     try:
         info = server.object_info()
+        OUT.mkdir(exist_ok=True)
+        written = []
+        for name, spec in SPECS.items():
+            missing = {n[1] for n in spec["nodes"]} - set(info)
+            if missing:
+                print(f"skip {name}: nodes not registered: {sorted(missing)}")
+                continue
+            path = OUT / f"{name}.json"
+            path.write_text(json.dumps(build(name, spec, info), indent=1) + "\n")
+            written.append(path)
+            print("wrote", path.relative_to(REPO))
+        if "--no-thumbnails" not in sys.argv:
+            thumbnails(server, written)
     finally:
         server.stop()
-    OUT.mkdir(exist_ok=True)
-    for name, spec in SPECS.items():
-        missing = {n[1] for n in spec["nodes"]} - set(info)
-        if missing:
-            print(f"skip {name}: nodes not registered: {sorted(missing)}")
-            continue
-        path = OUT / f"{name}.json"
-        path.write_text(json.dumps(build(name, spec, info), indent=1) + "\n")
-        print("wrote", path.relative_to(REPO))
 
 
 if __name__ == "__main__":

@@ -291,9 +291,11 @@ def test_extras_ui_controls(monkeypatch, tmp_path, with_accordion):
     assert list(controls) == ["enable", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
                               "visibility", "color_correction"]
     assert controls["enable"].value is False  # off unless the user opens it
+    from facerefine.core.paste import COLOR_MODES
+    assert [value for _, value in controls["color_correction"].choices] == list(COLOR_MODES)
 
 
-def test_extras_process_edits_pp_image(webui, tiny_restorer):
+def test_extras_process_edits_pp_image(webui, tiny_restorer, capsys):
     from PIL import Image
     module = load_script("facerefine_extras.py")
     script, controls = extras_ui(module)
@@ -312,6 +314,12 @@ def test_extras_process_edits_pp_image(webui, tiny_restorer):
     full_diff = np.abs(np.asarray(pp.image, float) - np.asarray(original, float)).sum()
     half_diff = np.abs(np.asarray(half.image, float) - np.asarray(original, float)).sum()
     assert 0 < half_diff < full_diff
+    # the restorer's note is reported on every run, also when its loaded model is reused
+    assert capsys.readouterr().err.count("GFPGAN has no lookup Transformer") == 2
+
+    api = pp_mod.PostprocessedImage(original)  # the webui API fills arguments it was not given with None
+    script.process(api, **{**{name: None for name in controls}, "enable": True, "restorer": args["restorer"]})
+    assert api.image.size == original.size and api.info["FaceRefine quality"] == 1.0
 
     off = pp_mod.PostprocessedImage(original)
     script.process(off, **{**args, "enable": False})

@@ -220,7 +220,7 @@ def test_london_face_restored_in_browser(page, server, london_dir, artifacts):
     assert server.alive()
 
 
-def test_many_uploads_gallery_and_zip(page, server, london_dir):
+def test_many_uploads_gallery_and_zip(page, server, london_dir, artifacts):
     faces = [sorted((london_dir / kind).glob("*.jpg"))[0] for kind in ("neutral", "smiling")]
     page.upload(*faces)
     status = page.run()
@@ -228,12 +228,14 @@ def test_many_uploads_gallery_and_zip(page, server, london_dir):
     assert [r[0] for r in page.table_rows()] == [f.name for f in faces]
     assert page.listed("fr-download") == ["facerefine_results.zip"] + [f.stem + "_restored.png" for f in faces]
     thumbs = page.page.locator("#fr-gallery button img")
+    thumbs.nth(1).wait_for(timeout=30_000)
     assert thumbs.count() == 2
     first = page.page.get_attribute("#fr-slider img >> nth=1", "src")
     thumbs.nth(1).click()
     page.page.wait_for_function(
         "prev => { const i = document.querySelectorAll('#fr-slider img')[1]; return i && i.src !== prev; }",
         arg=first, timeout=30_000)
+    page.screenshot(artifacts / "app_many.png")
     assert server.alive()
 
 

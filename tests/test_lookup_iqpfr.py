@@ -92,6 +92,17 @@ def test_decode_passes_gradients_to_the_latent(restorer):
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
+def test_channels_last_layout_gives_the_same_result(iq_path):
+    """On CUDA codebook restorers run channels_last; the layout must not change the result."""
+    crops = make_crops(2, seed=12)
+    plain = load_restorer(str(iq_path))
+    cl = load_restorer(str(iq_path)).to("cpu", channels_last=True)
+    assert cl.channels_last and cl.module.encoder.blocks[0].weight.is_contiguous(memory_format=torch.channels_last)
+    a, _ = lookup(crops, plain, mode="off")
+    b, _ = lookup(crops, cl, mode="off")
+    torch.testing.assert_close(a.crops, b.crops, atol=1e-5, rtol=0)
+
+
 def test_off_input_size_is_resized_and_back(restorer):
     crops = make_crops(1, size=48, seed=3)
     out, _ = lookup(crops, restorer, mode="off")
@@ -194,9 +205,10 @@ def test_training_step_runs_both_stages_and_learns(tmp_path):
     opt2 = torch.optim.Adam(model.stage_parameters("lookup"), lr=2e-3)
     teacher = IQPFR(tiny_iqpfr_config(**FAST))
     teacher.load_state_dict(model.state_dict())
-    first = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher)
+    first = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher, uncond_prob=0.0)
     for _ in range(6):
-        last = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher)
+        last = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher, uncond_prob=0.0)
+    training_step(model, batch, "lookup", opt2, uncond_prob=1.0)  # unconditioned branch runs too
     assert set(first) >= {"ce", "feat", "fuse_l1", "total"} and last["ce"] < first["ce"]
     path = model.save(tmp_path / "trained.safetensors")
     assert load_restorer(str(path)).architecture == "IQPFR"

@@ -177,3 +177,18 @@ def test_clear_errors_for_unusable_inputs(setup):
         refine(s["restored"].select([0]), s["latent"], s["restorer"], None, None, steps=3)
     with pytest.raises(FaceRefineError, match="unknown sampler"):
         refine(s["restored"], s["latent"], s["restorer"], None, None, steps=3, sampler="nope")
+
+
+def test_pipeline_step_default_prior_that_does_not_fit_falls_back(setup):
+    from facerefine.core.pipeline import RestoreOptions, StepContext
+    from facerefine.core.refine.pipeline_step import build_refine_step
+    folder = Path(__import__("os").environ["FACEREFINE_HOME"]) / "facerefine"
+    wrong = build_latent_prior(latent_channels=8, cond_channels=8, latent_size=4, hidden=16, depth=1, heads=2)
+    save_latent_prior(wrong, folder / "facerefine_latent_prior_iqpfr.safetensors")
+    options = RestoreOptions(restorer="tiny", refine_steps=2, identity_strength=0.0, device="cpu")
+    step = build_refine_step(options)
+    ctx = StepContext(options=options, images=torch.zeros(1, 8, 8, 3), latent=setup["latent"],
+                      state={"restorer": setup["restorer"]})
+    out = step(setup["restored"], ctx)
+    assert out.history[-1].startswith("refine:") and any("does not fit" in w for w in ctx.warnings)
+    assert build_refine_step(RestoreOptions(restorer="tiny", refine_steps=0)) is None

@@ -160,6 +160,12 @@ def test_pyiqa_weights_found_in_facerefine_pyiqa_folder(tmp_path, monkeypatch):
     raw = m.raw(_smooth_face_like(1, 192))
     assert torch.isfinite(raw).all()
     assert face is not None
+    # pyiqa torch-module metrics work as critics too: gradients reach the pixels
+    x = _smooth_face_like(1, 192).requires_grad_(True)
+    value = score.get_critic("niqe", "cpu")(x)
+    value.sum().backward()
+    assert value.item() == pytest.approx(float(score.normalize(m.info, raw, clip=False)), abs=1e-3)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     score.clear_cache()
 
 

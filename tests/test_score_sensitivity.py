@@ -9,7 +9,8 @@ same check on all 20 held-out identities.
 import pytest
 
 from facerefine.core.score import get_metric
-from facerefine.core.score.sensitivity import KINDS, degrade_level, evaluate, heldout_faces, spearman
+from facerefine.core.score.sensitivity import (KINDS, degrade_level, degraded_sets, evaluate, heldout_faces,
+                                                spearman)
 
 
 def test_spearman_helper():
@@ -33,12 +34,14 @@ def six_faces():
     root = shared_data_dir() / "london"
     if not root.is_dir():
         pytest.skip("../shared/data/london not present")
-    return heldout_faces(6, 512, root)
+    faces = heldout_faces(6, 512, root)
+    return faces, degraded_sets(faces)
 
 
 @pytest.mark.parametrize("name", ["face-niqe", "piqe"])
 def test_offline_metric_falls_with_severity(name, six_faces):
-    result = evaluate(get_metric(name, "cpu"), six_faces)
+    faces, sets = six_faces
+    result = evaluate(get_metric(name, "cpu"), faces, sets=sets)
     for kind, r in result["kinds"].items():
         assert r["rho_vs_severity"] >= 0.9, (name, kind, r)
         assert r["clean_above_all"], (name, kind, result["clean_mean"], r)

@@ -22,7 +22,7 @@ DEFAULT_COLOR = "lab"
 DEFAULT_MAX_MEGAPIXELS = 50.0
 _FALLBACK_DETECTORS = ["auto"]
 _FALLBACK_METRICS = ["auto", "face-niqe", "piqe"]
-_FALLBACK_COLORS = ["none", "lab", "wavelet"]
+_FALLBACK_COLORS = ["none", "lab", "lowfreq"]
 
 _lock = threading.Lock()  # one restoration at a time per process (models are shared)
 _STEPS: dict = {}  # {"key": settings that built them, "steps": pipeline steps holding loaded models}
@@ -95,22 +95,9 @@ def restorer_files() -> list[str]:
 
 
 def default_restorer() -> str:
-    """What 'auto' means: a model shipped with the package, else the first restorer on disk, else codeformer
-    (whose missing-file message then says where to get it)."""
-    try:
-        from ..models.locate import find_existing
-        from ..models.registry import REGISTRY
-        specs = [s for s in REGISTRY.values() if s.folder in ("facerestore_models", "facerefine")
-                 and "lookup" in s.needed_by]
-        for spec in sorted(specs, key=lambda s: not s.embedded):
-            if find_existing(spec.file, spec.folder):
-                return spec.name
-        files = restorer_files()
-        if files:
-            return files[0]
-    except Exception as err:
-        _log(f"could not look for restorers: {err}")
-    return "codeformer"
+    """What 'auto' means (the core's choice: community weights on disk, else the embedded compact model)."""
+    from ..models.registry import default_restorer as core_default
+    return core_default()
 
 
 def detector_choices() -> list[str]:
@@ -122,7 +109,7 @@ def metric_choices() -> list[str]:
 
 
 def color_choices() -> list[str]:
-    return _core_choices("paste", ("COLOR_CORRECTIONS", "color_modes"), _FALLBACK_COLORS)
+    return _core_choices("paste", ("COLOR_MODES",), _FALLBACK_COLORS)
 
 
 def _core_choices(step: str, attrs: tuple[str, ...], fallback: list[str], first: Optional[str] = None) -> list[str]:
@@ -269,6 +256,9 @@ def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None
     result = pipeline.restore_images(images, options, steps=_cached_steps(pipeline, options, settings),
                                      progress=progress)
     messages = [str(m) for m in result.warnings]
+    note = (getattr(result.latent, "extra", None) or {}).get("note")  # reused steps report their note once
+    if note and str(note) not in messages:
+        messages.append(str(note))
     before, after = result.original_crops, result.face_crops
     if settings.metric and not after.is_empty:
         try:

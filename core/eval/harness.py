@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import FaceRefineError, WeightsNotFoundError
+from ...errors import FaceRefineError
 from ..types import FaceCrops, FaceInfo
 
 
@@ -191,9 +191,9 @@ class Runner:
             from ...models.arch.identity import load_id_model
             self.id_model = load_id_model("arcface", device=self.opts.device)
         except (FaceRefineError, ImportError, OSError) as err:
-            self.notes.append("identity guidance unavailable (ArcFace weights absent): identity-refine rows run the "
-                              "latent prior only and the reference photo cannot be used"
-                              if isinstance(err, WeightsNotFoundError) else f"identity model unavailable: {err}")
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self.notes.append(f"identity guidance unavailable ({first}): the identity-refine row runs the latent "
+                              f"prior only and the reference-photo row cannot run")
         self.refine_ready = self.prior is not None or self.id_model is not None
 
     def restore(self, lq: FaceCrops, v: Variant, reference_crops: Optional[list]) -> tuple[torch.Tensor, object]:

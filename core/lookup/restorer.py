@@ -15,6 +15,7 @@ from ...models.restorers import CODEBOOK_ARCHS, LoadedRestorer, attach_quality_c
 class Restorer:
     loaded: LoadedRestorer
     device: torch.device
+    channels_last: bool = False
     precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA; fp32: never autocast (parity checks, bench)
 
     @property
@@ -52,15 +53,21 @@ class Restorer:
     def has_trained_conditioning(self) -> bool:
         return self.loaded.has_trained_conditioning
 
-    def to(self, device) -> "Restorer":
+    def to(self, device, channels_last: Optional[bool] = None) -> "Restorer":
+        """Move to a device. Codebook restorers use channels_last on CUDA (the NHWC layout tensor-core
+        convolutions use; CPU stays NCHW by default). GFPGAN always stays NCHW: its style code
+        flattens a conv feature with .view, which fails on channels_last."""
         device = torch.device(device)
-        if device != self.device:
-            # channels_last: the NHWC layout tensor-core convolutions use (CPU stays NCHW: bit-stable tests)
-            layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        if channels_last is None:
+            channels_last = device.type == "cuda"
+        channels_last = bool(channels_last) and self.architecture != "GFPGAN"
+        if device != self.device or channels_last != self.channels_last:
+            layout = torch.channels_last if channels_last else torch.contiguous_format
             self.loaded.module.to(device, memory_format=layout)
             if self.codebook is not None:
                 self.codebook.to(device, memory_format=layout)
             self.device = device
+            self.channels_last = channels_last
         return self
 
     def attach_quality_condition(self, path) -> "Restorer":
@@ -90,7 +97,9 @@ def load_restorer(name_or_path, device=None, quality_condition: Optional[str] = 
     for a CodeFormer checkpoint. Wrong files raise WrongArchitectureError.
     """
     from ...models.locate import resolve
-    from ...models.registry import get_spec
+    from ...models.registry import default_restorer, get_spec
+    if str(name_or_path).strip().lower() in ("auto", "default"):  # community weights if present, else embedded
+        name_or_path = default_restorer()
     path = resolve(name_or_path, "facerestore_models")
     name = str(name_or_path) if get_spec(str(name_or_path)) else path.name
     cond_path = resolve(quality_condition, "facerefine") if quality_condition else None

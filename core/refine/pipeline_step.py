@@ -65,8 +65,17 @@ def build_refine_step(options):
         if restorer is None:
             raise FaceRefineError("the refine step needs the lookup step's restorer (ctx.state['restorer'])")
         if "prior" not in handles:
-            handles["prior"] = load_prior(getattr(options, "latent_prior", None), ctx.latent.architecture, device,
-                                          ctx.warnings)
+            explicit = getattr(options, "latent_prior", None)
+            prior = load_prior(explicit, ctx.latent.architecture, device, ctx.warnings)
+            if prior is not None and not explicit:  # the registry default may model another latent size
+                try:
+                    prior.check_latent(ctx.latent.quantized, ctx.latent.lq_features)
+                except ValueError as err:
+                    msg = f"the default latent prior does not fit this restorer ({err}); identity guidance only"
+                    log.warning("FaceRefine: %s", msg)
+                    ctx.warnings.append(msg)
+                    prior = None
+            handles["prior"] = prior
         if "id_model" not in handles:
             handles["id_model"] = None
             if identity_strength != 0:

@@ -203,8 +203,11 @@ class FaceNIQE(torch.nn.Module):
         self.norm_range = (float(norm_range[0]), float(norm_range[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats, _ = nss_features(x.to(self.mu.device), self.cfg)
-        return mvg_distance(feats, self.mu, self.cov).to(torch.float32)
+        x = x.to(self.mu.device)
+        # NSS statistics of 0..255 luminance need float32 at least: never autocast them to fp16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            feats, _ = nss_features(x.float(), self.cfg)
+            return mvg_distance(feats, self.mu, self.cov).to(torch.float32)
 
     @staticmethod
     def from_state_dict(sd: dict[str, torch.Tensor]) -> "FaceNIQE":

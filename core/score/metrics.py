@@ -46,6 +46,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
 )}
 
 
+# learned networks run under fp16 autocast on CUDA; the NSS metrics need full precision
+_AUTOCAST_OK = ("topiq_nr-face", "musiq", "clipiqa", "maniqa")
+
+
 def metric_names() -> list[str]:
     return list(METRICS)
 
@@ -108,7 +112,7 @@ class Metric:
         with torch.inference_mode():
             for i in range(0, x.shape[0], self.batch_size):
                 chunk = x[i:i + self.batch_size]
-                if self.device.type == "cuda" and self.info.name != FACE_NIQE:
+                if self.device.type == "cuda" and self.info.name in _AUTOCAST_OK:
                     with torch.autocast("cuda", dtype=torch.float16):
                         outs.append(self._forward(chunk).float().cpu())
                 else:
@@ -183,8 +187,9 @@ def _build(info: MetricInfo, device: torch.device, face_input: bool) -> Metric:
     found = pyiqa_weights.require_files(info.name)
     kwargs = {}
     if info.name == "topiq_nr-face":
-        # the checkpoint holds the whole network; our crops are already aligned
-        kwargs.update(backbone_pretrain=False, align_crop_face=not face_input)
+        # the checkpoint holds the whole network. pyiqa's own face alignment (facexlib RetinaFace +
+        # ParseNet downloads) stays off: FACE_CROPS are aligned already; whole images are scored as they are
+        kwargs.update(backbone_pretrain=False, align_crop_face=False)
     try:
         import pyiqa
         with pyiqa_weights.pyiqa_sources(found):

@@ -70,8 +70,14 @@ def spearman(values: Sequence[float]) -> float:
     return float("nan") if rho is None else float(rho)
 
 
+def degraded_sets(faces: torch.Tensor, kinds: Sequence[str] = KINDS,
+                  levels: Sequence[int] = (1, 2, 3, 4, 5)) -> dict[tuple[str, int], torch.Tensor]:
+    """Every (kind, level) degradation of ``faces``, computed once so several metrics can share them."""
+    return {(k, lv): degrade_level(faces, k, lv) for k in kinds for lv in levels}
+
+
 def evaluate(metric, faces: torch.Tensor, kinds: Sequence[str] = KINDS, levels: Sequence[int] = (1, 2, 3, 4, 5),
-             log=None) -> dict:
+             log=None, sets: Optional[dict] = None) -> dict:
     """Mean normalised scores per kind and level, Spearman rho and the pass flags."""
     clean = metric.normalized(faces)
     out = {"metric": metric.name, "faces": int(faces.shape[0]), "clean_mean": float(clean.mean()), "kinds": {}}
@@ -80,7 +86,8 @@ def evaluate(metric, faces: torch.Tensor, kinds: Sequence[str] = KINDS, levels: 
         means = []
         frac_below_clean = []
         for level in levels:
-            s = metric.normalized(degrade_level(faces, kind, level))
+            degraded = sets[(kind, level)] if sets is not None else degrade_level(faces, kind, level)
+            s = metric.normalized(degraded)
             means.append(float(s.mean()))
             frac_below_clean.append(float((s < clean).float().mean()))
         rho = spearman(means)

@@ -243,26 +243,26 @@ class LookupStage(Stage):
     def _init_community(self):
         """Fine-tune only the quality conditioning of a frozen CodeFormer-family checkpoint."""
         from ...models.arch.quality_condition import QualityCondition
-        from ...models.restorers import load_restorer_file
         from ...models.locate import resolve
-        path = resolve(self.base, "facerestore_models")
-        restorer = load_restorer_file(Path(path), str(self.base))
-        codebook = restorer.codebook if hasattr(restorer, "codebook") else None
-        if codebook is None or not hasattr(codebook, "film"):
-            raise FaceRefineError(f"{self.base} has no lookup Transformer: quality conditioning needs CodeFormer")
-        if codebook.condition is None:
-            codebook.condition = QualityCondition(codebook.dim_embd, codebook.n_layers,
-                                                  hidden=int(self.settings.get("quality_hidden", 64)))
-        self.model = codebook.to(self.device)
+        from ...models.restorers import load_restorer_file
+        loaded = load_restorer_file(Path(resolve(self.base, "facerestore_models")), str(self.base))
+        cb = loaded.codebook
+        if cb is None or loaded.architecture != "CodeFormer":
+            raise FaceRefineError(f"{self.base} is {loaded.architecture}: conditioning fine-tuning needs a "
+                                  f"CodeFormer checkpoint (it has the lookup Transformer)")
+        if cb.quality_condition is None:
+            cb.quality_condition = QualityCondition(cb.dim_embd, cb.n_layers,
+                                                    hidden=int(self.settings.get("quality_hidden", 64)))
+        self.model = cb.to(self.device)
         self.teacher = self.model
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.params = list(self.model.condition.parameters())
+        self.params = list(cb.quality_condition.parameters())
         for p in self.params:
             p.requires_grad_(True)
 
     def modules(self):
-        return {"model": self.model}
+        return {"condition": self.model.quality_condition} if self.base else {"model": self.model}
 
     def optimizers(self):
         return {"lookup": self.opt}
@@ -279,10 +279,16 @@ class LookupStage(Stage):
         if q is None:
             q = torch.ones(hq.shape[0], device=hq.device)
         x, y = hq * 2 - 1, lq * 2 - 1
+        size = int(getattr(m, "img_size", x.shape[-1]))
+        if x.shape[-1] != size:  # a community model runs at its own size (CodeFormer: 512)
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
+            y = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
         with torch.no_grad():
             z_hq = self.teacher.encode(x)[0]
-            if self.base:
-                target = self.teacher.logits(z_hq, None).argmax(-1)
+            if self.base:  # the HQ face's nearest codes in CodeFormer's codebook
+                book = self.teacher.codebooks[0].float()
+                flat = z_hq.flatten(2).transpose(1, 2).float()
+                target = torch.cdist(flat, book.unsqueeze(0).expand(flat.shape[0], -1, -1)).argmin(-1)
             else:
                 *_, target = self.teacher.quantize_dual(z_hq)
         with self.amp.autocast():
@@ -306,7 +312,7 @@ class LookupStage(Stage):
         if self.labels is not None:
             self.labels.save()
         if self.base:
-            return [self.model.condition.save(self.stage_file(CONDITION_FILE))]
+            return [self.model.quality_condition.save(self.stage_file(CONDITION_FILE))]
         return [self.model.save(self.stage_file(IQPFR_FILE))]
 
 

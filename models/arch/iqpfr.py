@@ -262,7 +262,8 @@ def read_config(path) -> Optional[IQPFRConfig]:
 # --- training ------------------------------------------------------------------------------------
 def training_step(model: IQPFR, batch: Mapping[str, torch.Tensor], stage: str,
                   optimizer: Optional[torch.optim.Optimizer] = None, *, fidelity: Optional[float] = None,
-                  weights: Optional[Mapping[str, float]] = None, teacher: Optional[IQPFR] = None) -> dict[str, float]:
+                  weights: Optional[Mapping[str, float]] = None, teacher: Optional[IQPFR] = None,
+                  uncond_prob: float = 0.1) -> dict[str, float]:
     """One optimisation step. ``batch``: ``hq`` and ``lq`` [B,3,S,S] in 0..1 (S = config.img_size);
     ``quality`` [B] normalised NR-IQA score (0..1) of ``hq`` (the lookup stage's conditioning target).
 
@@ -272,7 +273,8 @@ def training_step(model: IQPFR, batch: Mapping[str, torch.Tensor], stage: str,
     (both branches), an L2 pull of the LQ latent to the HQ latent, and L1 of the fidelity-fused decode
     (random w unless given). ``teacher``: a frozen copy of the codebook-stage model that supplies the HQ
     codes and latents in the lookup stage (as CodeFormer does); without it the model's own encoder is
-    used under no_grad. Returns float losses; steps ``optimizer`` when given.
+    used under no_grad. With probability ``uncond_prob`` a lookup step runs without conditioning, so the
+    unconditioned lookup (mode 'off') stays meaningful. Returns float losses; steps ``optimizer`` when given.
     """
     w = {"l1": 1.0, "vq": 1.0, "lq_l1": 0.5, "ce": 1.0, "feat": 1.0, "fuse_l1": 1.0, **(weights or {})}
     model.train()
@@ -299,7 +301,8 @@ def training_step(model: IQPFR, batch: Mapping[str, torch.Tensor], stage: str,
         quality = batch.get("quality")
         if quality is None:
             quality = torch.ones(hq.shape[0])
-        logits = model.logits(lq_feat, model.film(quality.to(hq.device)))
+        film = None if random.random() < uncond_prob else model.film(quality.to(hq.device))
+        logits = model.logits(lq_feat, film)
         losses["ce"] = w["ce"] * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_idx.reshape(-1))
         losses["feat"] = w["feat"] * F.mse_loss(lq_feat, z_hq)
         fw = random.random() if fidelity is None else float(fidelity)
