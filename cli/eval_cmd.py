@@ -16,7 +16,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use the first N faces")
     parser.add_argument("--metrics", default="face-niqe,piqe", help="comma-separated NR-IQA metrics")
-    parser.add_argument("--fidelity", type=float, default=0.0)
+    parser.add_argument("--fidelity", type=float, default=0.5)
     parser.add_argument("--refine-steps", type=int, default=10)
     parser.add_argument("--refine-strength", type=float, default=0.3)
     parser.add_argument("--identity-strength", type=float, default=1.0)

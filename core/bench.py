@@ -725,50 +725,37 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
     default_steps = refine_mod.DEFAULT_STEPS
     steps = ctx.opts.refine_steps if ctx.opts.refine_steps is not None else default_steps
     cpu = ctx.device.type == "cpu"
-    # a full-size guided step costs ~2 decoder passes + backward: on CPU time 1 and 2 steps and extrapolate
-    extrapolate = cpu and not ctx.opts.tiny and ctx.opts.refine_steps is None and default_steps > 2
-    step_counts = (1, 2) if extrapolate else (steps,)
 
-    def run_refine(n_steps, identity_strength=refine_mod.DEFAULT_IDENTITY_STRENGTH):
+    def run_refine(identity_strength):
         # identity guidance needs autograd: not under our inference_mode
         with torch.inference_mode(False):
-            return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=n_steps,
+            return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=steps,
                                      identity_strength=identity_strength, seed=0)
 
-    fns = {f"guided_{k}_steps": (lambda k=k: run_refine(k)) for k in step_counts}
-    fns["unguided"] = lambda: run_refine(default_steps if extrapolate else steps, 0.0)
+    fns = {"guided": lambda: run_refine(refine_mod.DEFAULT_IDENTITY_STRENGTH), "unguided": lambda: run_refine(0.0)}
     with torch.inference_mode(False):
         res = measure_interleaved(fns, ctx.device, 0 if cpu else ctx.opts.warmup, 1 if cpu else ctx.opts.repeats,
                                   count_flops=True, log=ctx.log)
-    out = {"default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
+    out = {"steps": steps, "default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
+           "identity_strength": refine_mod.DEFAULT_IDENTITY_STRENGTH,
+           "guidance_steps": getattr(refine_mod, "DEFAULT_GUIDANCE_STEPS", None),
            "sampler": refine_mod.DEFAULT_SAMPLER, "prior": "random LatentScoreModel",
            "id_model": "random ArcFace IR-SE" + (" (1 unit per stage)" if ctx.opts.tiny else "50"),
            "runs": {k: m.summary(1) for k, m in res.items()},
            "note": "CPU: one timed run each, FLOPs counted during it" if cpu else ""}
-    if extrapolate:
-        one, two = res["guided_1_steps"], res["guided_2_steps"]
-        per_step, per_step_flops = two.median - one.median, (two.flops or 0) - (one.flops or 0)
-        seconds = one.median + per_step * (default_steps - 1)
-        flops = (one.flops or 0) + per_step_flops * (default_steps - 1)
-        out["extrapolated"] = {"steps": default_steps, "from": "1- and 2-step runs, linear in steps",
-                               "per_step_s": round(per_step, 4), "per_step_gflop": round(per_step_flops / 1e9, 2)}
-    else:
-        m = res[f"guided_{steps}_steps"]
-        seconds, flops = m.median, m.flops or 0
-    out["steps"] = default_steps if extrapolate else steps
+    guided, unguided = res["guided"], res["unguided"]
     lookup_face = _get(report, "stages", "lookup", "steering_off", "1", "per_face_s")
     lookup_gflop = _get(report, "stages", "lookup", "steering_off", "1", "gflop_per_face")
-    unguided = res["unguided"]
-    summary = {"refine_s_per_face": round(seconds, 4), "refine_gflop_per_face": round(flops / 1e9, 2),
+    summary = {"refine_s_per_face": round(guided.median, 4), "refine_gflop_per_face": round((guided.flops or 0) / 1e9, 2),
                "unguided_s_per_face": round(unguided.median, 4),
                "unguided_gflop_per_face": round((unguided.flops or 0) / 1e9, 2),
-               "extrapolated": extrapolate}
+               "guided_peak_increment_mib": round(guided.peak_increment / 2 ** 20, 1)}
     if lookup_face:
         summary["lookup_s_per_face"] = lookup_face
-        summary["refine_over_lookup"] = round(seconds / lookup_face, 3)
+        summary["refine_over_lookup"] = round(guided.median / lookup_face, 3)
         summary["unguided_over_lookup"] = round(unguided.median / lookup_face, 3)
     if lookup_gflop:
-        summary["refine_over_lookup_flops"] = round(flops / 1e9 / lookup_gflop, 3)
+        summary["refine_over_lookup_flops"] = round((guided.flops or 0) / 1e9 / lookup_gflop, 3)
         summary["unguided_over_lookup_flops"] = round((unguided.flops or 0) / 1e9 / lookup_gflop, 3)
     out["summary"] = summary
     return out

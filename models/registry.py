@@ -125,13 +125,18 @@ register(replace(REGISTRY["latent-prior-iqpfr"], embedded=True,
                  notes="ships with facerefine-compact (weights/); models its 2x64-channel 16x16 latent"))
 
 
+# Names under which A1111/Forge save the same official files.
+A1111_FILE_NAMES = {"codeformer": ("codeformer-v0.1.0.pth",)}
+
+
 def default_restorer() -> str:
     """'auto' restorer: the first community restorer found on disk, else the embedded compact model."""
     from .locate import find_existing
     for name in ("codeformer", "gfpgan-1.4", "gfpgan-1.3", "restoreformer++"):
         spec = REGISTRY[name]
-        if find_existing(spec.file, spec.folder) is not None:
-            return name
+        for file in (spec.file, *A1111_FILE_NAMES.get(name, ())):
+            if find_existing(file, spec.folder) is not None:
+                return name if file == spec.file else file
     return "facerefine-compact"
 
 

@@ -1,6 +1,7 @@
 """FaceRefine Restore (all-in-one): IMAGE + options -> IMAGE + MASK + report, on core.pipeline.restore_images."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 from . import runtime as rt
@@ -97,8 +98,10 @@ class FaceRefineRestore:
             def report(stage, done, total):
                 progress.absolute(base + done * (stop - start))
             rt.check_interrupted()
-            return restore_images(image[start:stop], options, steps=[(n, _interruptible(s)) for n, s in steps],
-                                  progress=report)
+            # identity guidance needs gradients; ComfyUI runs nodes under inference mode
+            with rt.autograd() if options.refine_steps > 0 else contextlib.nullcontext():
+                return restore_images(image[start:stop], options,
+                                      steps=[(n, _interruptible(s)) for n, s in steps], progress=report)
 
         results = rt.map_batches(run, batch, batch)
         rt.soft_empty_cache()

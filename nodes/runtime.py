@@ -483,10 +483,11 @@ def save_previews(images: torch.Tensor, prefix: str = "facerefine") -> list[dict
     return entries
 
 
-def compare_ui(before: torch.Tensor, after: torch.Tensor) -> dict:
-    """``{"facerefine_compare": [{"before": ..., "after": ...}]}`` for the drag-to-compare widget."""
-    b = save_previews(before, "facerefine_before")
-    a = save_previews(after, "facerefine_after")
+def compare_ui(before: torch.Tensor, after: torch.Tensor, limit: int = 1) -> dict:
+    """``{"facerefine_compare": [{"before": ..., "after": ...}]}`` for the drag-to-compare widget
+    (the first ``limit`` images of the batch)."""
+    b = save_previews(before[:limit], "facerefine_before")
+    a = save_previews(after[:limit], "facerefine_after")
     return {"facerefine_compare": [{"before": x, "after": y} for x, y in zip(b, a)]}
 
 

@@ -80,7 +80,11 @@ class FaceRefineRestoration(face_restoration.FaceRestoration):
 
     def restore(self, np_image, w=None, **_):
         """RGB uint8 [H,W,3] in, same shape and dtype out. Errors are reported, never raised."""
-        outcome = service.restore_array(np_image, settings_from_opts(fidelity=w))
+        try:
+            outcome = service.restore_array(np_image, settings_from_opts(fidelity=w))
+        except Exception as err:  # settings of the wrong type etc.: generation goes on unrestored
+            report(f"not restored: {err}")
+            return np_image
         for message in outcome.messages:
             report(message)
         if option("facerefine_unload", False):

@@ -329,6 +329,8 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     continue
                 if pos < len(values):
                     inputs[name] = values[pos]
+                elif "default" in (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}):
+                    inputs[name] = spec[1]["default"]  # widget added after the file was saved
                 pos += 1 + _extra_widget_values(name, spec)
         prompt[str(node["id"])] = {"class_type": ntype, "inputs": inputs}
     return prompt

@@ -144,7 +144,7 @@ def install_restorer(webui, path: Path) -> str:
     target = webui.models / "facerestore_models" / path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
-        os.link(path, target) if path.stat().st_dev == target.parent.stat().st_dev else target.write_bytes(path.read_bytes())
+        target.write_bytes(path.read_bytes())
     return path.name
 
 

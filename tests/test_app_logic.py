@@ -48,7 +48,7 @@ def restore_uploads(paths, tmp_path, settings=None, max_mp=service.DEFAULT_MAX_M
     pytest.importorskip("gradio")
     from facerefine.ui import gradio_app
     progress = Progress()
-    out = gradio_app._restore_uploads([str(p) for p in paths], None, tmp_path, max_mp, progress,
+    out = gradio_app._restore_uploads_or_raise([str(p) for p in paths], None, tmp_path, max_mp, progress,
                                       settings or service.Settings())
     return dict(zip(["slider", "gallery", "table", "downloads", "status", "pairs"], out)), progress
 
@@ -94,7 +94,8 @@ def test_split_array_layouts():
 
 def test_friendly_errors():
     from facerefine.errors import WeightsNotFoundError
-    assert service.friendly_error(WeightsNotFoundError("weights file 'x.pth' not found")) == "weights file 'x.pth' not found"
+    message = "weights file 'x.pth' not found"
+    assert service.friendly_error(WeightsNotFoundError(message)) == message
     assert service.friendly_error(RuntimeError("CUDA out of memory. Tried")).startswith("out of memory")
     assert "unexpected error (ZeroDivisionError)" in service.friendly_error(ZeroDivisionError("boom"))
 

@@ -63,9 +63,15 @@ def test_web_extension_and_templates_are_served(server):
         assert served == json.loads(p.read_text())
 
 
-def test_model_folders_are_registered(server, object_info):
-    """Weights in ComfyUI's models/facerestore_models (shared with facerestore_cf/ReActor) show up."""
-    from tiny_models import make_tiny_iqpfr  # noqa: F401  (import check: the factory exists)
-    loaders = [v for v in object_info.values() if v.get("python_module", "").endswith(PACK)
-               and v["category"].endswith("loaders")]
-    assert loaders, "no FaceRefine loader nodes"
+def test_weights_in_comfy_model_folders_appear_in_dropdowns(server):
+    """models/facerestore_models (shared with facerestore_cf/ReActor) is registered with folder_paths."""
+    from tiny_models import make_tiny_iqpfr
+    make_tiny_iqpfr(server.models / "facerestore_models" / "my_own_restorer.safetensors")
+    (server.models / "facerestore_models" / "notes.txt").write_text("not weights")
+    for node, inp in (("FaceRefineRestorerLoader", "restorer_name"), ("FaceRefineRestore", "restorer")):
+        choices = server.object_info(node)[node]["input"]["required"][inp][0]
+        assert "my_own_restorer.safetensors" in choices, choices
+        assert "notes.txt" not in choices
+        assert "mtcnn.safetensors" not in choices  # embedded detector weights are not restorers
+    kinds = server.get("/models")  # ComfyUI's model folder kinds
+    assert {"facerestore_models", "facerefine", "facedetection"} <= set(kinds), kinds

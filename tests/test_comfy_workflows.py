@@ -222,6 +222,17 @@ def test_crop_paste_roundtrip_on_a_london_face(server, object_info, london_dir):
     assert value >= 40.0, f"PSNR {value:.2f} dB inside the mask"
 
 
+def test_all_in_one_with_identity_refine(server, object_info):
+    """The all-in-one node with refine steps: identity guidance needs autograd inside ComfyUI."""
+    _, prompt = load_api("08_restore_all_in_one.json", object_info)
+    restore = node_id(prompt, "FaceRefineRestore")
+    prompt[restore]["inputs"].update(refine_steps=2, identity_strength=1.0, seed=1)
+    outputs = assert_success(server, server.run(prompt, timeout=600))
+    report = "".join(outputs[node_id(prompt, "PreviewAny")]["text"])
+    assert "refine: 2 steps" in report, report
+    _check_restored_image(server, prompt, outputs)
+
+
 # --- negative cases ---
 
 def test_wrong_wire_is_rejected_by_validation(server, object_info):

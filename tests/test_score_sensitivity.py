@@ -42,6 +42,9 @@ def six_faces():
 def test_offline_metric_falls_with_severity(name, six_faces):
     faces, sets = six_faces
     result = evaluate(get_metric(name, "cpu"), faces, sets=sets)
+    print(f"\n{name}: clean {result['clean_mean']:.4f}")  # shown with pytest -s
+    for kind, r in result["kinds"].items():
+        print(f"  {kind:9s} {r['means']} rho={r['rho_vs_severity']}")
     for kind, r in result["kinds"].items():
         assert r["rho_vs_severity"] >= 0.9, (name, kind, r)
         assert r["clean_above_all"], (name, kind, result["clean_mean"], r)

@@ -139,3 +139,21 @@ def test_cli_train_runs(tmp_path):
     assert main(["train", "vqgan", "--config", str(path), "--steps", "2", "--json"]) == 0
     assert (tmp_path / "cache" / "c.npy").is_file()
     assert (tmp_path / "run" / "vqgan" / "last.safetensors").is_file()
+
+
+def test_lookup_conditioning_on_frozen_codeformer(tmp_path):
+    """Stage 2 on a community checkpoint: only the FiLM conditioning trains; CodeFormer stays frozen."""
+    from conftest import SHARED_DATA
+    from tiny_models import make_tiny_codeformer
+    from safetensors.torch import load_file
+    ckpt = make_tiny_codeformer(tmp_path / "cf.pth")
+    before = {k: v.clone() for k, v in torch.load(ckpt, weights_only=True)["params_ema"].items()}
+    cfg = _config(tmp_path)
+    cfg["train"]["batch_size"] = 2
+    cfg["stages"]["lookup"] = {"lr": 1e-2, "base": str(ckpt), "quality_hidden": 16}
+    res = train_stage("lookup", cfg, steps=3, faces=_faces(SHARED_DATA, 2), probe=True, log=lambda m: None)
+    assert res["probe_end"] < res["probe_start"]
+    cond = load_file(res["exported"][0])
+    assert "to_film.weight" in cond and float(cond["to_film.weight"].abs().max()) > 0
+    after = torch.load(ckpt, weights_only=True)["params_ema"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the checkpoint file is untouched

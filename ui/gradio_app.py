@@ -42,7 +42,8 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
                 files = gr.File(label="Photos (one or many)", file_count="multiple", type="filepath",
                                 elem_id="fr-upload")
                 with gr.Row():
-                    restorer = gr.Dropdown(restorers, value=_choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
+                    restorer = gr.Dropdown(restorers,
+                                           value=_choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
                                            label="Restorer", allow_custom_value=True, elem_id="fr-restorer")
                     detector = gr.Dropdown(detectors, value=_choice(detectors, ["auto"]), label="Face detector",
                                            elem_id="fr-detector")
@@ -78,7 +79,8 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
 
         def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
                     fidelity_value, steps, strength, visibility_value, color_mode, progress=gr.Progress()):
-            return _restore_uploads(paths, reference_path, output_root, max_megapixels, progress,
+            try:
+                return _restore_uploads_or_raise(paths, reference_path, output_root, max_megapixels, progress,
                                     service.Settings(restorer=restorer_name or service.DEFAULT_RESTORER,
                                                      detector=detector_name or "auto", metric=metric_name,
                                                      quality=float(quality_value), fidelity=float(fidelity_value),
@@ -87,6 +89,9 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
                                                      visibility=float(visibility_value),
                                                      color_correction=color_mode or service.DEFAULT_COLOR,
                                                      device=device))
+            except Exception as err:  # anything unforeseen still ends as a message, never a dead page
+                return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
+                        f"**Nothing restored.**\n- ⚠ {service.friendly_error(err)}", [])
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
                             identity_strength, visibility, color],
@@ -99,8 +104,10 @@ def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device:
     return app
 
 
-def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings):
-    """One run over the uploads: (slider, gallery, table, downloads, status, pairs). Never raises."""
+def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings):
+    """One run over the uploads: (slider, gallery, table, downloads, status, pairs).
+
+    Problems with single files become messages; only unforeseen errors raise (the caller shows them)."""
     paths = [p for p in (paths or []) if p]
     if not paths:
         return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
@@ -117,9 +124,15 @@ def _restore_uploads(paths, reference_path, output_root: Path, max_megapixels: f
         if outcome.faces == 0 and not any("face" in m.lower() for m in outcome.messages):
             messages.append(f"{name}: no face found; the image is unchanged.")
         stem = Path(name).stem
+        if any(Path(a).name == f"{stem}_restored.png" for _, a in pairs):
+            stem = f"{stem}_{index + 1}"  # two uploads with the same name
         before = out_dir / f"{stem}_before.png"
-        after = _save_result(outcome, out_dir / f"{stem}_restored.png")
-        _save_preview(outcome.source.image[0], before)
+        try:
+            after = _save_result(outcome, out_dir / f"{stem}_restored.png")
+            _save_preview(outcome.source.image[0], before)
+        except Exception as err:  # disk full, ...
+            messages.append(f"{name}: could not save the result: {service.friendly_error(err)}")
+            continue
         pairs.append((str(before), str(after)))
         downloads.append(str(after))
         for row in outcome.rows:

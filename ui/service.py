@@ -262,7 +262,8 @@ def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None
     before, after = result.original_crops, result.face_crops
     if settings.metric and not after.is_empty:
         try:
-            before, after = _scored(before, settings.metric, options.device), _scored(after, settings.metric, options.device)
+            before = _scored(before, settings.metric, options.device)
+            after = _scored(after, settings.metric, options.device)
         except Exception as err:  # scores are a bonus: the restored image still counts
             messages.append(f"quality scores unavailable: {friendly_error(err)}")
     return {"images": result.images, "rows": face_rows(before, after, settings.metric), "messages": messages}
@@ -295,7 +296,8 @@ def build_options(pipeline, settings: Settings):
     """RestoreOptions from Settings; only the fields the pipeline defines are passed."""
     restorer = settings.restorer or DEFAULT_RESTORER
     wanted = {
-        "restorer": default_restorer() if restorer == DEFAULT_RESTORER else restorer, "detector": settings.detector, "metric": settings.metric,
+        "restorer": default_restorer() if restorer == DEFAULT_RESTORER else restorer,
+        "detector": settings.detector, "metric": settings.metric,
         "quality": float(settings.quality), "fidelity": float(settings.fidelity),
         "refine_steps": int(settings.refine_steps), "identity_strength": float(settings.identity_strength),
         "reference": _reference(settings.reference), "visibility": float(settings.visibility),
@@ -351,7 +353,8 @@ def infotext(settings: Settings, outcome: Outcome) -> dict:
     info = {"FaceRefine": settings.restorer, "FaceRefine quality": round(settings.quality, 3),
             "FaceRefine fidelity": round(settings.fidelity, 3), "FaceRefine faces": outcome.faces}
     if settings.refine_steps:
-        info["FaceRefine refine"] = f"{int(settings.refine_steps)} steps, strength {round(settings.identity_strength, 3)}"
+        info["FaceRefine refine"] = (f"{int(settings.refine_steps)} steps, "
+                                     f"strength {round(settings.identity_strength, 3)}")
     if settings.visibility < 1:
         info["FaceRefine visibility"] = round(settings.visibility, 3)
     deltas = [r["after"] - r["before"] for r in outcome.rows if r["after"] is not None and r["before"] is not None]

@@ -19,7 +19,7 @@ function viewUrl(entry) {
 
 function formatScore(s) {
   if (!s || s.normalized === null || s.normalized === undefined) return "–";
-  return `${s.normalized.toFixed(3)}${s.metric ? ` (${s.metric})` : ""}`;
+  return s.normalized.toFixed(3);
 }
 
 function ensureWidget(node, name, build, minHeight) {
@@ -46,12 +46,15 @@ function showQuality(node, lines) {
       borderRadius: "4px",
     });
     return el;
-  }, 24 + 16 * Math.min(lines.length, 8));
+  }, 40 + 16 * Math.min(lines.length, 8));
   const text = lines.map((l) => {
     if (l.before && l.after) return `face ${l.face}: ${formatScore(l.before)} → ${formatScore(l.after)}`;
     return `face ${l.face}: ${formatScore(l.after || l.before)}`;
   });
-  widget.element.textContent = text.length ? text.join("\n") : "no faces";
+  const first = lines.find((l) => l.after || l.before);
+  const metric = first ? (first.after || first.before).metric : "";
+  const header = metric ? `quality (${metric}, 0..1, higher = better)` : "quality";
+  widget.element.textContent = text.length ? [header, ...text].join("\n") : "no faces";
   node.setDirtyCanvas?.(true, true);
 }
 

@@ -36,7 +36,7 @@ class EvalOptions:
     metrics: tuple = ("face-niqe", "piqe")     # NR-IQA metrics (offline ones by default)
     qualities: tuple = (0.0, 0.25, 0.5, 0.75, 1.0)
     identity_strengths: tuple = (0.0, 0.5, 1.0, 2.0)
-    fidelity: float = 0.0
+    fidelity: float = 0.5                      # CodeFormer-style w (restore default)
     refine_steps: int = 10
     refine_strength: float = 0.3
     identity_strength: float = 1.0
@@ -260,7 +260,7 @@ def run_eval(folder: str | Path | list, out_dir: str | Path, opts: EvalOptions, 
         return row
 
     rows = [{"variant": "LQ input", **measure(lq_images)}]
-    outputs = {}
+    outputs, by_quality = {}, {}
     for v in ablations(opts):
         log(f"eval: {v.name}")
         x, latent = runner.restore(lq, v, refs)
@@ -270,11 +270,17 @@ def run_eval(folder: str | Path | list, out_dir: str | Path, opts: EvalOptions, 
         x = _to_size(x, size)
         outputs[v.name] = x
         rows.append({"variant": v.name, **measure(x, latent)})
+        if not v.refine:
+            by_quality[v.quality] = rows[-1]
     if hq is not None:
         rows.append({"variant": "HQ (reference)", **measure(hq)})
 
     curves = {"quality": [], "identity_strength": []}
     for q in opts.qualities:
+        if q in by_quality:  # already measured as an ablation row
+            curves["quality"].append({"x": q, **{k: v for k, v in by_quality[q].items() if k != "variant"}})
+            continue
+        log(f"eval: quality {q}")
         x, latent = runner.restore(lq, Variant(f"q={q}", q), refs)
         curves["quality"].append({"x": q, **measure(_to_size(x, size), latent)})
     if runner.id_model is not None:

@@ -60,7 +60,8 @@ def build_refine_step(options):
         if ctx.latent is None:
             raise FaceRefineError("the refine step needs the lookup step's FACE_LATENT; it must run after lookup "
                                   "with a codebook restorer (CodeFormer or IQPFR)")
-        device = torch.device(options.device)
+        from ..pipeline import resolve_device  # lazy: the pipeline imports this module
+        device = torch.device(resolve_device(options.device))
         restorer = ctx.state.get("restorer")
         if restorer is None:
             raise FaceRefineError("the refine step needs the lookup step's restorer (ctx.state['restorer'])")
@@ -87,6 +88,7 @@ def build_refine_step(options):
                       sampler=sampler, seed=options.seed, device=device,
                       target=getattr(options, "identity_target", "auto"),
                       guidance_steps=getattr(options, "refine_guidance_steps", None),
+                      should_stop=ctx.state.get("should_stop"),  # host cancel check (ComfyUI all-in-one)
                       lq_crops=ctx.state.get("lq_crops"))
     return step
 
