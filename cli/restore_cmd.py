@@ -63,8 +63,6 @@ def _outputs(inputs, output):
 
 
 def run(args) -> dict:
-    import torch
-
     from ..core.image_io import list_images, load_image, save_image
     from ..core.paste import PasteOptions
     from ..core.pipeline import RestoreOptions, build_steps, resolve_device, restore_images

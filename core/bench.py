@@ -476,7 +476,10 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
     input_size = int(getattr(handle, "img_size", 0) or getattr(getattr(module, "config", None), "img_size", 0)
                      or FULL_CROP)
     if opts.channels_last is not None:
-        module.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
+        try:  # through the handle, so it knows its layout (and keeps GFPGAN NCHW)
+            handle.to(device, channels_last=opts.channels_last)
+        except (AttributeError, TypeError):
+            module.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
     if opts.compile:
         _compile_blocks(module, ctx.log)
 
@@ -623,7 +626,7 @@ def stage_detect_align_paste(ctx: BenchContext, report: dict) -> dict:
     paste_error = ""
     try:
         from .paste import PasteOptions, paste_back
-        paste_options = PasteOptions()
+        paste_options = PasteOptions(device=str(ctx.device))
         fns["paste"] = lambda: paste_back(image, crops, paste_options)
     except ImportError as err:
         paste_error = f"core.paste not available: {err}"

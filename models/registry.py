@@ -8,7 +8,7 @@ checked for completeness only and `models verify` reports them as "unverified".
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 
@@ -121,8 +121,10 @@ register(WeightSpec(
     "trained here on UTKFace (non-commercial research) + London train identities (CC BY 4.0)", "IQPFR",
     "lookup (embedded default restorer when no community weights are present; 64x64 IQPFR, CPU-trained)",
     embedded=True, notes="fp16; retrain with `python -m facerefine train vqgan|lookup|prior --config configs/compact.json`"))
-register(replace(REGISTRY["latent-prior-iqpfr"], embedded=True,
-                 notes="ships with facerefine-compact (weights/); models its 2x64-channel 16x16 latent"))
+register(WeightSpec(
+    "facerefine-compact-prior", "facerefine_compact_prior.safetensors", "facerefine", (), None, None,
+    "trained here (same data as facerefine-compact)", "FaceRefine-LatentPrior",
+    "refine with facerefine-compact (latent score model over its 2x64-channel 16x16 latent)", embedded=True))
 
 
 # Names under which A1111/Forge save the same official files.

@@ -178,7 +178,6 @@ def load_restorer_file(path: Path, name: str = "", condition_path: Optional[Path
     sd = canonical_state_dict(load_state_dict(path))
     arch = detect_architecture(sd)
     if arch is None:
-        from .arch.quality_condition import FORMAT
         hint = " It is quality-conditioning weights: pass it as the conditioning file." if "to_film.weight" in \
             {k.split("quality_condition.")[-1] for k in sd} else ""
         raise WrongArchitectureError(

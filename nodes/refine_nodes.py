@@ -103,7 +103,7 @@ def _concat(original, parts):
 class FaceRefineLatentPriorLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        names = [NONE_CHOICE] + rt.list_weights("facerefine")
+        names = [NONE_CHOICE] + rt.list_weights_for("facerefine", "FaceRefine-LatentPrior")
         return {"required": {"prior_name": (names, {
             "default": NONE_CHOICE,
             "tooltip": "Latent score model (models/facerefine). (none) = identity guidance only."})}}
@@ -126,11 +126,11 @@ class FaceRefineLatentPriorLoader:
 class FaceRefineIdModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        arcface = _with_default(rt.list_weights("facedetection"), "recognition_arcface_ir_se50.pth")
+        arcface = _with_default(rt.list_weights_for("facedetection", "ArcFace-IR-SE50"), "recognition_arcface_ir_se50.pth")
         return {"required": {
             "arcface": (arcface, {"default": "recognition_arcface_ir_se50.pth",
                                   "tooltip": "facexlib ArcFace IR-SE50 (models/facedetection)."}),
-            "identity_recovery": ([NONE_CHOICE] + rt.list_weights("facerefine"), {
+            "identity_recovery": ([NONE_CHOICE] + rt.list_weights_for("facerefine", "FaceRefine-IdentityRecovery"), {
                 "default": NONE_CHOICE,
                 "tooltip": "Trained Identity Recovery Network + latent mask (optional)."}),
         }}

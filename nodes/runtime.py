@@ -353,6 +353,13 @@ def list_weights(folder: str) -> list[str]:
     return names
 
 
+def list_weights_for(folder: str, architecture: str) -> list[str]:
+    """list_weights without registry files of another architecture (e.g. no metric in a prior dropdown)."""
+    from ..models.registry import REGISTRY
+    arch = {s.file: s.architecture for s in REGISTRY.values()}
+    return [n for n in list_weights(folder) if arch.get(Path(n).name, architecture) == architecture]
+
+
 def weights_choices(folder: str, extra: Sequence[str] = ()) -> list[str]:
     """Dropdown entries: ``extra`` first, files present, then known registry files not present yet.
 

@@ -135,8 +135,7 @@ def test_full_chain_in_the_browser_shows_quality_and_compare_widget(browser, pre
 
     shot = tmp_path / "comfyui_graph.png"
     page.evaluate("""() => {  // dismiss the front-end's 'Nodes 2.0' banner for a clean picture
-        const top = [...document.querySelectorAll('button')].filter(b => b.getBoundingClientRect().bottom < 34);
-        if (top.length) top[top.length - 1].click();
+        document.querySelector('button i[class*="lucide--x"]')?.closest('button')?.click();
     }""")
     page.wait_for_timeout(500)
     page.screenshot(path=str(shot))

@@ -7,7 +7,6 @@ read back from /history and checked.
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import comfy_engine

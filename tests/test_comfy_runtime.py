@@ -121,3 +121,28 @@ def test_core_style_callbacks():
     runtime.request_interrupt()
     assert runtime.should_stop() is True
     assert runtime.should_stop() is False
+
+
+def test_dropdowns_list_present_and_known_weights(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "facerestore_models").mkdir(parents=True)
+    (home / "facerestore_models" / "mine.safetensors").write_bytes(b"x")
+    (home / "facerestore_models" / "readme.txt").write_text("not weights")
+    monkeypatch.setenv("FACEREFINE_HOME", str(home))
+    names = runtime.list_weights("facerestore_models")
+    assert "mine.safetensors" in names and "readme.txt" not in names
+    assert "mtcnn.safetensors" not in names  # embedded detector weights belong to facedetection
+    choices = runtime.restorer_choices(extra=["none"])
+    assert choices[0] == "none" and "mine.safetensors" in choices and "codeformer.pth" in choices
+    assert runtime.default_restorer() in choices
+    assert runtime.list_weights_for("facedetection", "ArcFace-IR-SE50") == [
+        n for n in runtime.list_weights("facedetection") if n != "mtcnn.safetensors"]
+
+
+def test_missing_weights_error_names_file_and_folders(tmp_path, monkeypatch):
+    from facerefine.errors import WeightsNotFoundError
+    monkeypatch.setenv("FACEREFINE_HOME", str(tmp_path / "home"))
+    with pytest.raises(WeightsNotFoundError) as err:
+        runtime.weights_path("GFPGANv1.4.pth", "facerestore_models")
+    text = str(err.value)
+    assert "GFPGANv1.4.pth" in text and str(tmp_path / "home" / "facerestore_models") in text

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from crop_fixtures import place_faces, psnr, similarity
-from facerefine.core.crop import CropOptions, align_faces
+from facerefine.core.crop import align_faces
 from facerefine.core.paste import PasteOptions, face_masks, paste_back
 from facerefine.core.paste.color import lab_transfer, lowfreq_transfer
 from facerefine.core.paste.masks import face_outline, soften

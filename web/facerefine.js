@@ -53,7 +53,7 @@ function showQuality(node, lines) {
   });
   const first = lines.find((l) => l.after || l.before);
   const metric = first ? (first.after || first.before).metric : "";
-  const header = metric ? `quality (${metric}, 0..1, higher = better)` : "quality";
+  const header = metric ? `quality (${metric}, 0..1)` : "quality";
   widget.element.textContent = text.length ? [header, ...text].join("\n") : "no faces";
   node.setDirtyCanvas?.(true, true);
 }

@@ -10,14 +10,13 @@ import time
 import warnings
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..image_io import sanitize_images
 from ..types import FaceCrops, FaceInfo
 from .align import CROP_SIZES, FFHQ_TEMPLATE_512, crop_one, estimate_affine, template
-from .detectors import DETECTORS, get_detector, resolve_name
+from .detectors import DETECTORS, get_detector
 from .mtcnn import RawDetections
 from .options import SORT_ORDERS, CropOptions, parse_face_index
 from .warp import invert_affine

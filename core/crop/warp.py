@@ -58,11 +58,9 @@ def warp(src: torch.Tensor, src_to_dst: np.ndarray, out_h: int, out_w: int, mode
         src = F.interpolate(src, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
         m = compose(m, np.linalg.inv(to3x3(scale_matrix(new_w / w, new_h / h)))[:2])
         h, w = new_h, new_w
-    dst_to_src = torch.as_tensor(invert_affine(m), dtype=torch.float32, device=src.device)
-    ys, xs = torch.meshgrid(torch.arange(out_h, device=src.device, dtype=torch.float32),
-                            torch.arange(out_w, device=src.device, dtype=torch.float32), indexing="ij")
-    px = dst_to_src[0, 0] * xs + dst_to_src[0, 1] * ys + dst_to_src[0, 2]
-    py = dst_to_src[1, 0] * xs + dst_to_src[1, 1] * ys + dst_to_src[1, 2]
-    grid = torch.stack([(px + 0.5) / w * 2 - 1, (py + 0.5) / h * 2 - 1], dim=-1)[None]
-    grid = grid.expand(src.shape[0], -1, -1, -1).to(src.dtype)
+    out_from_norm = np.array([[out_w / 2, 0.0, out_w / 2 - 0.5], [0.0, out_h / 2, out_h / 2 - 0.5]])
+    norm_from_src = np.array([[2.0 / w, 0.0, 1.0 / w - 1.0], [0.0, 2.0 / h, 1.0 / h - 1.0]])
+    theta = compose(norm_from_src, compose(invert_affine(m), out_from_norm))  # normalised dst -> src
+    theta = torch.as_tensor(theta, dtype=src.dtype, device=src.device)[None].expand(src.shape[0], 2, 3)
+    grid = F.affine_grid(theta, [src.shape[0], src.shape[1], out_h, out_w], align_corners=False)
     return F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=False)

@@ -183,8 +183,11 @@ class Runner:
     def _prepare_refine(self) -> None:
         try:
             from ..refine.pipeline_step import load_prior
-            self.prior = load_prior(self.opts.latent_prior, self.restorer.architecture, self.opts.device,
-                                    self.notes)
+            name = self.opts.latent_prior
+            if name is None:  # a restorer trained here ships its own prior: "<restorer>-prior"
+                from ...models.registry import get_spec
+                name = f"{self.opts.restorer}-prior" if get_spec(f"{self.opts.restorer}-prior") else None
+            self.prior = load_prior(name, self.restorer.architecture, self.opts.device, self.notes)
         except (FaceRefineError, ImportError) as err:
             self.notes.append(f"latent prior unavailable: {err}")
         try:

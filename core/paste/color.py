@@ -17,11 +17,11 @@ def _masked_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch
 def lab_transfer(restored: torch.Tensor, original: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Match per-channel mean and std in CIE-LAB (Reinhard transfer). Tensors [N,3,S,S], mask [N,1,S,S]."""
     from kornia.color import lab_to_rgb, rgb_to_lab
-    lab_r, lab_o = rgb_to_lab(restored.clamp(0, 1)), rgb_to_lab(original.clamp(0, 1))
     # statistics of 4x pooled copies: colour and shading contrast, not the fine detail a restorer adds
     pooled_mask = F.avg_pool2d(mask, 4)
-    mean_r, std_r = _masked_stats(F.avg_pool2d(lab_r, 4), pooled_mask)
-    mean_o, std_o = _masked_stats(F.avg_pool2d(lab_o, 4), pooled_mask)
+    mean_r, std_r = _masked_stats(rgb_to_lab(F.avg_pool2d(restored.clamp(0, 1), 4)), pooled_mask)
+    mean_o, std_o = _masked_stats(rgb_to_lab(F.avg_pool2d(original.clamp(0, 1), 4)), pooled_mask)
+    lab_r = rgb_to_lab(restored.clamp(0, 1))
     out = (lab_r - mean_r) * (std_o / std_r).clamp(0.5, 2.0) + mean_o
     return lab_to_rgb(out, clip=True)
 

@@ -1,8 +1,8 @@
 """Pack a finished run into the fp16 safetensors files the registry ships.
 
 ``<out_dir>/iqpfr.safetensors``             -> ``export.file`` (e.g. weights/facerefine_compact.safetensors)
-``<out_dir>/latent_prior.safetensors``      -> ``facerefine_latent_prior_iqpfr.safetensors`` (export.prior_file)
-``<out_dir>/identity_recovery.safetensors`` -> ``facerefine_identity_recovery_iqpfr.safetensors`` (when trained)
+``<out_dir>/latent_prior.safetensors``      -> ``export.prior_file`` (default facerefine_latent_prior_iqpfr.safetensors)
+``<out_dir>/identity_recovery.safetensors`` -> ``export.identity_file`` (only when trained)
 
 Metadata (architecture, config) is kept so each file loads on its own; buffers that hold statistics
 stay float32 where fp16 would lose them (none today: all tensors are cast).
