@@ -19,9 +19,14 @@ def run(args) -> dict:
             rows.append({**spec.to_json(), "present": path is not None, "path": str(path) if path else None,
                          "searched": [str(p) for p in search_folders(spec.folder)]})
         if not args.json:
-            print(f"{'name':<24}{'present':<9}{'folder':<20}{'file':<40}needed by")
+            wn = max(len(r["name"]) for r in rows) + 2
+            wf = max(len(r["file"]) for r in rows) + 2
+            print(f"{'name':<{wn}}{'present':<9}{'folder':<20}{'file':<{wf}}needed by")
             for r in rows:
-                print(f"{r['name']:<24}{'yes' if r['present'] else 'no':<9}{r['folder']:<20}{r['file']:<40}{r['needed_by']}")
+                print(f"{r['name']:<{wn}}{'yes' if r['present'] else 'no':<9}{r['folder']:<20}{r['file']:<{wf}}"
+                      f"{r['needed_by']}")
+            print("\nFolders searched, in order: explicit path, ComfyUI folder_paths, A1111 models dir, "
+                  "$FACEREFINE_HOME, the package's weights/. Get a file with `models download NAME`.")
         return {"ok": True, "models": rows}
 
     names = [args.name] if args.name else ([] if args.action == "download" else list(REGISTRY))

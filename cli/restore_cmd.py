@@ -4,14 +4,21 @@ With --restorer none it only crops and pastes back (a geometry check and a no-op
 """
 from __future__ import annotations
 
+import sys
+
+from ..errors import FaceRefineError
 from .crop_cmd import add_crop_arguments, crop_options_from_args
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or folders")
+    p.add_argument("--sample", action="store_true",
+                   help="also restore a public-domain sample photo (scikit-image's astronaut)")
     p.add_argument("-o", "--output", required=True,
                    help="output folder (or a file name when there is one input image)")
-    p.add_argument("--restorer", default="none", help="registry name, weights path, or none (crop + paste only)")
+    p.add_argument("--restorer", default="auto",
+                   help="auto (a community restorer you have, else the embedded compact model), a registry name, "
+                        "a weights path, or none (crop + paste only)")
     p.add_argument("--quality", type=float, default=1.0, help="quality slider 0..1 (IQPFR)")
     p.add_argument("--fidelity", type=float, default=0.5, help="fidelity weight 0..1 (higher = closer to input)")
     p.add_argument("--lookup-mode", default="auto", choices=["auto", "trained", "training-free", "off"],
@@ -59,7 +66,28 @@ def _outputs(inputs, output):
     if len(inputs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
         return [out]
     out.mkdir(parents=True, exist_ok=True)
-    return [out / p.name for p in inputs]
+    targets = [out / p.name for p in inputs]
+    # never overwrite an input: restoring a folder into itself writes <name>_restored.<ext>
+    return [t.with_name(f"{t.stem}_restored{t.suffix}") if t.resolve() == Path(p).resolve() else t
+            for t, p in zip(targets, inputs)]
+
+
+def _sample_image(output):
+    """Write scikit-image's public-domain astronaut photo next to the outputs and return its path."""
+    from pathlib import Path
+
+    from ..core.image_io import IMAGE_SUFFIXES
+    try:
+        from skimage import data
+    except ImportError as err:
+        raise FaceRefineError("--sample needs scikit-image (pip install scikit-image)") from err
+    import cv2
+    out = Path(output)
+    folder = out.parent if out.suffix.lower() in IMAGE_SUFFIXES else out
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sample_astronaut_input.png"
+    cv2.imwrite(str(path), data.astronaut()[..., ::-1])
+    return path
 
 
 def run(args) -> dict:
@@ -80,14 +108,23 @@ def run(args) -> dict:
         crop=crop_options_from_args(args, device),
         paste=PasteOptions(mask=args.mask, erode=args.erode, feather=args.feather, protect_hair=args.protect_hair,
                            visibility=args.visibility, color_correction=args.color_correction, device=device))
+    inputs = list_images(args.inputs) if args.inputs else []
+    if args.sample:
+        inputs.append(_sample_image(args.output))
+    if not inputs:
+        raise FaceRefineError("no input images: pass image files or folders, or --sample")
     steps = build_steps(options)  # load restorer/refiner once for all images
-    inputs = list_images(args.inputs)
     targets = _outputs(inputs, args.output)
-    results, timings = [], {}
+    results, failed, timings = [], [], {}
     for path, target in zip(inputs, targets):
-        loaded = load_image(path)
-        res = restore_images(loaded.image, options, steps=steps, timings=timings)
-        save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+        try:  # one bad file must not cost the others
+            loaded = load_image(path)
+            res = restore_images(loaded.image, options, steps=steps, timings=timings)
+            save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+        except FaceRefineError as err:
+            failed.append({"input": str(path), "error": str(err)})
+            print(f"{path}: error: {err}", file=sys.stderr)
+            continue
         entry = {"input": str(path), "output": str(target), "faces": len(res.face_crops),
                  "history": list(res.face_crops.history), "warnings": res.warnings}
         if args.save_mask:
@@ -97,6 +134,7 @@ def run(args) -> dict:
         results.append(entry)
         if not args.json:
             print(f"{path} -> {target}: {entry['faces']} face(s)" + "".join(f"\n  warning: {w}" for w in res.warnings))
-    return {"ok": True, "restorer": args.restorer, "device": device, "results": results,
+    return {"ok": not failed, "restorer": args.restorer, "device": device, "results": results, "failed": failed,
+            "exit_code": 1 if failed else 0,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "faces": sum(r["faces"] for r in results)}
