@@ -122,6 +122,8 @@ def run(args) -> dict:
             res = restore_images(loaded.image, options, steps=steps, timings=timings)
             save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
         except FaceRefineError as err:
+            if not results and len(failed) + 1 == len(inputs):
+                raise  # nothing succeeded: one clear error (often a setting, e.g. a reference with no face)
             failed.append({"input": str(path), "error": str(err)})
             print(f"{path}: error: {err}", file=sys.stderr)
             continue

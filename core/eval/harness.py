@@ -225,7 +225,6 @@ class Runner:
 
 
 def run_eval(folder: str | Path | list, out_dir: str | Path, opts: EvalOptions, log: Callable = print) -> dict:
-    from .. import datasets
     from ..degrade import DegradeConfig, degrade
     paths = folder if isinstance(folder, list) else _folder_images(folder)
     if opts.limit:

@@ -52,15 +52,6 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-def resolve_path(cfg: dict, value: str) -> Path:
-    """Paths in a config are relative to the current directory, or to the repo for ``weights/...``."""
-    p = Path(value).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    repo = Path(__file__).resolve().parents[2]
-    return repo / p if (repo / p).parent.exists() and str(p).startswith(("weights/", "configs/")) else p
-
-
 class AmpContext:
     """Autocast + loss scaling for one device: bf16 if supported on CUDA, else fp16 + GradScaler."""
 
