@@ -105,12 +105,16 @@ def resolve(name_or_path: str | os.PathLike, folder: str = "facerestore_models",
     hit = find_existing(file, folder)
     if hit is not None:
         return hit
+    why = " (FACEREFINE_OFFLINE=1, so nothing was downloaded)" if offline() else ""
     if spec is not None and spec.urls and download and not offline():
+        from ..errors import DownloadError
         from .download import download_spec
-        return download_spec(spec)
+        try:
+            return download_spec(spec)
+        except DownloadError as err:
+            why = f" and its download failed ({str(err).splitlines()[-1].strip()})"
     searched = "\n  ".join(str(p) for p in search_folders(folder))
     url = spec.urls[0] if spec and spec.urls else "(no public URL: train it with `python -m facerefine train` or pass a path)"
-    why = " (FACEREFINE_OFFLINE=1, so nothing was downloaded)" if offline() else ""
     raise WeightsNotFoundError(
         f"weights file '{file}' not found{why}.\n Searched folders ({folder}):\n  {searched}\n"
         f" Download it from {url}\n and put it in one of those folders (or pass its path).")

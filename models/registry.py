@@ -117,12 +117,14 @@ for _arch in ("codeformer", "iqpfr"):
 
 # --- the compact default model trained here (core/train, configs/compact.json; docs/training.md) ---
 register(WeightSpec(
-    "facerefine-compact", "facerefine_compact.safetensors", "facerefine", (), None, None,
+    "facerefine-compact", "facerefine_compact.safetensors", "facerefine", (),
+    "d956d314d13450b7c886311f8770b8604bce24dfca0aa8570209030f6bc7e63e", 7086246,
     "trained here on UTKFace (non-commercial research) + London train identities (CC BY 4.0)", "IQPFR",
     "lookup (embedded default restorer when no community weights are present; 64x64 IQPFR, CPU-trained)",
     embedded=True, notes="fp16; retrain with `python -m facerefine train vqgan|lookup|prior --config configs/compact.json`"))
 register(WeightSpec(
-    "facerefine-compact-prior", "facerefine_compact_prior.safetensors", "facerefine", (), None, None,
+    "facerefine-compact-prior", "facerefine_compact_prior.safetensors", "facerefine", (),
+    "e91cfa23aa24c02ef0d52db93aa51f5213fc510fe2a172b35d7d8d79206654a6", 1605880,
     "trained here (same data as facerefine-compact)", "FaceRefine-LatentPrior",
     "refine with facerefine-compact (latent score model over its 2x64-channel 16x16 latent)", embedded=True))
 

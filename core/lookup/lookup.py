@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ...errors import FaceRefineError
 from ..types import FaceCrops, FaceLatent
+from .detail import carry_detail
 from .restorer import Restorer
 from .steering import Critic, steer
 
@@ -129,7 +130,8 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
                 parts.append(part)
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    restored = torch.cat(outs).to(face_crops.crops.device)
+    restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, restorer.img_size,
+                            fidelity)
     step = f"lookup:{restorer.architecture}:{run_mode}"
     new_crops = face_crops.with_crops(restored, step)
     latent = _merge_latent(restorer, parts, fidelity, quality, run_mode, n)

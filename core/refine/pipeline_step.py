@@ -13,11 +13,18 @@ from .refine import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH
 log = logging.getLogger("facerefine")
 
 
-def default_prior_name(architecture: str) -> str:
-    return f"latent-prior-{architecture.lower()}"
+# Restorers shipped with a prior trained on their own latent.
+PAIRED_PRIORS = {"facerefine-compact": "facerefine-compact-prior",
+                 "facerefine_compact.safetensors": "facerefine-compact-prior"}
 
 
-def load_prior(name_or_path: Optional[str], architecture: str, device, warnings: Optional[list] = None):
+def default_prior_name(architecture: str, restorer_name: Optional[str] = None) -> str:
+    paired = PAIRED_PRIORS.get(str(restorer_name or ""))
+    return paired or f"latent-prior-{architecture.lower()}"
+
+
+def load_prior(name_or_path: Optional[str], architecture: str, device, warnings: Optional[list] = None,
+               restorer_name: Optional[str] = None):
     """The latent prior by name/path; with no name, the registry default for the restorer's
     architecture if present, else None (identity guidance only) with a warning."""
     from ...models.arch.latent_prior import load_latent_prior
@@ -27,7 +34,7 @@ def load_prior(name_or_path: Optional[str], architecture: str, device, warnings:
     if name_or_path is not None and str(name_or_path).lower() in ("none", "(none)"):
         return None
     try:
-        path = resolve(default_prior_name(architecture), "facerefine", download=False)
+        path = resolve(default_prior_name(architecture, restorer_name), "facerefine", download=False)
     except WeightsNotFoundError:
         msg = (f"no trained latent prior for {architecture} found (train one with `python -m facerefine train "
                f"latent-prior`); refining with identity guidance only")
@@ -67,7 +74,7 @@ def build_refine_step(options):
             raise FaceRefineError("the refine step needs the lookup step's restorer (ctx.state['restorer'])")
         if "prior" not in handles:
             explicit = getattr(options, "latent_prior", None)
-            prior = load_prior(explicit, ctx.latent.architecture, device, ctx.warnings)
+            prior = load_prior(explicit, ctx.latent.architecture, device, ctx.warnings, restorer_name=restorer.name)
             if prior is not None and not explicit:  # the registry default may model another latent size
                 try:
                     prior.check_latent(ctx.latent.quantized, ctx.latent.lq_features)

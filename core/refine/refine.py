@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ...errors import FaceRefineError
+from ..lookup.detail import carry_detail
 from ..types import FaceCrops, FaceLatent
 from .guidance import align_reference, guidance_mask, identity_gradient, identity_target
 from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
@@ -163,7 +164,9 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             dec = make_decoder(restorer, latent, idx)
             images.append(dec(z_final[idx].to(device)).float().cpu())
     step = f"refine:{sampler}x{int(steps)}@{float(strength):g}"
-    result = RefineResult(face_crops.with_crops(torch.cat(images), step), z_final, mask, mask_source,
+    lq = latent.extra.get("lq_crops", face_crops.crops)
+    refined = carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity)
+    result = RefineResult(face_crops.with_crops(refined, step), z_final, mask, mask_source,
                           target_source)
     if guided:
         result.similarity_before = torch.cat([o[1] for o in outs])
