@@ -8,8 +8,10 @@ VENV="${FACEREFINE_VENV:-.venv}"
 PY="$VENV/bin/python"
 
 setup() {
-  [ -f "$VENV/.facerefine-ready" ] && return 0
-  python3 -m venv "$VENV"
+  # re-install when pyproject.toml changes (new dependencies)
+  stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  [ "$(cat "$VENV/.facerefine-ready" 2>/dev/null)" = "$stamp" ] && return 0
+  [ -x "$PY" ] || python3 -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
   # torch comes first and explicitly (requirements.txt never pins it; see README "Install").
   if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
@@ -19,7 +21,7 @@ setup() {
     esac
   fi
   "$PY" -m pip install -q -e ".[dev]"
-  touch "$VENV/.facerefine-ready"
+  echo "$stamp" > "$VENV/.facerefine-ready"
 }
 
 setup
