@@ -18,6 +18,16 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FACEREFINE_HOME", str(tmp_path / "facerefine_home"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-model tests (opt in with usefixtures)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def london_dir():
     d = SHARED_DATA / "london"

@@ -30,13 +30,8 @@ def grey_critic(x):
 FAST = dict(img_size=32, ch_mult=(1, 2, 2), connect_list=("16", "32"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny ops on a shared, loaded CPU: one thread avoids OpenMP spin-waits (10x+ faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

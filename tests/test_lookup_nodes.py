@@ -9,12 +9,8 @@ from tiny_models import make_tiny_iqpfr
 from test_lookup_iqpfr import FAST, make_crops
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -17,13 +17,8 @@ def faces(n, size=512, seed=0):
     return FaceCrops(x, (info,) * n, size)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Narrow tiny models on a shared CPU: one thread avoids OpenMP spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Evil:

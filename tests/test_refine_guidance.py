@@ -14,13 +14,8 @@ from facerefine.errors import NoFaceError  # noqa: E402
 from facerefine.models.arch.identity import LatentMask  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CPU is shared: one thread is several times faster than oversubscribed ones here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

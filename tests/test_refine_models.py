@@ -15,12 +15,8 @@ from facerefine.models.arch.identity import (IdentityRecoveryNetwork, LatentMask
 from facerefine.models.arch.latent_prior import build_latent_prior, load_latent_prior, save_latent_prior  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
