@@ -1,0 +1,247 @@
+"""Video decode/encode with PyAV (``pip install av``, the optional extra ``facerefine[video]``).
+
+Frames stream through in chunks: nothing holds the whole clip. The writer keeps the source's frame
+timing (its frame rate, and its timestamps for variable-rate clips) and passes the first audio track
+through: copied as it is when the output container accepts the codec, else re-encoded (AAC, or Opus
+for WebM). Output goes to a unique temporary file next to the target and is renamed only when
+complete, so a failed run never leaves a half-written video under the target name.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ...errors import FaceRefineError
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
+_VIDEO_CODECS = {"webm": "libvpx-vp9", "avi": "mpeg4"}
+# audio codecs each container takes as they are (others are re-encoded)
+_AUDIO_COPY = {"mp4": {"aac", "mp3", "alac", "ac3", "eac3", "opus", "flac"},
+               "mov": {"aac", "mp3", "alac", "ac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
+               "matroska": None,  # anything
+               "webm": {"opus", "vorbis"},
+               "avi": {"mp3", "ac3", "pcm_s16le"}}
+
+
+def is_video(path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def require_av():
+    try:
+        import av
+    except ImportError as err:
+        raise FaceRefineError("video input/output needs PyAV: pip install av  (or pip install facerefine[video])") \
+            from err
+    return av
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: Fraction
+    frames: int            # 0 when the container does not say
+    duration: float        # seconds (0 when unknown)
+    has_audio: bool
+    audio_codec: Optional[str]
+    codec: str
+
+
+def probe(path) -> VideoInfo:
+    av = require_av()
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise FaceRefineError(f"{Path(path).name} has no video stream")
+            vs = c.streams.video[0]
+            fps = vs.average_rate or vs.guessed_rate or Fraction(25)
+            duration = float(vs.duration * vs.time_base) if vs.duration else \
+                (c.duration / 1e6 if c.duration else 0.0)
+            frames = int(vs.frames or 0) or (int(round(duration * fps)) if duration else 0)
+            audio = c.streams.audio[0] if c.streams.audio else None
+            return VideoInfo(vs.codec_context.width, vs.codec_context.height, Fraction(fps), frames, duration,
+                             audio is not None, audio.codec_context.name if audio is not None else None,
+                             vs.codec_context.name)
+    except av.error.FFmpegError as err:
+        raise FaceRefineError(f"cannot read video {Path(path).name}: {err}") from err
+
+
+def read_frames(path, chunk: int = 8) -> Iterator[tuple[np.ndarray, list]]:
+    """Yield (frames uint8 [n,H,W,3] RGB, [(pts, time_base), ...]) in chunks of at most ``chunk`` frames."""
+    av = require_av()
+    try:
+        with av.open(str(path)) as c:
+            vs = c.streams.video[0]
+            vs.thread_type = "AUTO"
+            buf, stamps = [], []
+            for frame in c.decode(vs):
+                buf.append(frame.to_ndarray(format="rgb24"))
+                stamps.append((frame.pts, frame.time_base))
+                if len(buf) >= chunk:
+                    yield np.stack(buf), stamps
+                    buf, stamps = [], []
+            if buf:
+                yield np.stack(buf), stamps
+    except av.error.FFmpegError as err:
+        raise FaceRefineError(f"cannot decode video {Path(path).name}: {err}") from err
+
+
+class VideoWriter:
+    """Encode RGB frames to ``path`` at the source's rate, passing the source's audio through.
+
+    Use as a context manager; ``write(frames uint8 [n,H,W,3], stamps)`` with the reader's stamps.
+    """
+
+    def __init__(self, path, width: int, height: int, fps: Fraction, audio_from=None, codec: Optional[str] = None,
+                 crf: int = 18, audio: bool = True):
+        av = require_av()
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in _FORMATS:
+            raise FaceRefineError(f"cannot write {self.path.name}: use one of {', '.join(VIDEO_SUFFIXES)}")
+        self.format = _FORMATS[suffix]
+        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part{suffix}")
+        self.fps = Fraction(fps).limit_denominator(1_000_000)
+        self.width, self.height = int(width), int(height)
+        self.container = av.open(str(self.tmp), mode="w", format=self.format)
+        name = codec or _VIDEO_CODECS.get(self.format, "libx264")
+        self.stream = self.container.add_stream(name, rate=self.fps)
+        self.stream.width, self.stream.height = self.width, self.height
+        even = self.width % 2 == 0 and self.height % 2 == 0
+        self.stream.pix_fmt = "yuv420p" if even or name == "mpeg4" else "yuv444p"
+        if name in ("libx264", "libx265", "libvpx-vp9"):
+            self.stream.options = {"crf": str(int(crf))} if name != "libvpx-vp9" else \
+                {"crf": str(int(crf) + 12), "b": "0"}
+        else:
+            self.stream.bit_rate = max(2_000_000, self.width * self.height * 8)
+        self.time_base = Fraction(1, 1) / self.fps if self.fps else Fraction(1, 25)
+        self.stream.codec_context.time_base = self.time_base
+        self.next_pts = 0
+        self.audio_in = None
+        self.audio_out = None
+        self.audio_transcode = False
+        self._audio_packets = None
+        self._audio_done = False
+        if audio and audio_from is not None:
+            self._open_audio(av, audio_from)
+
+    # --- audio pass-through -----------------------------------------------------------------
+    def _open_audio(self, av, source) -> None:
+        src = av.open(str(source))
+        if not src.streams.audio:
+            src.close()
+            return
+        astream = src.streams.audio[0]
+        allowed = _AUDIO_COPY.get(self.format)
+        name = astream.codec_context.name
+        if allowed is None or name in allowed:
+            self.audio_out = self.container.add_stream_from_template(astream)
+        else:
+            target = "libopus" if self.format == "webm" else ("mp3" if self.format == "avi" else "aac")
+            if target == "mp3" and "libmp3lame" in av.codecs_available:
+                target = "libmp3lame"
+            rate = astream.codec_context.sample_rate or 48000
+            if target == "libopus":
+                rate = 48000
+            self.audio_out = self.container.add_stream(target, rate=rate)
+            try:
+                self.audio_out.layout = astream.codec_context.layout.name
+            except Exception:  # noqa: BLE001 - keep the encoder's default layout
+                pass
+            self.audio_transcode = True
+        self.audio_in = src
+        self._astream = astream
+        self._audio_packets = src.demux(astream)
+
+    def _pump_audio(self, until: Optional[float]) -> None:
+        """Mux source audio packets up to ``until`` seconds (all remaining when None)."""
+        if self._audio_packets is None or self._audio_done:
+            return
+        while True:
+            if getattr(self, "_pending", None) is not None:
+                packet = self._pending
+                self._pending = None
+            else:
+                try:
+                    packet = next(self._audio_packets)
+                except StopIteration:
+                    self._audio_done = True
+                    break
+            if packet.dts is None and packet.pts is None:
+                if self.audio_transcode:
+                    for out in self.audio_out.encode(None):
+                        self.container.mux(out)
+                continue
+            t = float((packet.pts if packet.pts is not None else packet.dts) * packet.time_base)
+            if until is not None and t > until:
+                self._pending = packet
+                break
+            if self.audio_transcode:
+                for frame in packet.decode():
+                    frame.pts = None
+                    for out in self.audio_out.encode(frame):
+                        self.container.mux(out)
+            else:
+                packet.stream = self.audio_out
+                self.container.mux(packet)
+        if self._audio_done and self.audio_transcode:
+            for out in self.audio_out.encode(None):
+                self.container.mux(out)
+
+    # --- video ----------------------------------------------------------------------------------
+    def write(self, frames: np.ndarray, stamps: Optional[list] = None) -> None:
+        av = require_av()
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [n,H,W,3], got {frames.dtype} {frames.shape}")
+        if frames.shape[1:3] != (self.height, self.width):
+            raise FaceRefineError(f"frame size {frames.shape[2]}x{frames.shape[1]} differs from the video's "
+                                  f"{self.width}x{self.height}")
+        for k, arr in enumerate(frames):
+            pts = self.next_pts
+            if stamps is not None and k < len(stamps) and stamps[k][0] is not None and stamps[k][1]:
+                src_pts, tb = stamps[k]
+                pts = max(self.next_pts, int(round(src_pts * tb / self.time_base)))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            frame.pts = pts
+            frame.time_base = self.time_base
+            self.next_pts = pts + 1
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self._pump_audio(float(pts * self.time_base) + 0.5)
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            if ok:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+                self._pump_audio(None)
+        finally:
+            self.container.close()
+            if self.audio_in is not None:
+                self.audio_in.close()
+        if ok:
+            os.replace(self.tmp, self.path)
+        elif self.tmp.exists():
+            self.tmp.unlink()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            try:
+                self.close(ok=False)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                if self.tmp.exists():
+                    self.tmp.unlink()
+        else:
+            self.close(ok=True)

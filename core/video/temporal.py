@@ -1,0 +1,273 @@
+"""Temporally consistent restoration of face tracks.
+
+Per-frame restoration flickers because every frame picks its codebook entries (and its colour
+correction) on its own, from a differently noisy input. Here each track keeps a running state:
+
+- ``TemporalLookup``: the encoder latent (and the fidelity skip features) and the lookup's code
+  probabilities of a frame are blended with the previous frame's, warped by the change of the face's
+  affine (the crops are aligned, so this warp is small), before the codes are picked and decoded.
+  Restorers without a codebook (GFPGAN, RestoreFormer) blend their restored crops the same way.
+- ``TrackColor``: paste-back colour correction with statistics that are running averages over the
+  track instead of per-frame values.
+
+A large change between frames (a cut, a fast turn) resets the track's state, so nothing is smeared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..crop.warp import compose, invert_affine, scale_matrix, warp
+from ..types import FaceCrops
+
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def relative_affine(prev_affine: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map from the previous frame's crop pixels to this frame's crop pixels (both affines source -> crop)."""
+    return compose(affine, invert_affine(prev_affine))
+
+
+def is_small_motion(rel: np.ndarray, crop_size: int, max_shift: float = 0.25, max_scale: float = 0.2) -> bool:
+    """Whether two consecutive crops show nearly the same framing (else the running state is reset)."""
+    lin = rel[:, :2]
+    scale = float(np.sqrt(abs(np.linalg.det(lin))))
+    centre = np.array([crop_size / 2, crop_size / 2])
+    moved = lin @ centre + rel[:, 2] - centre
+    return abs(scale - 1.0) <= max_scale and float(np.linalg.norm(moved)) <= max_shift * crop_size
+
+
+def warp_grid(x: torch.Tensor, rel: np.ndarray, crop_size: int) -> torch.Tensor:
+    """Warp a map [N,C,h,w] laid over a crop of ``crop_size`` by the crop-pixel affine ``rel``."""
+    if np.allclose(rel, IDENTITY, atol=1e-4):
+        return x
+    h = x.shape[-1]
+    to_grid = scale_matrix(h / crop_size, h / crop_size)
+    m = compose(to_grid, compose(rel, invert_affine(to_grid)))
+    dtype = x.dtype
+    return warp(x.float(), m, x.shape[-2], x.shape[-1], mode="bilinear", padding="border",
+                antialias=False).to(dtype)
+
+
+@dataclass
+class _TrackState:
+    affine: np.ndarray
+    lq: Optional[torch.Tensor] = None
+    skips: dict = field(default_factory=dict)
+    probs: Optional[torch.Tensor] = None
+    out: Optional[torch.Tensor] = None
+
+
+class TemporalLookup:
+    """Restore the faces of consecutive frames with a running, motion-compensated lookup state per track.
+
+    strength: 0 = per-frame restoration (exactly ``lookup`` with mode off/trained); 0.6 keeps 60 % of the
+        previous frame's (warped) latent and code probabilities.
+    output_blend: the same for the final restored crop (all restorers; the only option without a codebook).
+    """
+
+    def __init__(self, restorer, quality: float = 1.0, fidelity: float = 0.5, strength: float = 0.6,
+                 output_blend: Optional[float] = None, mode: str = "auto", blend_skips: bool = True,
+                 batch_size: int = 8, reset_similarity: float = 0.5):
+        from ..lookup.lookup import resolve_mode
+        self.restorer = restorer
+        self.quality, self.fidelity = float(quality), float(fidelity)
+        self.strength = float(strength)
+        if not 0.0 <= self.strength < 1.0:
+            raise ValueError(f"temporal strength must be within 0..1 (exclusive of 1), got {strength}")
+        has_codebook = restorer.codebook is not None
+        self.output_blend = float(output_blend if output_blend is not None else (0.0 if has_codebook else strength))
+        run_mode, note = resolve_mode(restorer, mode, quality, critic=lambda x: x)
+        self.note = note
+        if run_mode == "training-free":
+            # critic-steered codes are picked per frame by a search: they would bring the flicker back
+            run_mode = "off"
+            self.note = ("video mode: training-free quality steering is per frame, so it is off here; "
+                         "use a restorer with trained quality conditioning for the slider")
+        self.mode = run_mode
+        self.blend_skips = blend_skips
+        self.batch_size = max(1, int(batch_size))
+        self.reset_similarity = reset_similarity
+        self.states: dict[int, _TrackState] = {}
+
+    def reset(self) -> None:
+        self.states.clear()
+
+    def forget(self, keep_ids) -> None:
+        keep = set(keep_ids)
+        for tid in [t for t in self.states if t not in keep]:
+            del self.states[tid]
+
+    def _prior(self, tid: int, affine: np.ndarray, crop_size: int, lq: Optional[torch.Tensor]):
+        """The track's state and the relative affine, or None when the state must not be used."""
+        st = self.states.get(tid)
+        if st is None:
+            return None, None
+        rel = relative_affine(st.affine, affine)
+        if not is_small_motion(rel, crop_size):
+            return None, None
+        if lq is not None and st.lq is not None:
+            prev = warp_grid(st.lq, rel, crop_size)
+            sim = F.cosine_similarity(prev.flatten().float(), lq.flatten().float(), dim=0)
+            if float(sim) < self.reset_similarity:  # a cut or an occlusion: start the track afresh
+                return None, None
+        return st, rel
+
+    @torch.inference_mode()
+    def __call__(self, face_crops: FaceCrops, track_ids: list[int]) -> FaceCrops:
+        """Restore the faces (in frame order; ``track_ids[i]`` is the track of face i)."""
+        from ..lookup.detail import carry_detail
+        from ..lookup.lookup import _to_model
+        n = len(face_crops)
+        if n == 0:
+            return face_crops
+        if len(track_ids) != n:
+            raise ValueError(f"{n} faces but {len(track_ids)} track ids")
+        r = self.restorer
+        size = face_crops.crop_size
+        affines = [f.affine for f in face_crops.faces]
+        a = self.strength
+        priors: list = []   # (previous state or None, relative affine) of each face
+        news: list = []     # the state each face leaves for the next frame of its track
+        with r.autocast():
+            if r.codebook is None:
+                outs = [r.loaded.run_whole(_to_model(face_crops.crops[i:i + self.batch_size], r.img_size,
+                                                     r.device)).float()
+                        for i in range(0, n, self.batch_size)]
+                restored = torch.cat(outs)
+                for tid, aff in zip(track_ids, affines):
+                    priors.append(self._prior(tid, aff, size, None))
+                    news.append(_TrackState(aff))
+                    self.states[tid] = news[-1]
+            else:
+                model = r.codebook
+                lqs, skips = [], []
+                for i in range(0, n, self.batch_size):
+                    x = _to_model(face_crops.crops[i:i + self.batch_size], r.img_size, r.device)
+                    lq_b, sk_b = model.encode(x * 2 - 1)
+                    lqs.append(lq_b)
+                    skips.append(sk_b)
+                lq = torch.cat(lqs)
+                sk = {k: torch.cat([s_[k] for s_ in skips]) for k in skips[0]}
+                # 1. running encoder latent (and skips), in frame order
+                for i, (tid, aff) in enumerate(zip(track_ids, affines)):
+                    st, rel = self._prior(tid, aff, size, lq[i:i + 1])
+                    priors.append((st, rel))
+                    if st is not None and a > 0:
+                        lq[i:i + 1] = (1 - a) * lq[i:i + 1] + a * warp_grid(st.lq, rel, size)
+                        if self.blend_skips:
+                            for k in sk:
+                                if k in st.skips:
+                                    sk[k][i:i + 1] = (1 - a) * sk[k][i:i + 1] + a * warp_grid(st.skips[k], rel, size)
+                    news.append(_TrackState(aff, lq[i:i + 1].clone(),
+                                            {k: v[i:i + 1].clone() for k, v in sk.items()} if self.blend_skips else {}))
+                    self.states[tid] = news[-1]  # a later face of the same track in this batch reads it
+                # 2. code probabilities from the blended latents, blended again over time
+                film = None
+                if self.mode == "trained":
+                    film = model.film(torch.full((n,), self.quality, device=lq.device))
+                logits = model.logits(lq, film).float()
+                probs = F.softmax(logits, dim=2)
+                groups = getattr(model, "groups", 1)
+                s = model.latent_hw
+                for i, (st, rel) in enumerate(priors):
+                    if st is not None and st.probs is not None and a > 0:
+                        prev = st.probs.view(groups, s, s, -1).permute(0, 3, 1, 2)
+                        prev = warp_grid(prev, rel, size).permute(0, 2, 3, 1).reshape(1, groups * s * s, -1)
+                        probs[i:i + 1] = (1 - a) * probs[i:i + 1] + a * prev
+                    news[i].probs = probs[i:i + 1].clone()
+                indices = probs.argmax(dim=2)
+                quantized = model.finish_quantize(model.code_features(indices), lq)
+                outs = []
+                for i in range(0, n, self.batch_size):
+                    skb = {k: v[i:i + self.batch_size] for k, v in sk.items()}
+                    outs.append(((model.decode(quantized[i:i + self.batch_size], skb, self.fidelity).float() + 1)
+                                 / 2).clamp(0, 1))
+                restored = torch.cat(outs)
+        restored = carry_detail(restored.to(face_crops.crops.device), face_crops.crops, r.img_size, self.fidelity)
+        if restored.shape[-1] != size:
+            restored = F.interpolate(restored, size=(size, size), mode="bicubic", align_corners=False,
+                                     antialias=True).clamp(0, 1)
+        b = self.output_blend
+        for i, (st, rel) in enumerate(priors):
+            if b > 0 and st is not None and st.out is not None:
+                restored[i:i + 1] = (1 - b) * restored[i:i + 1] + b * warp_grid(st.out, rel, size)
+            news[i].out = restored[i:i + 1].clone() if b > 0 else None
+        step = f"lookup:{r.architecture}:{self.mode}:temporal{self.strength:g}"
+        return face_crops.with_crops(restored, step)
+
+
+class TrackColor:
+    """Paste-back colour correction with running statistics per track (no per-frame colour pumping).
+
+    mode 'lab': Reinhard mean/std transfer in CIE-LAB, as core.paste.color.lab_transfer, but with the
+    means and deviations of both the restored and the original face averaged over the track.
+    mode 'lowfreq': the low-frequency offset (original minus restored) averaged over the track.
+    momentum: weight of the running value (0 = per frame).
+    """
+
+    def __init__(self, mode: str = "lab", momentum: float = 0.8):
+        from ..paste.color import COLOR_MODES
+        if mode not in COLOR_MODES:
+            raise ValueError(f"colour correction must be one of {COLOR_MODES}, got '{mode}'")
+        self.mode, self.momentum = mode, float(momentum)
+        self.states: dict[int, tuple] = {}
+
+    def reset(self) -> None:
+        self.states.clear()
+
+    def _ema(self, tid: int, values: tuple, rel: Optional[np.ndarray], size: int) -> tuple:
+        old = self.states.get(tid)
+        m = self.momentum
+        if old is not None and m > 0:
+            prev = tuple(warp_grid(v, rel, size) if (rel is not None and v.ndim == 4 and v.shape[-1] > 1) else v
+                         for v in old[1])
+            values = tuple(m * p + (1 - m) * v for p, v in zip(prev, values))
+        return values
+
+    @torch.inference_mode()
+    def __call__(self, restored: FaceCrops, original: torch.Tensor, masks: torch.Tensor,
+                 track_ids: list[int]) -> FaceCrops:
+        """restored: FACE_CROPS; original: the input crops [N,3,S,S]; masks [N,S,S] soft paste masks."""
+        from kornia.color import lab_to_rgb, rgb_to_lab
+
+        from ..paste.color import _blur, _masked_stats
+        if self.mode == "none" or len(restored) == 0:
+            return restored
+        size = restored.crop_size
+        out = []
+        for i, tid in enumerate(track_ids):
+            face = restored.faces[i]
+            rel = None
+            old = self.states.get(tid)
+            if old is not None:
+                rel = relative_affine(old[0], face.affine)
+                if not is_small_motion(rel, size):
+                    self.states.pop(tid)
+                    rel = None
+            x = restored.crops[i:i + 1].float().clamp(0, 1)
+            o = original[i:i + 1].float().clamp(0, 1)
+            w = masks[i:i + 1, None].float()
+            if self.mode == "lab":
+                pw = F.avg_pool2d(w, 4)
+                mean_r, std_r = _masked_stats(rgb_to_lab(F.avg_pool2d(x, 4)), pw)
+                mean_o, std_o = _masked_stats(rgb_to_lab(F.avg_pool2d(o, 4)), pw)
+                mean_r, std_r, mean_o, std_o = self._ema(tid, (mean_r, std_r, mean_o, std_o), rel, size)
+                self.states[tid] = (face.affine, (mean_r, std_r, mean_o, std_o))
+                lab = (rgb_to_lab(x) - mean_r) * (std_o / std_r).clamp(0.5, 2.0) + mean_o
+                out.append(lab_to_rgb(lab, clip=True))
+            else:
+                sigma = size / 64.0
+                hard = (w > 0.01).float()
+                norm = _blur(hard, sigma).clamp(min=1e-4)
+                offset = (_blur(o * hard, sigma) - _blur(x * hard, sigma)) / norm
+                (offset,) = self._ema(tid, (offset,), rel, size)
+                self.states[tid] = (face.affine, (offset,))
+                out.append((x + offset).clamp(0, 1))
+        corrected = torch.cat(out)
+        return FaceCrops(corrected, restored.faces, restored.crop_size, restored.parsing_masks,
+                         restored.history + (f"color:{self.mode}:track",))
