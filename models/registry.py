@@ -4,7 +4,8 @@ Each entry says what a file is, where it is looked for (``folder``) and where it
 comes from. sha256/size: values published for the official release assets (the sha256 prefix
 in BasicSR-style names such as GFPGANv1.3-c953a88f matches). ``None`` where no
 value could be confirmed from here (no network to the hubs): such downloads are
-checked for completeness only and `models verify` reports them as "unverified".
+checked for completeness, size and file format (an HTML error page is refused, see
+models.download.check_format) and `models verify` reports them as "unverified".
 """
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ register(WeightSpec(
 register(WeightSpec(
     "retinaface-mobilenet", "detection_mobilenet0.25_Final.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_mobilenet0.25_Final.pth",),
-    None, None, "MIT", "RetinaFace", "crop (facexlib RetinaFace mobilenet0.25 detector)"))
+    "2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220", 1_789_735, "MIT", "RetinaFace", "crop (facexlib RetinaFace mobilenet0.25 detector)"))
 register(WeightSpec(
     "parsenet", "parsing_parsenet.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth",),
@@ -81,11 +82,11 @@ register(WeightSpec(
 register(WeightSpec(
     "bisenet", "parsing_bisenet.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.2.0/parsing_bisenet.pth",),
-    None, None, "MIT", "BiSeNet", "paste (face-parsing mask, protect hair)"))
+    "468e13ca13a9b43cc0881a9f99083a430e9c0a38abd935431d1c28ee94b26567", None, "MIT", "BiSeNet", "paste (face-parsing mask, protect hair)"))
 register(WeightSpec(
     "arcface", "recognition_arcface_ir_se50.pth", _FD,
     ("https://github.com/xinntao/facexlib/releases/download/v0.1.0/recognition_arcface_ir_se50.pth",),
-    None, None, "MIT", "ArcFace-IR-SE50", "refine (identity guidance), eval (identity similarity)"))
+    "a035c768259b98ab1ce0e646312f48b9e1e218197a0f80ac6765e88f8b6ddf28", None, "MIT", "ArcFace-IR-SE50", "refine (identity guidance), eval (identity similarity)"))
 
 
 # --- embedded offline detector (shipped in weights/, see docs/crop_paste.md) ---
@@ -101,7 +102,7 @@ register(WeightSpec(
 register(WeightSpec(
     "face-niqe", "face_niqe.safetensors", "facerefine", (), None, None,
     "fitted here on the London Face Set (CC BY 4.0); parameters CC BY 4.0", "FaceNIQE",
-    "score (offline face-niqe metric; refit with core/train/fit_face_niqe.py)", embedded=True))
+    "score (offline face-niqe metric; refit with lab/train/fit_face_niqe.py)", embedded=True))
 
 # --- refine (core/refine): trained here with `python -m facerefine train`, no public download ---
 for _arch in ("codeformer", "iqpfr"):
@@ -115,7 +116,7 @@ for _arch in ("codeformer", "iqpfr"):
         f"refine (Identity Recovery Network + learned latent mask for the {_arch} latent; "
         f"absent = LQ-face target and landmark region mask)"))
 
-# --- the compact default model trained here (core/train, configs/compact.json; docs/training.md) ---
+# --- the compact default model trained here (lab/train, configs/compact.json; docs/training.md) ---
 register(WeightSpec(
     "facerefine-compact", "facerefine_compact.safetensors", "facerefine", (),
     "d956d314d13450b7c886311f8770b8604bce24dfca0aa8570209030f6bc7e63e", 7086246,

@@ -168,7 +168,7 @@ def test_download_interrupted_leaves_no_final_file(server, tmp_path):
     dest = tmp_path / "w.pth"
     with pytest.raises(DownloadError):
         download.download_file(server + "/cut", dest, progress=False)
-    assert not dest.exists() and not dest.with_name("w.pth.part").exists()
+    assert not dest.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_download_correct_hash_lands_atomically(server, tmp_path, monkeypatch):
@@ -184,7 +184,8 @@ def test_download_correct_hash_lands_atomically(server, tmp_path, monkeypatch):
     monkeypatch.setattr(download.os, "replace", spy)
     out = download.download_file(server + "/file", dest, sha256=digest, progress=False)
     assert out == dest and dest.read_bytes() == _Handler.payload
-    assert renames == [("w.pth.part", "w.pth", False)]  # written as .part, then one rename
+    (src, dst, existed), = renames  # written to a unique .part next to it, then one rename
+    assert src.startswith("w.pth.") and src.endswith(".part") and dst == "w.pth" and not existed
     assert list(tmp_path.iterdir()) == [dest]
 
 
