@@ -27,3 +27,7 @@ class ImageInputError(FaceRefineError, ValueError):
 
 class NoFaceError(FaceRefineError, ValueError):
     pass
+
+
+class OutputError(FaceRefineError, OSError):
+    """An output cannot be written where asked (read-only folder, a file where a folder is needed, full disk...)."""

@@ -1,6 +1,8 @@
 """crop IMAGE... --out DIR: aligned face crops + JSON with bbox, landmarks, score and crop path."""
 from __future__ import annotations
 
+import sys
+
 
 def add_crop_arguments(p) -> None:
     """Detection/alignment flags, shared with `restore`."""
@@ -29,47 +31,79 @@ def crop_options_from_args(args, device: str):
 
 def add_arguments(p) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--out", required=True, help="folder for the crops")
+    p.add_argument("--out", required=True,
+                   help="folder for the crops (<name>_faceNN.png; a taken name gets a counter, _00001)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing crop files (inputs never)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto")
     add_crop_arguments(p)
 
 
 def run(args) -> dict:
+    import logging
     import warnings
-    from pathlib import Path
 
+    from ..core.batch import BatchReport, expand_inputs
     from ..core.crop import align_faces, detect_faces
-    from ..core.image_io import list_images, load_image, save_image
+    from ..core.image_io import load_image, save_image
+    from ..core.output_paths import OutputNamer, prepare_folder
     from ..core.pipeline import resolve_device
+    from ..errors import FaceRefineError
 
     device = resolve_device(args.device)
     options = crop_options_from_args(args, device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, missing = expand_inputs(args.images)
+    out_dir = prepare_folder(args.out, "--out")  # before any work
+    namer = OutputNamer(paths, overwrite=args.overwrite)
+    report = BatchReport()
+    report.extend(missing)
     results, total = [], 0
-    for path in list_images(args.images):
-        loaded = load_image(path)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            crops = align_faces(loaded.image, detect_faces(loaded.image, options), options)
-        notes = [str(w.message) for w in caught]
-        if crops.is_empty:
-            notes.append("no face found")
-        faces = []
-        for k, face in enumerate(crops.faces):
-            crop_path = out_dir / f"{path.stem}_face{k:02d}.png"
-            save_image(crop_path, crops.crops[k].permute(1, 2, 0), bit_depth=16 if loaded.bit_depth == 16 else 8)
-            faces.append({"index": k, "bbox": [round(v, 2) for v in face.bbox],
-                          "landmarks": face.landmarks.round(2).tolist(), "score": round(face.score, 5),
-                          "crop": str(crop_path), "affine": face.affine.round(6).tolist()})
+    for path in paths:
+        written = []
+        try:  # one bad file must not stop the others
+            loaded = load_image(path)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                crops = align_faces(loaded.image, detect_faces(loaded.image, options), options)
+            notes = [str(w.message) for w in caught]
+            if crops.is_empty:
+                notes.append("no face found")
+            faces = []
+            for k, face in enumerate(crops.faces):
+                crop_path = namer.claim(out_dir / f"{path.stem}_face{k:02d}.png")
+                written.append(save_image(crop_path, crops.crops[k].permute(1, 2, 0),
+                                          bit_depth=16 if loaded.bit_depth == 16 else 8))
+                faces.append({"index": k, "bbox": [round(v, 2) for v in face.bbox],
+                              "landmarks": face.landmarks.round(2).tolist(), "score": round(face.score, 5),
+                              "crop": str(crop_path), "affine": face.affine.round(6).tolist()})
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
+            if not isinstance(err, FaceRefineError):
+                logging.getLogger("facerefine").debug("FaceRefine: %s failed", path, exc_info=True)
+            report.add(path, err)
+            if written:
+                print(f"  {len(written)} crop(s) of it were written before the error", file=sys.stderr)
+            continue
         total += len(faces)
         results.append({"path": str(path), "size": list(loaded.size), "faces": faces, "warnings": notes})
         if not args.json:
-            print(f"{path}: {len(faces)} face(s)" + "".join(f"\n  {f['crop']}  score {f['score']:.3f}"
-                                                            for f in faces)
+            print(f"{path}: {len(faces)} face(s)" + "".join(_face_lines(f) for f in faces)
                   + "".join(f"\n  warning: {n}" for n in notes))
-    return {"ok": True, "crop_size": options.crop_size, "detector": _detector_name(options.detector),
-            "faces": total, "images": results}
+    for note in namer.notes:
+        print(f"note: {note}", file=sys.stderr)
+    report.summary(len(paths) + len(missing))
+    return {"ok": not report.failed, "crop_size": options.crop_size, "detector": _detector_name(options.detector),
+            "faces": total, "images": results, "failed": report.failed, "notes": namer.notes,
+            "exit_code": report.exit_code}
+
+
+def _face_lines(face: dict) -> str:
+    """Plain-text lines for one face: box, score, the five landmarks and the crop file."""
+    x0, y0, x1, y1 = face["bbox"]
+    points = "  ".join(f"({x:.1f},{y:.1f})" for x, y in face["landmarks"])
+    return (f"\n  face {face['index']}: box ({x0:.1f},{y0:.1f})-({x1:.1f},{y1:.1f})  score {face['score']:.3f}"
+            f"\n    landmarks (left eye, right eye, nose, mouth left, mouth right): {points}"
+            f"\n    crop {face['crop']}")
 
 
 def _detector_name(name: str) -> str:

@@ -4,10 +4,13 @@ With --restorer none it only crops and pastes back (a geometry check and a no-op
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 from ..errors import FaceRefineError
 from .crop_cmd import add_crop_arguments, crop_options_from_args
+
+log = logging.getLogger("facerefine")
 
 
 def add_arguments(p) -> None:
@@ -15,7 +18,10 @@ def add_arguments(p) -> None:
     p.add_argument("--sample", action="store_true",
                    help="also restore a public-domain sample photo (scikit-image's astronaut)")
     p.add_argument("-o", "--output", required=True,
-                   help="output folder (or a file name when there is one input image)")
+                   help="output folder (results are <name>_restored.<ext>), or an image file name when there is "
+                        "one input; an input is never written and a taken name gets a counter (_00001)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (inputs are still never written)")
     p.add_argument("--restorer", default="auto",
                    help="auto (a community restorer you have, else the embedded compact model), a registry name, "
                         "a weights path, or none (crop + paste only)")
@@ -58,40 +64,43 @@ def add_arguments(p) -> None:
     g.add_argument("--save-mask", action="store_true", help="also write <name>_mask.png")
 
 
-def _outputs(inputs, output):
-    from pathlib import Path
+def _sample_image(folder, namer):
+    """Write scikit-image's public-domain astronaut photo into the output folder and return its path.
 
-    from ..core.image_io import IMAGE_SUFFIXES
-    out = Path(output)
-    if len(inputs) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
-        return [out]
-    out.mkdir(parents=True, exist_ok=True)
-    targets = [out / p.name for p in inputs]
-    # never overwrite an input: restoring a folder into itself writes <name>_restored.<ext>
-    return [t.with_name(f"{t.stem}_restored{t.suffix}") if t.resolve() == Path(p).resolve() else t
-            for t, p in zip(targets, inputs)]
+    A file of that name that already holds the sample is reused; anything else there is left alone
+    and the sample gets a counter name (core/output_paths)."""
+    import numpy as np
 
-
-def _sample_image(output):
-    """Write scikit-image's public-domain astronaut photo next to the outputs and return its path."""
-    from pathlib import Path
-
-    from ..core.image_io import IMAGE_SUFFIXES
+    from ..core.image_io import load_image, save_image
     try:
         from skimage import data
     except ImportError as err:
         raise FaceRefineError("--sample needs scikit-image (pip install scikit-image)") from err
-    import cv2
-    out = Path(output)
-    folder = out.parent if out.suffix.lower() in IMAGE_SUFFIXES else out
-    folder.mkdir(parents=True, exist_ok=True)
+    import torch
+    pixels = data.astronaut()
     path = folder / "sample_astronaut_input.png"
-    cv2.imwrite(str(path), data.astronaut()[..., ::-1])
+    if path.is_file():
+        try:
+            same = np.array_equal(np.round(load_image(path).image[0].numpy() * 255).astype(np.uint8), pixels)
+        except FaceRefineError:
+            same = False
+        if same:
+            namer.add_input(path)
+            return path
+    path = namer.claim(path)
+    save_image(path, torch.from_numpy(pixels).float() / 255.0)
+    namer.add_input(path)
     return path
 
 
 def run(args) -> dict:
-    from ..core.image_io import list_images, load_image, save_image
+    from pathlib import Path
+
+    from ..core.batch import BatchReport, error_text, expand_inputs
+    from ..core.image_io import load_image, save_image
+    from ..core.output_paths import (OutputNamer, describe_os_error, names_image_file, prepare_folder,
+                                     restore_targets)
+    from ..errors import OutputError
     from ..core.paste import PasteOptions
     from ..core.pipeline import RestoreOptions, build_steps, resolve_device, restore_images
 
@@ -108,35 +117,59 @@ def run(args) -> dict:
         crop=crop_options_from_args(args, device),
         paste=PasteOptions(mask=args.mask, erode=args.erode, feather=args.feather, protect_hair=args.protect_hair,
                            visibility=args.visibility, color_correction=args.color_correction, device=device))
-    inputs = list_images(args.inputs) if args.inputs else []
-    if args.sample:
-        inputs.append(_sample_image(args.output))
-    if not inputs:
+    report = BatchReport()
+    inputs, missing = expand_inputs(args.inputs) if args.inputs else ([], [])
+    if not inputs and not args.sample:
+        if missing:
+            raise FaceRefineError("; ".join(f["error"] for f in missing))
         raise FaceRefineError("no input images: pass image files or folders, or --sample")
+    # decide every output before loading any model: a bad -o costs no work
+    out = Path(args.output).expanduser()
+    if args.sample and names_image_file(out) and not out.is_dir() and inputs:
+        raise OutputError(f"-o {out} names one image file but there are {len(inputs) + 1} inputs (with --sample); "
+                          f"give a folder instead")
+    if args.sample:
+        folder = out.parent if names_image_file(out) and not out.is_dir() else out
+        try:
+            inputs.append(_sample_image(prepare_folder(folder), OutputNamer(inputs)))
+        except OSError as err:
+            raise OutputError(describe_os_error(err)) from err
+    targets, namer = restore_targets(inputs, out, overwrite=args.overwrite)
+    for note in namer.notes:
+        print(f"note: {note}", file=sys.stderr)
+    report.extend(missing)
     steps = build_steps(options)  # load restorer/refiner once for all images
-    targets = _outputs(inputs, args.output)
-    results, failed, timings = [], [], {}
+    results, timings = [], {}
     for path, target in zip(inputs, targets):
+        written, mask_path = [], None
         try:  # one bad file must not cost the others
             loaded = load_image(path)
             res = restore_images(loaded.image, options, steps=steps, timings=timings)
-            save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
-        except FaceRefineError as err:
-            if not results and len(failed) + 1 == len(inputs):
-                raise  # nothing succeeded: one clear error (often a setting, e.g. a reference with no face)
-            failed.append({"input": str(path), "error": str(err)})
-            print(f"{path}: error: {err}", file=sys.stderr)
+            written.append(save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth))
+            if args.save_mask:
+                mask_path = namer.claim(target.with_name(f"{target.stem}_mask.png"))
+                written.append(save_image(mask_path, res.masks[0][..., None].expand(-1, -1, 3)))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
+            if isinstance(err, FaceRefineError) and not results and not report.failed and len(inputs) == 1:
+                raise  # the only input failed: one clear error (often a setting, e.g. a reference with no face)
+            log.debug("FaceRefine: %s failed", path, exc_info=True)
+            report.add(path, err if not written else f"{error_text(err)} (the image itself was written to "
+                                                     f"{written[0]})")
             continue
         entry = {"input": str(path), "output": str(target), "faces": len(res.face_crops),
                  "history": list(res.face_crops.history), "warnings": res.warnings}
-        if args.save_mask:
-            mask_path = target.with_name(f"{target.stem}_mask.png")
-            save_image(mask_path, res.masks[0][..., None].expand(-1, -1, 3))
+        if mask_path is not None:
             entry["mask"] = str(mask_path)
         results.append(entry)
         if not args.json:
             print(f"{path} -> {target}: {entry['faces']} face(s)" + "".join(f"\n  warning: {w}" for w in res.warnings))
-    return {"ok": not failed, "restorer": args.restorer, "device": device, "results": results, "failed": failed,
-            "exit_code": 1 if failed else 0,
+    report.summary(len(inputs) + len(missing))
+    if not results and report.failed:
+        raise FaceRefineError(f"all {len(report.failed)} input(s) failed: "
+                              + "; ".join(f"{f['input']}: {f['error']}" for f in report.failed))
+    return {"ok": not report.failed, "restorer": args.restorer, "device": device, "results": results,
+            "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "faces": sum(r["faces"] for r in results)}
