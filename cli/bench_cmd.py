@@ -41,7 +41,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> dict:
-    from ..core.bench import ALL_STAGES, BenchOptions, run_bench
+    from ..lab.bench import ALL_STAGES, BenchOptions, run_bench
     from ..errors import FaceRefineError
 
     try:

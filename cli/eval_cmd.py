@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    from ..core.eval.harness import EvalOptions, run_eval
+    from ..lab.eval.harness import EvalOptions, run_eval
     refs = args.references
     if refs is None and args.folder == "london-heldout":
         refs = "london-smiling"

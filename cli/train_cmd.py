@@ -21,12 +21,12 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     import torch
 
-    from ..core.train.runner import load_config, train_stage
+    from ..lab.train.runner import load_config, train_stage
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     if args.stage == "export":
-        from ..core.train.export import export_run
+        from ..lab.train.export import export_run
         return export_run(cfg, out_dir=args.out_dir, output=args.output)
     summary = train_stage(args.stage, cfg, steps=args.steps, device=args.device, out_dir=args.out_dir,
                           resume=not args.fresh, max_minutes=args.max_minutes)

@@ -1,6 +1,6 @@
 """Does a metric follow face quality? Synthetic degradations of rising severity.
 
-    python -m facerefine.core.score.sensitivity [--metrics face-niqe,piqe] [--faces 20] [--json]
+    python -m facerefine.lab.sensitivity [--metrics face-niqe,piqe] [--faces 20] [--json]
 
 On held-out London identities (never used for fitting), each face crop is degraded
 at five severity levels per kind; a metric passes when the mean normalised score falls
@@ -37,7 +37,7 @@ KINDS = tuple(LEVELS) + ("combined",)
 
 def degrade_level(x: torch.Tensor, kind: str, level: int, seed: int = 0) -> torch.Tensor:
     """x [N,3,H,W] 0..1 at severity ``level`` (1..5; 0 = unchanged). Sizes are for 512 px crops."""
-    from .. import degrade as D
+    from . import degrade as D
     if level == 0:
         return x.clone()
     if kind not in KINDS or not 1 <= level <= 5:
@@ -104,8 +104,8 @@ def evaluate(metric, faces: torch.Tensor, kinds: Sequence[str] = KINDS, levels: 
 
 
 def heldout_faces(count: int, size: int = 512, root=None) -> torch.Tensor:
-    from ..datasets import london_split
-    from ..train.fit_face_niqe import load_london_crop
+    from .datasets import london_split
+    from .train.fit_face_niqe import load_london_crop
     paths = london_split(root)["heldout_neutral"][:count]
     if not paths:
         raise FileNotFoundError("no held-out London faces found")
@@ -113,7 +113,7 @@ def heldout_faces(count: int, size: int = 512, root=None) -> torch.Tensor:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from . import get_metric
+    from ..core.score import get_metric
     parser = argparse.ArgumentParser(description="metric sensitivity on held-out London faces")
     parser.add_argument("--metrics", default="face-niqe,piqe")
     parser.add_argument("--faces", type=int, default=20)

@@ -2,7 +2,7 @@
 
 Other test files import these factories, e.g.::
 
-    from tiny_models import make_tiny_codeformer
+    from facerefine.lab.tiny_models import make_tiny_codeformer
     path = make_tiny_codeformer(tmp_path / "codeformer.pth")
     restorer = load_restorer(str(path))
 
@@ -28,7 +28,7 @@ def _save(sd: dict, path, wrap_key: Optional[str] = "params_ema", metadata: Opti
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".safetensors":
-        from facerefine.models.loading import save_safetensors
+        from ..models.loading import save_safetensors
         return save_safetensors(sd, path, metadata=metadata)
     torch.save({wrap_key: sd} if wrap_key else sd, str(path))
     return path
@@ -84,7 +84,7 @@ def make_tiny_restoreformer(path, *, ch: int = 32, n_embed: int = 64, embed_dim:
 
 
 def tiny_iqpfr_config(**overrides):
-    from facerefine.models.arch.iqpfr import IQPFRConfig
+    from ..models.arch.iqpfr import IQPFRConfig
     base = dict(img_size=64, nf=32, ch_mult=(1, 1, 2), res_blocks=1, emb_dim=32, codebook_size=32,
                 dim_embd=32, n_head=4, n_layers=1, connect_list=("32", "64"), quality_hidden=16)
     base.update(overrides)
@@ -93,7 +93,7 @@ def tiny_iqpfr_config(**overrides):
 
 def make_tiny_iqpfr(path, *, seed: int = 0, **config_overrides) -> Path:
     """Our dual-branch IQPFR model, tiny (64^2 input, 16x16 tokens). Saved as safetensors with its config."""
-    from facerefine.models.arch.iqpfr import IQPFR
+    from ..models.arch.iqpfr import IQPFR
     torch.manual_seed(seed)
     model = IQPFR(tiny_iqpfr_config(**config_overrides))
     _randomise_small(model, seed)
@@ -113,7 +113,7 @@ def make_tiny_quality_condition(path, *, dim_embd: int = 32, n_layers: int = 1, 
 
     random_output=False keeps the zero-initialised output layer (must reproduce plain CodeFormer exactly).
     """
-    from facerefine.models.arch.quality_condition import QualityCondition
+    from ..models.arch.quality_condition import QualityCondition
     torch.manual_seed(seed)
     cond = QualityCondition(dim_embd=dim_embd, n_layers=n_layers, hidden=hidden)
     if random_output:

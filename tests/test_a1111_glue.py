@@ -133,7 +133,7 @@ def webui(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_restorer(tmp_path_factory):
-    """A tiny random restorer file of a real architecture (tests/tiny_models.py)."""
+    """A tiny random restorer file of a real architecture (lab/tiny_models.py)."""
     import tiny_models
     folder = tmp_path_factory.mktemp("tiny")
     return tiny_models.make_tiny_gfpgan(folder / "tiny_gfpgan.safetensors")

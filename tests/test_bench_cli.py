@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facerefine.core import bench
+from facerefine.lab import bench
 
 REPO = Path(__file__).resolve().parent.parent
 

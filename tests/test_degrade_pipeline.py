@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from facerefine.core import degrade as D
+from facerefine.lab import degrade as D
 
 
 def _images(n=4, size=64):
@@ -104,8 +104,8 @@ def test_noise_uses_generator():
 
 
 def test_real_faces_degrade_monotonically(london_dir):
-    from facerefine.core import datasets
-    from facerefine.core.train.data import align_face
+    from facerefine.lab import datasets
+    from facerefine.lab.train.data import align_face
     files = datasets.london_split(london_dir)["heldout_neutral"][:2]
     x = torch.from_numpy(np.stack([align_face(p, 128) for p in files])).permute(0, 3, 1, 2).float() / 255
     for kind in ("blur", "downscale", "noise", "jpeg"):

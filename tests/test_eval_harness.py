@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from facerefine.core.eval.harness import EvalOptions, markdown_report, psnr, run_eval, ssim
+from facerefine.lab.eval.harness import EvalOptions, markdown_report, psnr, run_eval, ssim
 
 
 def _write_faces(folder: Path, n=3, size=64):
@@ -102,8 +102,8 @@ def test_cli_eval(tmp_path, tiny_restorer):
 
 
 def test_london_heldout_faces_align(london_dir):
-    from facerefine.core import datasets
-    from facerefine.core.eval.harness import find_references, load_faces
+    from facerefine.lab import datasets
+    from facerefine.lab.eval.harness import find_references, load_faces
     files = datasets.london_split(london_dir)["heldout_neutral"][:2]
     refs = find_references(files, "london-smiling")
     assert all(r is not None and r.parent.name == "smiling" for r in refs)

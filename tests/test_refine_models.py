@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import refine_fixtures as fx  # noqa: E402
 
-from facerefine.core.refine.training import identity_recovery_step, score_matching_step  # noqa: E402
+from facerefine.lab.refine_training import identity_recovery_step, score_matching_step  # noqa: E402
 from facerefine.errors import WeightsNotFoundError, WrongArchitectureError  # noqa: E402
 from facerefine.models.arch.identity import (IdentityRecoveryNetwork, LatentMask, RecoveryConfig,  # noqa: E402
                                              load_identity_recovery, save_identity_recovery)

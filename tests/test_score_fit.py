@@ -1,4 +1,4 @@
-"""face-niqe parameters: the shipped file is what core/train/fit_face_niqe.py produces.
+"""face-niqe parameters: the shipped file is what lab/train/fit_face_niqe.py produces.
 
 Quick path (always, with the London data): recompute the features of three training
 images and check them against the per-image moments stored by the fit, and check that
@@ -10,9 +10,9 @@ import os
 import pytest
 import torch
 
-from facerefine.core.datasets import london_split
+from facerefine.lab.datasets import london_split
 from facerefine.core.score.face_niqe import FaceNiqeConfig, load_face_niqe, nss_features
-from facerefine.core.train import fit_face_niqe as fit
+from facerefine.lab.train import fit_face_niqe as fit
 from facerefine.models.loading import load_state_dict
 from facerefine.models.locate import resolve
 

@@ -3,13 +3,13 @@
 Six held-out faces (512 px central crops), five severity levels per degradation kind
 (blur, downscale, noise, JPEG, combined): the mean normalised score must fall with
 severity (Spearman rho >= 0.9 against severity) and the clean faces must score above
-every degraded level. `python -m facerefine.core.score.sensitivity --faces 20` runs the
+every degraded level. `python -m facerefine.lab.sensitivity --faces 20` runs the
 same check on all 20 held-out identities.
 """
 import pytest
 
 from facerefine.core.score import get_metric
-from facerefine.core.score.sensitivity import (KINDS, degrade_level, degraded_sets, evaluate, heldout_faces,
+from facerefine.lab.sensitivity import (KINDS, degrade_level, degraded_sets, evaluate, heldout_faces,
                                                 spearman)
 
 
@@ -30,7 +30,7 @@ def test_degradations_are_deterministic_and_grow(london_dir):
 
 @pytest.fixture(scope="module")
 def six_faces():
-    from facerefine.core.datasets import shared_data_dir
+    from facerefine.lab.datasets import shared_data_dir
     root = shared_data_dir() / "london"
     if not root.is_dir():
         pytest.skip("../shared/data/london not present")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from facerefine.core.train import data as D
+from facerefine.lab.train import data as D
 from facerefine.errors import FaceRefineError
 
 
@@ -41,7 +41,7 @@ def test_cache_is_built_once_and_batches_are_seeded(tmp_path):
 
 
 def test_london_heldout_is_refused_for_training(london_dir):
-    from facerefine.core import datasets
+    from facerefine.lab import datasets
     split = datasets.london_split(london_dir)
     assert D.resolve_sources([str(p) for p in split["train_neutral"][:2]])
     with pytest.raises(FaceRefineError, match="held-out"):
@@ -50,7 +50,7 @@ def test_london_heldout_is_refused_for_training(london_dir):
 
 
 def test_compact_sources_exclude_heldout(london_dir, utkface_dir):
-    from facerefine.core import datasets
+    from facerefine.lab import datasets
     heldout = set(datasets.heldout_identities())
     srcs = D.compact_sources()
     london = [p for p in srcs if "london" in p.parts]
@@ -59,7 +59,7 @@ def test_compact_sources_exclude_heldout(london_dir, utkface_dir):
 
 
 def test_london_alignment_puts_pupils_on_template(london_dir):
-    from facerefine.core import datasets
+    from facerefine.lab import datasets
     p = datasets.london_split(london_dir)["train_neutral"][0]
     face = D.align_face(p, 128)
     assert face.shape == (128, 128, 3)

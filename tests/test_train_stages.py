@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facerefine.core.train.runner import canonical_stage, load_config, train_stage
+from facerefine.lab.train.runner import canonical_stage, load_config, train_stage
 from facerefine.errors import FaceRefineError
 
 TINY_MODEL = {"nf": 32, "ch_mult": [1, 2], "res_blocks": 1, "emb_dim": 16, "codebook_size": 32,
@@ -15,7 +15,7 @@ TINY_MODEL = {"nf": 32, "ch_mult": [1, 2], "res_blocks": 1, "emb_dim": 16, "code
 
 def _faces(shared_data, n=4, size=32):
     """A handful of real faces when ../shared/data is present, else smooth synthetic 'faces'."""
-    from facerefine.core.train.data import align_face
+    from facerefine.lab.train.data import align_face
     utk = shared_data / "utkface"
     if utk.is_dir():
         files = sorted(utk.iterdir())[:n]
@@ -110,7 +110,7 @@ def test_stage_names_and_errors(tmp_path):
 
 
 def test_packaged_configs_parse_and_fit_budget():
-    from facerefine.core.train.stages import iqpfr_config
+    from facerefine.lab.train.stages import iqpfr_config
     from facerefine.models.arch.iqpfr import IQPFR, parameter_megabytes
     compact = load_config("configs/compact.json")
     full = load_config("configs/full512.json")

@@ -4,7 +4,7 @@ NIQE (Mittal et al. 2012) describes an image by natural-scene-statistics (NSS)
 features of its mean-subtracted contrast-normalised (MSCN) luminance, pooled in
 blocks at two scales, and measures the distance of their Gaussian fit to a
 Gaussian fitted on pristine images. Here the pristine model is fitted on clean
-studio face crops (core/train/fit_face_niqe.py) and the features are computed in
+studio face crops (lab/train/fit_face_niqe.py) and the features are computed in
 torch, differentiably (the AGGD shape is interpolated in its moment-ratio table
 instead of picked by argmin), so the score can steer restoration.
 

@@ -1,6 +1,6 @@
 """Evaluation harness behind ``python -m facerefine eval``.
 
-HQ folder: aligned HQ faces -> seeded synthetic LQ (core.degrade) -> restore with each ablation ->
+HQ folder: aligned HQ faces -> seeded synthetic LQ (lab.degrade) -> restore with each ablation ->
 PSNR / SSIM against HQ, NR-IQA (offline metrics), identity similarity (ArcFace, when its weights are
 present) and the lookup's code accuracy (predicted codes vs the codes of the HQ face).
 LQ-only folder: NR-IQA of the input and of each restoration.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import FaceRefineError
-from ..types import FaceCrops, FaceInfo
+from ...core.types import FaceCrops, FaceInfo
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Scorers:
     def __init__(self, names, device):
         self.notes: list[str] = []
         self.metrics = {}
-        from ..score import get_metric
+        from ...core.score import get_metric
         for name in names:
             try:
                 self.metrics[name] = get_metric(name, device)
@@ -172,7 +172,7 @@ def ablations(opts: EvalOptions) -> list[Variant]:
 
 class Runner:
     def __init__(self, opts: EvalOptions, log: Callable = print):
-        from ..lookup import load_restorer
+        from ...core.lookup import load_restorer
         self.opts, self.log = opts, log
         self.restorer = load_restorer(opts.restorer, opts.device)
         self.notes: list[str] = []
@@ -182,7 +182,7 @@ class Runner:
 
     def _prepare_refine(self) -> None:
         try:
-            from ..refine.pipeline_step import load_prior
+            from ...core.refine.pipeline_step import load_prior
             name = self.opts.latent_prior
             if name is None:  # a restorer trained here ships its own prior: "<restorer>-prior"
                 from ...models.registry import get_spec
@@ -200,7 +200,7 @@ class Runner:
         self.refine_ready = self.prior is not None or self.id_model is not None
 
     def restore(self, lq: FaceCrops, v: Variant, reference_crops: Optional[list]) -> tuple[torch.Tensor, object]:
-        from ..lookup import lookup
+        from ...core.lookup import lookup
         crops, latent = lookup(lq, self.restorer, quality=v.quality, fidelity=self.opts.fidelity,
                                mode="auto", keep_latent=True)
         if not v.refine:
@@ -209,13 +209,13 @@ class Runner:
             return None, latent
         if v.reference and (self.id_model is None or reference_crops is None):
             return None, latent
-        from ..refine import refine
+        from ...core.refine import refine
         out = []
         for i in range(len(lq)):  # per face: each has its own reference photo
             ref = reference_crops[i] if v.reference else None
             if v.reference and ref is None:
                 return None, latent
-            from ..refine.refine import select_latent
+            from ...core.refine.refine import select_latent
             one = refine(crops.select([i]), select_latent(latent, [i]), self.restorer, self.prior,
                          self.id_model if v.identity_strength > 0 else None, steps=self.opts.refine_steps,
                          strength=self.opts.refine_strength, identity_strength=v.identity_strength,

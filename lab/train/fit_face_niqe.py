@@ -1,6 +1,6 @@
 """Fit the face-niqe pristine model on the London set (neutral, training identities only).
 
-    python -m facerefine.core.train.fit_face_niqe [--data ../shared/data/london] [--out weights/face_niqe.safetensors]
+    python -m facerefine.lab.train.fit_face_niqe [--data ../shared/data/london] [--out weights/face_niqe.safetensors]
 
 Crops: core/crop (face detection + alignment) needs detector weights that are not
 available offline, so the model is fitted on a fixed central 512x512 crop
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..datasets import london_split
-from ..score.face_niqe import FaceNiqeConfig, fit_mvg, nss_features
+from ...core.score.face_niqe import FaceNiqeConfig, fit_mvg, nss_features
 
 LONDON_CROP_BOX = (128, 128, 640, 640)   # x0, y0, x1, y1 in the 768x768 image
 DEFAULT_CONFIG = FaceNiqeConfig(work_size=512, block_size=32, scales=3)

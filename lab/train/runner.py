@@ -2,7 +2,7 @@
 
 One JSON config describes a whole model (see configs/). For each stage the runner:
 builds the stage (models + optimisers), resumes from ``<out_dir>/<stage>/last.safetensors`` when
-present, draws seeded HQ batches from the aligned-face cache, makes LQ with core.degrade, calls the
+present, draws seeded HQ batches from the aligned-face cache, makes LQ with lab.degrade, calls the
 stage's step under autocast (bf16 on CUDA when supported, else fp16 with a GradScaler; fp32 on CPU),
 logs losses to ``log.jsonl`` and stdout, checkpoints every ``checkpoint_every`` steps and on exit
 (also on Ctrl-C / time budget), and finally exports the stage's weights as safetensors.

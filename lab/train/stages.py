@@ -1,5 +1,5 @@
 """The four training stages. Each builds its modules and optimisers, does one step per batch and
-exports safetensors. Models and step maths come from models/arch and core/refine/training.py.
+exports safetensors. Models and step maths come from models/arch and lab/refine_training.py.
 
 1. ``vqgan``    dual-branch codebook autoencoder (IQPFR): HQ faces through universal + HQ codes, the
                 HQ-branch terms weighted per face by its NR-IQA score; LQ faces through the universal
@@ -58,7 +58,7 @@ class QualityLabels:
         if self.metric is not None or not self.available:
             return
         try:
-            from ..score import get_metric
+            from ...core.score import get_metric
             self.metric = get_metric(self.metric_name, "cpu")
         except (FaceRefineError, ImportError, OSError) as err:
             self.available = False
@@ -353,7 +353,7 @@ class PriorStage(Stage):
         return torch.cat([q_u, q_h], dim=1), m.encode(lq * 2 - 1)[0]
 
     def step(self, hq, lq, step, indices=None):
-        from ..refine.training import score_matching_step
+        from ..refine_training import score_matching_step
         clean, cond = self.latents(hq, lq)
         if not self.stats_fitted:
             self.model.fit_statistics(clean, cond)
@@ -365,7 +365,7 @@ class PriorStage(Stage):
         return {"dsm": torch.tensor(loss)}
 
     def compute(self, hq, lq, indices=None):
-        from ..refine.training import score_matching_step
+        from ..refine_training import score_matching_step
         clean, cond = self.latents(hq, lq)
         if not self.stats_fitted:
             self.model.fit_statistics(clean, cond)
@@ -425,7 +425,7 @@ class IdentityStage(Stage):
         return {"identity": self.opt}
 
     def step(self, hq, lq, step, indices=None):
-        from ..refine.training import identity_recovery_step
+        from ..refine_training import identity_recovery_step
         m = self.restorer
         with torch.no_grad():
             lq_feat, _ = m.encode(lq * 2 - 1)
@@ -444,7 +444,7 @@ class IdentityStage(Stage):
         return {k: torch.tensor(v) for k, v in losses.items()}
 
     def compute(self, hq, lq, indices=None):
-        from ..refine.training import identity_recovery_step
+        from ..refine_training import identity_recovery_step
         lq_feat, _ = self.restorer.encode(lq * 2 - 1)
         return {"total": torch.tensor(identity_recovery_step(self.id_model, None, lq, hq, lq_feat)["loss"])}
 
