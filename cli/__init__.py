@@ -24,6 +24,27 @@ COMMANDS = {
 }
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`--help` shows each option's default, except where there is nothing to show (None, off flags)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default is None or default is False or default in ([], "")
+                or default is argparse.SUPPRESS or not action.option_strings or action.nargs == 0):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _show_bare_defaults(parser: argparse.ArgumentParser) -> None:
+    """Options declared without help text still list their default in --help."""
+    for action in parser._actions:
+        if (action.help is None and action.option_strings and action.nargs != 0
+                and action.default is not None and action.default is not False
+                and action.default not in ("", [], argparse.SUPPRESS)):
+            action.help = "default: %(default)s"
+
+
 def _command_module(name: str):
     return importlib.import_module(f".{COMMANDS[name][0]}", __name__)
 
@@ -36,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
             module = _command_module(name)
         except ModuleNotFoundError:
             continue  # command not built yet
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
         module.add_arguments(p)
+        _show_bare_defaults(p)
         p.set_defaults(_module=module)
     return parser
 
