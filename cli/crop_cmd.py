@@ -45,7 +45,7 @@ def run(args) -> dict:
     from ..core.batch import BatchReport, expand_inputs
     from ..core.crop import align_faces, detect_faces
     from ..core.image_io import load_image, save_image
-    from ..core.output_paths import OutputNamer, prepare_folder
+    from ..core.output_paths import OutputNamer, prepare_folder, write_output
     from ..core.pipeline import resolve_device
     from ..errors import FaceRefineError
 
@@ -70,8 +70,8 @@ def run(args) -> dict:
             faces = []
             for k, face in enumerate(crops.faces):
                 crop_path = namer.claim(out_dir / f"{path.stem}_face{k:02d}.png")
-                written.append(save_image(crop_path, crops.crops[k].permute(1, 2, 0),
-                                          bit_depth=16 if loaded.bit_depth == 16 else 8))
+                written.append(write_output(crop_path, save_image, crops.crops[k].permute(1, 2, 0),
+                                            bit_depth=16 if loaded.bit_depth == 16 else 8))
                 faces.append({"index": k, "bbox": [round(v, 2) for v in face.bbox],
                               "landmarks": face.landmarks.round(2).tolist(), "score": round(face.score, 5),
                               "crop": str(crop_path), "affine": face.affine.round(6).tolist()})

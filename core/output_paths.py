@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -51,9 +52,13 @@ def output_suffix(input_path: str | os.PathLike) -> tuple[str, Optional[str]]:
     return ".png", f"{Path(input_path).name}: {shown} cannot be written; the result is saved as PNG"
 
 
-def describe_os_error(err: OSError, action: str = "write") -> str:
+def describe_os_error(err: OSError, action: str = "write", target: str | os.PathLike | None = None) -> str:
     """A short message for an OS error, with what the user can do."""
-    target = err.filename or ""
+    target = str(target or err.filename or "")
+    short = re.match(r"(\d+) requested and (\d+) written", str(err))
+    if err.errno is None and short:  # numpy's tofile: a short write without errno (full disk, file size limit)
+        return (f"cannot {action} {target}: the write stopped after {short.group(2)} of {short.group(1)} bytes "
+                f"(is the disk full?)").replace("  ", " ")
     reason = {
         errno.ENOSPC: "the disk is full",
         errno.EDQUOT: "the disk quota is exceeded",
@@ -164,6 +169,17 @@ def restore_targets(inputs: list[Path], output: str | os.PathLike, *, overwrite:
             namer.notes.append(note)
         targets.append(namer.claim(out / f"{Path(path).stem}{tag}{suffix}"))
     return targets, namer
+
+
+def write_output(target: str | os.PathLike, write, *args, **kwargs):
+    """``write(target, *args, **kwargs)`` with OS errors (full disk, permissions...) turned into one
+    OutputError that names the file; the writer itself leaves no temporary file behind."""
+    try:
+        return write(target, *args, **kwargs)
+    except OSError as err:
+        if isinstance(err, OutputError):
+            raise
+        raise OutputError(describe_os_error(err, "write", target)) from err
 
 
 def remove_quietly(path: str | os.PathLike) -> None:
