@@ -33,6 +33,17 @@ The single-degradation functions (``gaussian_blur``, ``motion_blur``,
 ``grayscale``) take explicit severities (float or per-sample tensor) and are
 public: the IQA tests use them for monotonicity checks. ``apply_severity`` maps
 a 0..1 severity level onto each range.
+
+The fixed benchmark (``python -m facerefine eval london-heldout``) uses three documented, seeded
+severities instead of random ranges (``BENCHMARK_SEVERITIES``, ``degrade_fixed``), stated at 512 px:
+
+- mild:   x2 down + JPEG 70
+- medium: blur sigma 2 + x4 down + noise 5/255 + JPEG 50
+- heavy:  blur sigma 4 + x8 down + noise 10/255 + JPEG 30
+
+Blur at full size, bilinear antialiased down, Gaussian RGB noise and JPEG at the low resolution, bicubic
+back up, quantised to 8 bits. Each face's noise is seeded by (seed, the face's own key), so a face's LQ
+bytes never depend on the rest of the batch.
 """
 from __future__ import annotations
 
@@ -50,6 +61,7 @@ __all__ = [
     "DegradeConfig", "degrade", "apply_severity", "SEVERITY_KINDS",
     "gaussian_blur", "motion_blur", "downscale", "gaussian_noise", "poisson_noise",
     "jpeg", "color_jitter", "grayscale",
+    "FixedDegradation", "BENCHMARK_SEVERITIES", "fixed_severity", "degrade_fixed",
 ]
 
 
@@ -325,3 +337,94 @@ def degrade(hq: torch.Tensor, config: Optional[DegradeConfig] = None, seed: Opti
     if p["gray"].any():
         x = grayscale(x, p["gray"])
     return x.clamp(0, 1).to(hq.dtype), p
+
+
+# --------------------------------------------------------------------------- fixed benchmark severities
+
+@dataclass(frozen=True)
+class FixedDegradation:
+    """One documented, seeded degradation for the ``eval london-heldout`` benchmark.
+
+    Stated at ``reference_size`` px (512: the benchmark's crop size); pixel sizes scale with the face size.
+    Order, as in the GFPGAN/CodeFormer model with the noise and JPEG applied at the low resolution:
+
+        blur sigma (full size) -> bilinear antialiased down by ``downscale`` -> Gaussian RGB noise ->
+        JPEG at ``jpeg_quality`` -> bicubic back up to the full size
+    """
+
+    name: str
+    blur_sigma: float       # Gaussian blur sigma in px at reference_size (0 = none)
+    downscale: float        # down factor (1 = none)
+    noise_sigma: float      # Gaussian noise sigma in 0..1 units (5/255 ...), per RGB channel
+    jpeg_quality: int       # 1..100; > 100 = no JPEG
+    reference_size: int = 512
+
+    def describe(self) -> str:
+        parts = []
+        if self.blur_sigma > 0:
+            parts.append(f"blur sigma {self.blur_sigma:g}")
+        if self.downscale > 1:
+            parts.append(f"x{self.downscale:g} down")
+        if self.noise_sigma > 0:
+            parts.append(f"noise {self.noise_sigma * 255:g}/255")
+        if self.jpeg_quality <= 100:
+            parts.append(f"JPEG {self.jpeg_quality}")
+        return " + ".join(parts or ["none"]) + f", at {self.reference_size} px, bicubic back up"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The three severities of ``python -m facerefine eval london-heldout`` (issue 14). Changing them changes
+# every published benchmark number: add a new name instead.
+BENCHMARK_SEVERITIES = {
+    "mild": FixedDegradation("mild", blur_sigma=0.0, downscale=2.0, noise_sigma=0.0, jpeg_quality=70),
+    "medium": FixedDegradation("medium", blur_sigma=2.0, downscale=4.0, noise_sigma=5 / 255, jpeg_quality=50),
+    "heavy": FixedDegradation("heavy", blur_sigma=4.0, downscale=8.0, noise_sigma=10 / 255, jpeg_quality=30),
+}
+
+
+def fixed_severity(name: Union[str, FixedDegradation]) -> FixedDegradation:
+    if isinstance(name, FixedDegradation):
+        return name
+    try:
+        return BENCHMARK_SEVERITIES[str(name).strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown severity {name!r}; choose from {', '.join(BENCHMARK_SEVERITIES)}") from None
+
+
+def face_seed(seed: int, key: int) -> int:
+    """The noise seed of one face: depends only on the run seed and the face's own key (not its batch)."""
+    return (int(seed) * 1_000_003 + int(key) * 7_919 + 12_345) % (2 ** 63 - 1)
+
+
+def degrade_fixed(hq: torch.Tensor, severity: Union[str, FixedDegradation], seed: int = 0,
+                  keys: Optional[list] = None) -> torch.Tensor:
+    """LQ faces for a batch of HQ faces [N,3,S,S] 0..1 with one fixed severity (see BENCHMARK_SEVERITIES).
+
+    Deterministic: the same (seed, key) gives the same LQ bytes for a face whatever else is in the batch.
+    ``keys`` (one int per face, e.g. a CRC of its file name) default to the batch positions.
+    """
+    _check(hq)
+    d = fixed_severity(severity)
+    n, _, h, w = hq.shape
+    keys = list(range(n)) if keys is None else [int(k) for k in keys]
+    if len(keys) != n:
+        raise ValueError(f"{n} faces but {len(keys)} keys")
+    scale = w / d.reference_size
+    x = hq.float().clamp(0, 1)
+    if d.blur_sigma > 0:
+        x = gaussian_blur(x, d.blur_sigma * scale)
+    small = (max(1, round(h / d.downscale)), max(1, round(w / d.downscale)))
+    if small != (h, w):
+        x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    if d.noise_sigma > 0:
+        xc = x.cpu()
+        noisy = [gaussian_noise(xc[i:i + 1], d.noise_sigma,
+                                torch.Generator(device="cpu").manual_seed(face_seed(seed, k)))
+                 for i, k in enumerate(keys)]
+        x = torch.cat(noisy).to(hq.device)
+    x = jpeg(x, d.jpeg_quality)
+    if small != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().div(255).to(hq.dtype)  # an 8-bit image, like a real LQ photo
