@@ -77,11 +77,88 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(fn(arr)) if fn else arr
 
 
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageTooLargeError(ImageInputError):
+    """The image has more pixels than the configured limit (FACEREFINE_MAX_PIXELS)."""
+
+
+def max_pixels() -> int:
+    """The pixel limit for one input image: ``FACEREFINE_MAX_PIXELS`` (a number; 0 = no limit), default 50 MP.
+
+    Every input path (CLI, ComfyUI nodes, the app, A1111) goes through :func:`check_pixel_limit`."""
+    raw = os.environ.get("FACEREFINE_MAX_PIXELS", "").strip().replace("_", "")
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        log.warning("FACEREFINE_MAX_PIXELS=%r is not a number; using %d", raw, DEFAULT_MAX_PIXELS)
+        return DEFAULT_MAX_PIXELS
+    return max(value, 0)
+
+
+def _label(name: Optional[str]) -> str:
+    return f"{name}: " if name else ""
+
+
+def check_pixel_limit(width: int, height: int, name: Optional[str] = "image", limit: Optional[int] = None) -> None:
+    """Raise ImageTooLargeError when ``width x height`` is over the limit (default :func:`max_pixels`).
+    ``name`` starts the message (None/"" for none)."""
+    limit = max_pixels() if limit is None else int(limit)
+    pixels = int(width) * int(height)
+    if limit and pixels > limit:
+        raise ImageTooLargeError(
+            f"{_label(name)}image too large: {int(width)}x{int(height)} = {pixels / 1e6:.0f} MP, the limit is "
+            f"{limit / 1e6:g} MP. Downscale it first, or raise the limit (FACEREFINE_MAX_PIXELS; memory grows "
+            f"with the pixel count).")
+
+
+def header_size(path: str | os.PathLike, name: Optional[str] = None) -> tuple[int, int]:
+    """(width, height) read from the file header without decoding the pixels (PIL opens lazily).
+
+    ImageInputError for files that are not images; ImageTooLargeError for a header over PIL's own
+    decompression-bomb limit. ``name`` starts messages (default: the file name; "" for none)."""
+    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    label = _label(path.name if name is None else name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as err:
+        import re
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else 0
+        raise ImageTooLargeError(
+            f"{label}image too large: {pixels / 1e6:.0f} MP declared in its header, the limit is "
+            f"{max_pixels() / 1e6:g} MP" if pixels else f"{label}image too large to open safely ({err})") from err
+    except UnidentifiedImageError as err:
+        raise ImageInputError(f"{label}not an image file ({path.suffix or 'no extension'}): use a JPEG, PNG, "
+                              f"WebP, BMP or TIFF") from err
+    except OSError as err:
+        raise ImageInputError(f"{label}could not read the image: {err}") from err
+
+
+def check_image_file(path: str | os.PathLike, limit: Optional[int] = None,
+                     name: Optional[str] = None) -> tuple[int, int]:
+    """(width, height) from the header; ImageInputError if it is not an image, ImageTooLargeError if it is
+    over the pixel limit. Nothing is decoded, so a tiny file declaring a huge image costs no memory."""
+    width, height = header_size(path, name)
+    check_pixel_limit(width, height, Path(path).name if name is None else name, limit)
+    return width, height
+
+
 def _decode(path: Path) -> np.ndarray:
     """Decoded pixels as stored: uint8/uint16/float, channels 1-4 (RGB order)."""
     import cv2
     data = np.fromfile(str(path), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as err:  # e.g. over OpenCV's own pixel limit
+        raise ImageInputError(f"cannot decode image {path}: {str(err).strip().splitlines()[-1]}") from err
     if arr is not None:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -102,7 +179,14 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"image {path} does not exist")
+    try:
+        check_image_file(path)  # the pixel limit, from the header, before any decoding
+    except ImageTooLargeError:
+        raise
+    except ImageInputError:
+        pass  # a header PIL cannot parse: OpenCV may still read it (or reports its own error)
     arr = _decode(path)
+    check_pixel_limit(arr.shape[1], arr.shape[0], path.name)
     orientation = _exif_orientation(path)
     arr = apply_orientation(arr, orientation)
     if arr.dtype == np.uint8:
@@ -153,6 +237,7 @@ def sanitize_images(images: torch.Tensor, name: str = "image") -> torch.Tensor:
         images = images.float()
     if images.shape[0] == 0 or images.shape[1] == 0 or images.shape[2] == 0:
         raise ImageInputError(f"{name}: empty image {tuple(images.shape)}")
+    check_pixel_limit(images.shape[2], images.shape[1], name)
     if not torch.isfinite(images.sum()):  # one pass, no full-size temporary
         warnings.warn(f"{name}: NaN/inf pixel values replaced by 0", RuntimeWarning, stacklevel=2)
         log.warning("%s: NaN/inf pixel values replaced by 0", name)
@@ -196,7 +281,12 @@ def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[tor
     if not ok:
         raise ImageInputError(f"could not encode {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    buf.tofile(str(tmp))
-    os.replace(tmp, path)
+    from ..models.tempfiles import unique_temp_path
+    tmp = unique_temp_path(path)  # two writers of one image never share a temporary file
+    try:
+        buf.tofile(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

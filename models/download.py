@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from ..errors import DownloadError
-from .locate import download_target, offline
+from .folders import download_target, offline
 from .registry import WeightSpec
+from .tempfiles import unique_temp_path
 
 _CHUNK = 1 << 20
 DEFAULT_DEADLINE_S = 3600.0   # whole download, waiting for another process's lock included
@@ -103,13 +103,13 @@ def _fetch(url: str, dest: Path, sha256: Optional[str], size: Optional[int], pro
            timeout: float, end: float, limit: float) -> Path:
     digest = hashlib.sha256()
     received = 0
+    part = unique_temp_path(dest)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+        out_file = open(part, "xb")  # exclusive: never another writer's file
     except OSError as err:
         raise DownloadError(f"cannot write in {dest.parent} for {dest.name}: {err}") from err
-    part = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with out_file as out:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 raise DownloadError(f"download of {url} passed its deadline of {limit:g} s")

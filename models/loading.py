@@ -9,12 +9,23 @@ from typing import Iterable, Mapping
 import torch
 
 from ..errors import WeightsFormatError, WrongArchitectureError
+from .tempfiles import unique_temp_path
 
 _WRAPPERS = ("params_ema", "params", "state_dict", "model", "module")
 
 
-def load_state_dict(path: str | os.PathLike, unwrap: bool = True) -> dict[str, torch.Tensor]:
-    """Read tensors from a weights file on CPU. Never executes pickled code."""
+# dtypes a weights file may hold: floating point values, plus 32/64-bit integer buffers (BatchNorm's
+# num_batches_tracked, index tables). int8/uint8/bool/complex/float8/quantized tensors are refused.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INT_DTYPES = (torch.int32, torch.int64)
+
+
+def load_state_dict(path: str | os.PathLike, unwrap: bool = True, validate: bool = True) -> dict[str, torch.Tensor]:
+    """Read tensors from a weights file on CPU. Never executes pickled code.
+
+    ``validate`` (default): refuse tensors of a dtype no model here uses (int8, bool, complex, ...) and
+    floating tensors holding NaN/inf (see :func:`check_tensors`). Training checkpoints that also store
+    RNG states (uint8) pass ``validate=False``."""
     path = Path(path)
     if not path.is_file():
         raise WeightsFormatError(f"weights file {path} does not exist")
@@ -31,7 +42,30 @@ def load_state_dict(path: str | os.PathLike, unwrap: bool = True) -> dict[str, t
         sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise WeightsFormatError(f"weights file {path} holds no tensors")
+    if validate:
+        check_tensors(sd, path.name)
     return sd
+
+
+def check_tensors(sd: Mapping[str, torch.Tensor], file: str = "weights") -> None:
+    """Raise WeightsFormatError for a dtype no model uses or for NaN/inf values (they paint faces black)."""
+    wrong = [(k, v.dtype) for k, v in sd.items() if v.dtype not in FLOAT_DTYPES and v.dtype not in INT_DTYPES]
+    if wrong:
+        listed = ", ".join(f"{k} ({str(d).replace('torch.', '')})" for k, d in wrong[:5])
+        raise WeightsFormatError(
+            f"{file} holds {len(wrong)} tensor(s) of a type no face model here uses: {listed}. Expected "
+            f"float16/bfloat16/float32 weights; quantized (int8), boolean or complex files are not supported - "
+            f"use the original floating-point file")
+    bad = []
+    for k, v in sd.items():
+        if v.dtype in FLOAT_DTYPES and v.numel() and not bool(torch.isfinite(v).all()):
+            bad.append(f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()} values)")
+            if len(bad) >= 5:
+                break
+    if bad:
+        raise WeightsFormatError(
+            f"{file} holds NaN/inf weights in {', '.join(bad)}: the file is corrupt or its training diverged; "
+            f"download or train it again")
 
 
 def unwrap_state_dict(sd: Mapping) -> dict:
@@ -92,8 +126,11 @@ def check_keys(expected: Iterable[str], got: Iterable[str], architecture: str, f
             f"{len(unexpected)} unexpected keys (first: {unexpected[:5]})")
 
 
-def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], architecture: str, file: str = "") -> None:
-    """Strict load with a readable error for wrong architecture or shapes."""
+def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], architecture: str, file: str = "",
+              check_only: bool = False) -> None:
+    """Strict load with a readable error for wrong architecture or shapes.
+
+    ``check_only``: compare keys and shapes only (the module may live on the meta device)."""
     check_keys(module.state_dict().keys(), sd.keys(), architecture, file)
     own = module.state_dict()
     wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
@@ -102,7 +139,8 @@ def load_into(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], architect
         raise WrongArchitectureError(
             f"{file or 'weights'} has the keys of {architecture} but other shapes (a different size "
             f"config?): {wrong[:5]}")
-    module.load_state_dict(sd, strict=True)
+    if not check_only:
+        module.load_state_dict(sd, strict=True)
 
 
 def save_safetensors(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -110,8 +148,13 @@ def save_safetensors(sd: Mapping[str, torch.Tensor], path: str | os.PathLike, me
     from safetensors.torch import save_file
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
-              metadata={k: str(v) for k, v in (metadata or {}).items()})
-    os.replace(tmp, path)
+    tmp = unique_temp_path(path)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp),
+                  metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+

@@ -134,15 +134,27 @@ register(WeightSpec(
 A1111_FILE_NAMES = {"codeformer": ("codeformer-v0.1.0.pth",)}
 
 
-def default_restorer() -> str:
-    """'auto' restorer: the first community restorer found on disk, else the embedded compact model."""
+AUTO_RESTORERS = ("codeformer", "gfpgan-1.4", "gfpgan-1.3", "restoreformer++")
+EMBEDDED_RESTORER = "facerefine-compact"
+
+
+def restorer_candidates() -> list[str]:
+    """What 'auto' tries, in order: every community restorer found on disk (registry name, or the A1111
+    file name), then the embedded compact model. A candidate that fails to load is skipped with a warning
+    (core.lookup.restorer.load_restorer)."""
     from .locate import find_existing
-    for name in ("codeformer", "gfpgan-1.4", "gfpgan-1.3", "restoreformer++"):
+    found = []
+    for name in AUTO_RESTORERS:
         spec = REGISTRY[name]
         for file in (spec.file, *A1111_FILE_NAMES.get(name, ())):
             if find_existing(file, spec.folder) is not None:
-                return name if file == spec.file else file
-    return "facerefine-compact"
+                found.append(name if file == spec.file else file)
+    return found + [EMBEDDED_RESTORER]
+
+
+def default_restorer() -> str:
+    """'auto' restorer: the first community restorer found on disk, else the embedded compact model."""
+    return restorer_candidates()[0]
 
 
 def get_spec(name: str) -> Optional[WeightSpec]:

@@ -27,7 +27,7 @@ def _choice(choices: list[str], preferred: list[str]) -> str:
     return next((c for c in preferred if c in choices), choices[0] if choices else None)
 
 
-def build_app(*, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS, device: str = "auto",
+def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, device: str = "auto",
               output_root: str | None = None, default_restorer: str | None = None) -> gr.Blocks:
     output_root = Path(output_root or tempfile.mkdtemp(prefix="facerefine-app-"))
     restorers, detectors = service.restorer_choices(), service.detector_choices()
@@ -186,7 +186,7 @@ def _zip(files: list[str], target: Path) -> str:
     return str(target)
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float = service.DEFAULT_MAX_MEGAPIXELS,
+def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS,
            device: str = "auto", default_restorer: str | None = None, max_file_size: str = "200mb",
            queue_size: int = 16, block: bool = True):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -19,7 +19,7 @@ from ..errors import FaceRefineError, ImageInputError
 
 DEFAULT_RESTORER = "auto"
 DEFAULT_COLOR = "lab"
-DEFAULT_MAX_MEGAPIXELS = 50.0
+DEFAULT_MAX_MEGAPIXELS: Optional[float] = None  # None: core.image_io.max_pixels() (FACEREFINE_MAX_PIXELS, 50 MP)
 _FALLBACK_DETECTORS = ["auto"]
 _FALLBACK_METRICS = ["auto", "face-niqe", "piqe"]
 _FALLBACK_COLORS = ["none", "lab", "lowfreq"]
@@ -137,6 +137,9 @@ def restore_array(image: np.ndarray, settings: Settings, progress: Optional[Call
     """Restore the faces of an RGB (or gray / RGBA) uint8 array. Never raises."""
     import torch
     try:
+        from ..core.image_io import check_pixel_limit
+        if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+            check_pixel_limit(image.shape[1], image.shape[0], name="")  # before any float copy
         rgb, alpha = split_array(image)
     except Exception as err:  # odd dtypes, object arrays, ...
         return Outcome(messages=[friendly_error(err) if isinstance(err, FaceRefineError)
@@ -158,7 +161,7 @@ def restore_pil(image, settings: Settings, progress: Optional[Callable] = None) 
 
 
 def restore_file(path, settings: Settings, progress: Optional[Callable] = None,
-                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> Outcome:
+                 max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS) -> Outcome:
     """Load an image file (EXIF orientation, 16-bit and alpha kept), restore it. Never raises.
 
     ``outcome.tensor`` keeps the full precision for saving with core.image_io.save_image.
@@ -200,24 +203,12 @@ def split_array(image) -> tuple[np.ndarray, Optional[np.ndarray]]:
     raise ImageInputError(f"expected 1, 3 or 4 channels, got {channels}")
 
 
-def check_image_file(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[int, int]:
-    """(width, height) from the file header; refuses non-images and images over the pixel limit."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except UnidentifiedImageError as err:
-        raise ImageInputError(f"not an image file ({Path(str(path)).suffix or 'no extension'}): "
-                              f"upload a JPEG, PNG, WebP, BMP or TIFF") from err
-    except Image.DecompressionBombError as err:
-        raise ImageInputError(f"image too large to open safely: {err}") from err
-    except OSError as err:
-        raise ImageInputError(f"could not read the image: {err}") from err
-    if width * height > max_megapixels * 1e6:
-        raise ImageInputError(
-            f"image too large: {width}x{height} = {width * height / 1e6:.0f} MP, the limit is {max_megapixels:g} MP. "
-            f"Downscale it first (or raise the limit with --max-megapixels).")
-    return width, height
+def check_image_file(path, max_megapixels: Optional[float] = DEFAULT_MAX_MEGAPIXELS) -> tuple[int, int]:
+    """(width, height) from the file header; refuses non-images and images over the pixel limit
+    (core.image_io.check_image_file: the one check every front end uses)."""
+    from ..core.image_io import check_image_file as core_check
+    limit = int(max_megapixels * 1e6) if max_megapixels else None
+    return core_check(path, limit, name="")
 
 
 def _restore(images, settings: Settings, progress: Optional[Callable]) -> Outcome:
@@ -275,7 +266,8 @@ def _cached_steps(pipeline, options, settings: Settings):
     key = tuple((f.name, getattr(settings, f.name)) for f in dataclasses.fields(Settings)
                 if f.name not in ("reference", "metric", "detector", "visibility", "color_correction"))
     key += (("reference", reference if isinstance(reference, (str, Path, type(None))) else id(reference)),
-            ("device", options.device), ("resolved restorer", options.restorer))
+            ("device", options.device),
+            ("resolved restorer", default_restorer() if options.restorer == DEFAULT_RESTORER else options.restorer))
     if _STEPS.get("key") != key:
         _STEPS.clear()  # free the previous models before loading others
         steps = pipeline.build_steps(options)
@@ -296,7 +288,7 @@ def build_options(pipeline, settings: Settings):
     """RestoreOptions from Settings; only the fields the pipeline defines are passed."""
     restorer = settings.restorer or DEFAULT_RESTORER
     wanted = {
-        "restorer": default_restorer() if restorer == DEFAULT_RESTORER else restorer,
+        "restorer": restorer,  # 'auto' stays 'auto': the core skips a broken file with a warning
         "detector": settings.detector, "metric": settings.metric,
         "quality": float(settings.quality), "fidelity": float(settings.fidelity),
         "refine_steps": int(settings.refine_steps), "identity_strength": float(settings.identity_strength),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -60,13 +61,27 @@ def resolve_name(name: str) -> str:
 
 
 def get_detector(name: str = "auto", device: str | torch.device = "cpu") -> Detector:
-    """Load (once) and return a detector. 'auto' = RetinaFace if its weights are present, else MTCNN."""
+    """Load (once) and return a detector. 'auto' = RetinaFace if its weights are present, else MTCNN;
+    with 'auto', a RetinaFace file that cannot be loaded is skipped with a warning naming it."""
+    auto = (name or "auto").lower() == "auto"
     name = resolve_name(name)
     device = torch.device(device)
     key = (name, str(device))
     with _lock:
         if key not in _cache:
-            _cache[key] = _load_mtcnn(device) if name == EMBEDDED else _load_retinaface(name, device)
+            try:
+                _cache[key] = _load_mtcnn(device) if name == EMBEDDED else _load_retinaface(name, device)
+            except FaceRefineError as err:
+                if not auto or name == EMBEDDED:
+                    raise
+                msg = (f"detector 'auto': skipped {name} ({str(err).splitlines()[0]}); "
+                       f"using the embedded {EMBEDDED}")
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                log.warning("FaceRefine: %s", msg)
+                fallback = (EMBEDDED, str(device))
+                if fallback not in _cache:
+                    _cache[fallback] = _load_mtcnn(device)
+                return _cache[fallback]
         return _cache[key]
 
 

@@ -122,12 +122,13 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
         for start in range(0, n, batch_size):
             x = _to_model(face_crops.crops[start:start + batch_size], restorer.img_size, restorer.device)
             if restorer.codebook is None:
-                outs.append(restorer.loaded.run_whole(x).float())
+                out = restorer.loaded.run_whole(x).float()
             else:
                 out, part = _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k,
                                             steer_rounds, max_fraction, keep_latent)
-                outs.append(out)
                 parts.append(part)
+            check_finite_output(out, restorer, face_crops, start)
+            outs.append(out.clamp(0, 1))
             if progress is not None:
                 progress(min(start + batch_size, n), n)
     restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, restorer.img_size,
@@ -140,6 +141,21 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
         latent.extra["note"] = note
         log.info("FaceRefine lookup: %s", note)
     return new_crops, latent
+
+
+def check_finite_output(out: torch.Tensor, restorer: Restorer, face_crops: FaceCrops, start: int) -> None:
+    """Refuse NaN/inf restorer output (it would paint the face black), naming the faces and the file."""
+    finite = torch.isfinite(out.flatten(1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    faces = [start + i for i in torch.nonzero(~finite).flatten().tolist()]
+    where = ", ".join(f"face {i} (image {face_crops.faces[i].image_index})" if i < len(face_crops.faces)
+                      else f"face {i}" for i in faces[:8])
+    path = getattr(restorer.loaded, "path", None)
+    raise FaceRefineError(
+        f"restorer {restorer.name} ({path or 'no file'}) produced NaN/inf pixels for {where}: its weights are "
+        f"broken or overflow{' in half precision' if restorer.device.type == 'cuda' else ''}; "
+        f"try another restorer or re-download the file")
 
 
 def _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k, rounds, max_fraction, keep_latent):
@@ -159,7 +175,7 @@ def _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k, 
         info = {"critic_before": result.score_before.cpu(), "critic_after": result.score_after.cpu(),
                 "changed_tokens": result.changed.cpu(), "decodes": result.decodes, "notes": result.notes}
     quantized = model.finish_quantize(model.code_features(indices), lq)
-    out = ((model.decode(quantized, skips, fidelity).float() + 1) / 2).clamp(0, 1)
+    out = (model.decode(quantized, skips, fidelity).float() + 1) / 2  # clamped after the NaN/inf check
     part = {"indices": indices, "info": info}
     if keep_latent:
         part.update(lq=lq, quantized=quantized, logits=logits, skips=skips)

@@ -16,6 +16,7 @@ def build_lookup_step(options):
     mode = getattr(options, "lookup_mode", "auto") or "auto"
     critic = getattr(options, "critic", None) or None
     noted: set = set()
+    pending = list(getattr(restorer, "load_notes", []) or [])  # what 'auto' skipped: told once
 
     def step(face_crops: FaceCrops, ctx) -> FaceCrops:
         restored, latent = lookup(face_crops, restorer, quality=options.quality, fidelity=options.fidelity,
@@ -23,6 +24,8 @@ def build_lookup_step(options):
         ctx.latent = latent
         ctx.state["restorer"] = restorer
         ctx.state["lookup_mode"] = latent.extra.get("mode")
+        while pending:
+            ctx.warnings.append(pending.pop(0))
         note = latent.extra.get("note")
         if note and note not in noted:
             noted.add(note)

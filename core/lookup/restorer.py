@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import logging
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
 
 from ...models.restorers import CODEBOOK_ARCHS, LoadedRestorer, attach_quality_condition, load_restorer_file
+
+log = logging.getLogger("facerefine")
 
 
 @dataclass
@@ -17,6 +21,7 @@ class Restorer:
     device: torch.device
     channels_last: bool = False
     precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA; fp32: never autocast (parity checks, bench)
+    load_notes: list = field(default_factory=list)  # what 'auto' skipped on the way (warnings)
 
     @property
     def name(self) -> str:
@@ -93,13 +98,38 @@ class Restorer:
 def load_restorer(name_or_path, device=None, quality_condition: Optional[str] = None) -> Restorer:
     """Load a restorer by registry name, file name (searched in facerestore_models) or path.
 
+    'auto' tries the community restorers found on disk, then the embedded compact model; a file that
+    cannot be loaded (corrupt, wrong architecture, NaN weights...) is skipped with a warning naming it,
+    kept in ``restorer.load_notes``.
     quality_condition: optional IQPFR conditioning weights (name/path, searched in the facerefine folder)
     for a CodeFormer checkpoint. Wrong files raise WrongArchitectureError.
     """
+    from ...errors import FaceRefineError
+    from ...models.registry import restorer_candidates
+    if str(name_or_path).strip().lower() not in ("auto", "default"):
+        return _load_one(name_or_path, device, quality_condition)
+    notes: list[str] = []
+    candidates = restorer_candidates()
+    for i, candidate in enumerate(candidates):
+        try:
+            restorer = _load_one(candidate, device, quality_condition)
+        except FaceRefineError as err:
+            if i == len(candidates) - 1:
+                raise
+            msg = (f"restorer 'auto': skipped {candidate} ({str(err).splitlines()[0]}); "
+                   f"trying {candidates[i + 1]}")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            log.warning("FaceRefine: %s", msg)
+            notes.append(msg)
+            continue
+        restorer.load_notes = notes
+        return restorer
+    raise AssertionError("unreachable: the embedded restorer is always a candidate")
+
+
+def _load_one(name_or_path, device, quality_condition: Optional[str]) -> Restorer:
     from ...models.locate import resolve
-    from ...models.registry import default_restorer, get_spec
-    if str(name_or_path).strip().lower() in ("auto", "default"):  # community weights if present, else embedded
-        name_or_path = default_restorer()
+    from ...models.registry import get_spec
     path = resolve(name_or_path, "facerestore_models")
     name = str(name_or_path) if get_spec(str(name_or_path)) else path.name
     cond_path = resolve(quality_condition, "facerefine") if quality_condition else None

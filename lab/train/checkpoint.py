@@ -51,7 +51,7 @@ def load_checkpoint(path: Path, modules: Mapping[str, torch.nn.Module],
                     optimizers: Mapping[str, torch.optim.Optimizer]) -> tuple[int, dict[str, torch.Tensor], dict]:
     """Restore modules and optimisers in place; returns (step, rng states, extra)."""
     meta = read_metadata(path)
-    sd = load_state_dict(path, unwrap=False)
+    sd = load_state_dict(path, unwrap=False, validate=False)  # rng states are uint8
     for name, module in modules.items():
         prefix = f"module.{name}."
         part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}

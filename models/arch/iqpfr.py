@@ -42,6 +42,16 @@ def spandrel_codeformer_blocks():
     return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
 
 
+# Limits for configs read from files (the largest sensible face model is far inside them).
+CONFIG_LIMITS = {
+    "img_size": (16, 1024), "nf": (32, 256), "ch_mult": (1, 16), "res_blocks": (0, 8), "emb_dim": (1, 1024),
+    "codebook_size": (2, 16384), "dim_embd": (8, 2048), "n_head": (1, 64), "n_layers": (0, 48),
+    "quality_hidden": (1, 2048), "beta": (0.0, 10.0),
+}
+CH_MULT_MAX_LEVELS = 8
+MAX_FILE_PARAMETERS = 1_000_000_000  # a config asking for more is refused (about 4 GB in float32)
+
+
 @dataclass(frozen=True)
 class IQPFRConfig:
     img_size: int = 256               # square input/output size
@@ -65,10 +75,51 @@ class IQPFRConfig:
         return json.dumps(dataclasses.asdict(self))
 
     @staticmethod
-    def from_json(text: str) -> "IQPFRConfig":
-        raw = json.loads(text)
+    def from_json(text: str, file: str = "IQPFR config") -> "IQPFRConfig":
+        """Parse and validate a stored config. Bad JSON, unknown keys, wrong types and values outside
+        CONFIG_LIMITS raise WrongArchitectureError (the file is refused before any model is built)."""
+        try:
+            raw = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise WrongArchitectureError(f"{file}: the IQPFR config stored in the file is not valid JSON ({err})") from err
+        if not isinstance(raw, dict):
+            raise WrongArchitectureError(f"{file}: the IQPFR config must be a JSON object, got {type(raw).__name__}")
+        known = {f.name: f for f in dataclasses.fields(IQPFRConfig)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise WrongArchitectureError(f"{file}: unknown IQPFR config key(s) {unknown[:5]}; "
+                                         f"known keys: {sorted(known)}")
         raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        return IQPFRConfig(**raw)
+        config = IQPFRConfig(**raw)
+        config.validate(file)
+        return config
+
+    def validate(self, file: str = "IQPFR config") -> None:
+        """Types and limits (CONFIG_LIMITS), so that a small file cannot ask for a huge model."""
+        problems = []
+        for key, (low, high) in CONFIG_LIMITS.items():
+            value = getattr(self, key)
+            items = value if key == "ch_mult" else (value,)
+            if key == "ch_mult" and (not isinstance(value, tuple) or not 1 <= len(value) <= CH_MULT_MAX_LEVELS):
+                problems.append(f"ch_mult must be a list of 1..{CH_MULT_MAX_LEVELS} integers, got {value!r}")
+                continue
+            for item in items:
+                ok_type = isinstance(item, float) or isinstance(item, int) if key == "beta" else isinstance(item, int)
+                if isinstance(item, bool) or not ok_type or not low <= item <= high:
+                    problems.append(f"{key}={value!r} (allowed {low}..{high})")
+                    break
+        if not problems:
+            if self.nf % 32:
+                problems.append(f"nf={self.nf} must be a multiple of 32")
+            if self.dim_embd % self.n_head:
+                problems.append(f"dim_embd={self.dim_embd} must be divisible by n_head={self.n_head}")
+            down = 2 ** (len(self.ch_mult) - 1)
+            if self.img_size % down:
+                problems.append(f"img_size={self.img_size} must be divisible by {down} (len(ch_mult)-1 halvings)")
+            if not isinstance(self.connect_list, tuple) or not all(isinstance(c, str) for c in self.connect_list):
+                problems.append(f"connect_list must be a list of resolution strings, got {self.connect_list!r}")
+        if problems:
+            raise WrongArchitectureError(f"{file}: IQPFR config out of range: " + "; ".join(problems))
 
 
 class IQPFR(nn.Module):
@@ -244,6 +295,20 @@ class IQPFR(nn.Module):
             raise WrongArchitectureError(
                 f"{path.name} has IQPFR weights but no config metadata; save IQPFR models with IQPFR.save() "
                 f"(safetensors with a 'config' entry)")
+        # Build on the meta device first (no memory): the file's tensors must match the config's shapes
+        # before the real model is allocated, so a small file cannot make us allocate a huge model.
+        try:
+            with torch.device("meta"):
+                shell = cls(config)
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise WrongArchitectureError(f"{path.name}: its IQPFR config cannot be built ({err})") from err
+        n_params = sum(t.numel() for t in shell.state_dict().values())
+        if n_params > MAX_FILE_PARAMETERS:
+            raise WrongArchitectureError(
+                f"{path.name}: its IQPFR config asks for {n_params / 1e6:.0f} M parameters "
+                f"(more than {MAX_FILE_PARAMETERS / 1e6:.0f} M); refused")
+        load_into(shell, sd, f"IQPFR {config}", path.name, check_only=True)
+        del shell
         model = cls(config)
         load_into(model, sd, f"IQPFR {config}", path.name)
         return model
@@ -253,10 +318,13 @@ def read_config(path) -> Optional[IQPFRConfig]:
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         return None
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return IQPFRConfig.from_json(meta["config"]) if "config" in meta else None
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise WrongArchitectureError(f"{path.name}: cannot read its safetensors header ({err})") from err
+    return IQPFRConfig.from_json(meta["config"], path.name) if "config" in meta else None
 
 
 # --- training ------------------------------------------------------------------------------------
