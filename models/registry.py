@@ -142,7 +142,7 @@ def restorer_candidates() -> list[str]:
     """What 'auto' tries, in order: every community restorer found on disk (registry name, or the A1111
     file name), then the embedded compact model. A candidate that fails to load is skipped with a warning
     (core.lookup.restorer.load_restorer)."""
-    from .locate import find_existing
+    from .folders import find_existing
     found = []
     for name in AUTO_RESTORERS:
         spec = REGISTRY[name]

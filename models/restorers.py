@@ -212,7 +212,7 @@ def attach_quality_condition(restorer: LoadedRestorer, path: Path) -> None:
             f"quality-conditioning files apply to CodeFormer restorers; {restorer.name} is {restorer.architecture}"
             + (" (IQPFR has its conditioning built in)" if restorer.architecture == "IQPFR" else ""))
     cb = restorer.codebook
-    cond = load_quality_condition(path, cb.dim_embd, cb.n_layers)
+    cond = load_quality_condition(path, cb.dim_embd, cb.n_layers, detect=detect_architecture)
     cond.eval()
     for p in cond.parameters():
         p.requires_grad_(False)

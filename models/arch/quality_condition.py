@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -67,14 +67,17 @@ class QualityCondition(nn.Module):
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], dim_embd: int, n_layers: int,
-                        file: str = "") -> "QualityCondition":
+                        file: str = "", detect: Optional[Callable[[Mapping], Optional[str]]] = None
+                        ) -> "QualityCondition":
         """Build for a Transformer of width ``dim_embd`` with ``n_layers`` layers; anything else (a restorer
-        checkpoint, conditioning for another Transformer) gives a clear WrongArchitectureError."""
+        checkpoint, conditioning for another Transformer) gives a clear WrongArchitectureError.
+        ``detect(sd)`` names a foreign checkpoint's architecture in that error (models.restorers passes its
+        detector: this module does not import the restorers)."""
         from ..loading import load_into
         sd = strip_prefix(sd)
         if not all(k in sd for k in _KEYS):
             raise WrongArchitectureError(
-                f"{file or 'weights'} is not a FaceRefine quality-conditioning file{_describe(sd)}. "
+                f"{file or 'weights'} is not a FaceRefine quality-conditioning file{_describe(sd, detect)}. "
                 f"Expected the small '{FORMAT}' safetensors (keys {list(_KEYS[1:4])}...); "
                 f"restorer checkpoints go in the restorer input, not the conditioning input.")
         expected, got = (n_layers + 1) * 2 * dim_embd, sd["to_film.weight"].shape[0]
@@ -89,11 +92,12 @@ class QualityCondition(nn.Module):
         return cond
 
 
-def load_quality_condition(path, dim_embd: int, n_layers: int) -> QualityCondition:
+def load_quality_condition(path, dim_embd: int, n_layers: int,
+                           detect: Optional[Callable[[Mapping], Optional[str]]] = None) -> QualityCondition:
     """Load conditioning weights (safetensors, or .pth via weights_only) for the given Transformer size."""
     from ..loading import load_state_dict
     path = Path(path)
-    return QualityCondition.from_state_dict(load_state_dict(path), dim_embd, n_layers, path.name)
+    return QualityCondition.from_state_dict(load_state_dict(path), dim_embd, n_layers, path.name, detect)
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str = "quality_condition.") -> dict:
@@ -102,11 +106,10 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str = "quality_conditio
     return dict(sd)
 
 
-def _describe(sd: Mapping) -> str:
-    """Name the architecture of a state dict via spandrel's detectors, for error messages."""
+def _describe(sd: Mapping, detect: Optional[Callable[[Mapping], Optional[str]]] = None) -> str:
+    """Name the architecture of a state dict with ``detect`` (spandrel's detectors), for error messages."""
     try:
-        from ..restorers import detect_architecture
-        arch = detect_architecture(sd)
+        arch = detect(sd) if detect is not None else None
     except Exception:  # detection is best effort here
         arch = None
     if arch:
