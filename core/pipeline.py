@@ -40,7 +40,7 @@ class RestoreOptions:
     refine_strength: float = 0.4      # SDEdit noise level of the refine step (0..1)
     refine_sampler: str = "dpmpp_2m"  # dpmpp_2m | euler | heun | ddim
     latent_prior: Optional[str] = None  # latent prior name/path; None = registry default if present, "none" = off
-    id_model: str = "arcface"         # ArcFace weights name/path for identity guidance
+    id_model: str = "auto"            # identity network: auto (ArcFace if on disk, else embedded dlib) | arcface | dlib | path
     identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
     identity_target: str = "auto"     # auto | reference | recovery | lq
     refine_guidance_steps: Optional[int] = None  # fresh identity gradients per refine (None = refine default, 1)

@@ -89,6 +89,17 @@ register(WeightSpec(
     "a035c768259b98ab1ce0e646312f48b9e1e218197a0f80ac6765e88f8b6ddf28", None, "MIT", "ArcFace-IR-SE50", "refine (identity guidance), eval (identity similarity)"))
 
 
+# --- embedded identity network (refine guidance when ArcFace is absent; see docs/refine.md) ---
+register(WeightSpec(
+    "dlib-face-recognition", "dlib_face_recognition_resnet.safetensors", "facerefine", (),
+    "0116d8e0d7d8c5e9c95b2cc1470e83791f7fd6c9f684c5c3a20ac8e6eda8c4b5", 11220536,
+    "CC0-1.0 (Davis King, dlib_face_recognition_resnet_model_v1; weights/DLIB_FACE_RECOGNITION_LICENSE.txt)",
+    "dlib-face-recognition-resnet-v1",
+    "refine (identity guidance with --id-model auto|dlib: the embedded 128-d recogniser)", embedded=True,
+    notes="converted from face-recognition-models 0.3.0 by lab/convert_dlib_face_recognition.py; affine "
+          "layers folded into the convolutions; fp16"))
+
+
 # --- embedded offline detector (shipped in weights/, see docs/crop_paste.md) ---
 register(WeightSpec(
     "mtcnn", "mtcnn.safetensors", _FD, (),

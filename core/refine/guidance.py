@@ -64,11 +64,23 @@ def guidance_mask(face_crops: FaceCrops, id_model, size: tuple[int, int]) -> tup
     return region_prior_mask(face_crops, size), "region-prior"
 
 
+def embed(id_model, crops: torch.Tensor, landmarks: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """id_model.embed, with the crops' 5 landmarks (crop fractions [N,5,2]) for networks that align by them."""
+    if landmarks is not None and getattr(id_model, "uses_landmarks", False):
+        return id_model.embed(crops, landmarks.to(crops.device))
+    return id_model.embed(crops)
+
+
 def align_reference(reference, crop_size: int) -> torch.Tensor:
     """A reference photo -> one aligned crop [1,3,S,S] (the most confident face).
 
     ``reference`` is an IMAGE [B,H,W,3] 0..1 (aligned with the crop step) or an already aligned FaceCrops.
     """
+    return align_reference_with_landmarks(reference, crop_size)[0]
+
+
+def align_reference_with_landmarks(reference, crop_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``align_reference`` plus that face's 5 landmarks in crop fractions [1,5,2]."""
     if isinstance(reference, FaceCrops):
         crops = reference
     else:
@@ -85,15 +97,18 @@ def align_reference(reference, crop_size: int) -> torch.Tensor:
                           "person (or leave the reference empty to use the face's own identity)")
     best = max(range(len(crops)), key=lambda i: crops.faces[i].score)
     crop = crops.crops[best:best + 1]
+    landmarks = torch.from_numpy(crop_landmarks(crops.select([best]))).float()
     if crop.shape[-1] != crop_size:
         crop = F.interpolate(crop, size=(crop_size, crop_size), mode="bicubic", antialias=True).clamp(0, 1)
-    return crop
+    return crop, landmarks
 
 
 def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[torch.Tensor] = None,
                     lq_crops: Optional[torch.Tensor] = None, lq_latent: Optional[torch.Tensor] = None,
-                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, str]:
-    """Unit ArcFace target embeddings [N,512] and which source was used."""
+                    device: torch.device | str = "cpu", landmarks: Optional[torch.Tensor] = None,
+                    reference_landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, str]:
+    """Unit target embeddings [N,D] (D = 512 ArcFace, 128 dlib) and which source was used.
+    ``landmarks``: the faces' 5 landmarks in crop fractions [N,5,2] (for lq/recovery targets)."""
     if target not in TARGETS:
         raise FaceRefineError(f"unknown identity target '{target}'; choose one of {TARGETS}")
     if target == "auto":
@@ -107,29 +122,33 @@ def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[t
         if target == "reference":
             if reference_crop is None:
                 raise FaceRefineError("identity target 'reference' needs a reference photo")
-            emb = id_model.embed(reference_crop.to(device)).expand(n, -1)
+            emb = embed(id_model, reference_crop.to(device), reference_landmarks).expand(n, -1)
         elif target == "recovery":
             if getattr(id_model, "recovery", None) is None:
                 raise FaceRefineError("identity target 'recovery' needs an identity model with a trained "
                                       "Identity Recovery Network (load one with the ID model loader)")
             if lq_crops is None or lq_latent is None:
                 raise FaceRefineError("identity target 'recovery' needs the degraded crops and latent")
-            emb = id_model.recover(lq_crops.to(device), lq_latent.to(device))
+            if getattr(id_model, "uses_landmarks", False) and landmarks is not None:
+                emb = id_model.recover(lq_crops.to(device), lq_latent.to(device), landmarks.to(device))
+            else:
+                emb = id_model.recover(lq_crops.to(device), lq_latent.to(device))
         else:
             if lq_crops is None:
                 raise FaceRefineError("identity target 'lq' needs the degraded face crops")
-            emb = id_model.embed(lq_crops.to(device))
+            emb = embed(id_model, lq_crops.to(device), landmarks)
     return F.normalize(emb.float(), dim=1), target
 
 
 def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
-                      target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked, per-face RMS-normalised gradient of cos(ArcFace(decode(z0)), target) w.r.t. z0,
-    plus the similarities. Positions where mask == 0 get exactly 0."""
+                      target: torch.Tensor, mask: torch.Tensor,
+                      landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), target) w.r.t. z0,
+    plus the similarities. Positions where mask == 0 get exactly 0. ``landmarks``: crop fractions [N,5,2]."""
     with torch.enable_grad():
         z = z0.detach().float().requires_grad_(True)
         faces = decode(z)
-        sim = (id_model.embed(faces) * target).sum(dim=1)
+        sim = (embed(id_model, faces, landmarks) * target).sum(dim=1)
         (grad,) = torch.autograd.grad(sim.sum(), z)
     grad = torch.nan_to_num(grad.float()) * mask
     count = mask.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * grad.shape[1]

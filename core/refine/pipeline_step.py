@@ -88,7 +88,7 @@ def build_refine_step(options):
             handles["id_model"] = None
             if identity_strength != 0:
                 from ...models.arch.identity import load_id_model
-                handles["id_model"] = load_id_model(getattr(options, "id_model", "arcface") or "arcface",
+                handles["id_model"] = load_id_model(getattr(options, "id_model", "auto") or "auto",
                                                     getattr(options, "identity_recovery", None) or None, device)
         return refine(face_crops, ctx.latent, restorer, handles["prior"], handles["id_model"], steps=steps,
                       strength=strength, identity_strength=identity_strength, reference=reference,

@@ -17,7 +17,8 @@ import torch
 from ...errors import FaceRefineError
 from ..lookup.detail import carry_detail
 from ..types import FaceCrops, FaceLatent
-from .guidance import align_reference, guidance_mask, identity_gradient, identity_target
+from .guidance import (align_reference, align_reference_with_landmarks, crop_landmarks, embed, guidance_mask,
+                       identity_gradient, identity_target)
 from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
 
 DEFAULT_STEPS = 12
@@ -125,15 +126,19 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
 
     target_emb = mask = None
     target_source = mask_source = ""
+    landmarks = torch.from_numpy(crop_landmarks(face_crops)).float()  # [N,5,2] crop fractions
     if guided:
-        ref_crop = align_reference(reference, face_crops.crop_size) if reference is not None else None
+        ref_crop = ref_landmarks = None
+        if reference is not None:
+            ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
         if lq_crops is None:
-            lq_crops = latent.extra.get("lq_crops") if isinstance(latent.extra, dict) else None
+            lq_crops = latent.lq_crops
         if lq_crops is None:
             lq_crops = face_crops.crops  # no degraded crops kept: keep the lookup result's identity
         target_emb, target_source = identity_target(
             id_model, target, n, reference_crop=ref_crop, lq_crops=lq_crops,
-            lq_latent=plain_tensor(latent.lq_features.float()), device=device)
+            lq_latent=plain_tensor(latent.lq_features.float()), device=device, landmarks=landmarks,
+            reference_landmarks=ref_landmarks)
         mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
     elif reference is not None:
         align_reference(reference, face_crops.crop_size)  # still report a reference with no face
@@ -154,7 +159,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         chunk = _refine_chunk(
             z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
             identity_strength, guided, None if target_emb is None else target_emb[idx],
-            None if mask is None else mask[idx], fresh, device, tick, index_offset)
+            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx])
         outs.append(chunk)
     z_final = torch.cat([o[0] for o in outs])
     with torch.inference_mode(), _autocast(device):
@@ -164,13 +169,14 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             dec = make_decoder(restorer, latent, idx)
             images.append(dec(z_final[idx].to(device)).float().cpu())
     step = f"refine:{sampler}x{int(steps)}@{float(strength):g}"
-    lq = latent.extra.get("lq_crops", face_crops.crops)
+    lq = latent.lq_crops if latent.lq_crops is not None else face_crops.crops
     refined = carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity)
     result = RefineResult(face_crops.with_crops(refined, step), z_final, mask, mask_source,
                           target_source)
     if guided:
         result.similarity_before = torch.cat([o[1] for o in outs])
-        result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size)
+        result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size, landmarks)
+        result.info["identity_network"] = getattr(id_model, "network", "arcface")
     return result
 
 
@@ -182,17 +188,18 @@ def _module_device(*modules) -> torch.device:
     return torch.device("cpu")
 
 
-def _similarity(id_model, crops, target, device, batch_size) -> torch.Tensor:
+def _similarity(id_model, crops, target, device, batch_size, landmarks=None) -> torch.Tensor:
     out = []
     with torch.inference_mode(), _autocast(device):
         for start in range(0, len(crops), batch_size):
-            emb = id_model.embed(crops[start:start + batch_size].to(device)).float()
+            lm = None if landmarks is None else landmarks[start:start + batch_size]
+            emb = embed(id_model, crops[start:start + batch_size].to(device), lm).float()
             out.append((emb * target[start:start + batch_size].to(device)).sum(1).cpu())
     return torch.cat(out)
 
 
 def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
-                  identity_strength, guided, target, mask, fresh, device, tick, index_offset=0):
+                  identity_strength, guided, target, mask, fresh, device, tick, index_offset=0, landmarks=None):
     z0 = z0.to(device)
     if prior is not None:
         x_anchor = prior.normalize(z0)
@@ -240,7 +247,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
         if i not in cache:
             if i in fresh or "last" not in cache:
                 with _autocast(device):
-                    grad, sim = identity_gradient(x0, decode, id_model, target, mask)
+                    grad, sim = identity_gradient(x0, decode, id_model, target, mask, landmarks)
                 cache["last"] = grad
                 if not first_sim:
                     first_sim.append(sim.float().cpu())
@@ -263,7 +270,7 @@ def select_latent(latent: FaceLatent, indices) -> FaceLatent:
         return v[idx] if isinstance(v, torch.Tensor) and v.ndim > 0 and v.shape[0] == n else v
     return dataclasses.replace(
         latent, lq_features=pick(latent.lq_features), quantized=pick(latent.quantized),
-        indices=pick(latent.indices), logits=pick(latent.logits),
+        indices=pick(latent.indices), logits=pick(latent.logits), lq_crops=pick(latent.lq_crops),
         skip_features={k: pick(v) for k, v in (latent.skip_features or {}).items()},
         extra={k: pick(v) for k, v in (latent.extra or {}).items()})
 
