@@ -8,6 +8,7 @@ from . import runtime as rt
 NONE_CHOICE = "(none)"
 SAMPLER_CHOICES = ["dpmpp_2m", "euler", "heun", "ddim"]
 TARGET_CHOICES = ["auto", "reference", "recovery", "lq"]
+ID_NETWORK_CHOICES = ["auto", "dlib"]
 
 
 def _with_default(names: list, default: str) -> list:
@@ -67,7 +68,7 @@ class FaceRefineIdentityLatentRefine:
         sigmas = sdedit_sigmas(steps, strength)
         per_face = denoiser_steps(sampler, sigmas) * (2 if identity_strength and id_model is not None else 1)
         progress = rt.Progress(per_face * len(face_crops))
-        lq_crops = face_latent.extra.get("lq_crops") if isinstance(face_latent.extra, dict) else None
+        lq_crops = face_latent.lq_crops
         modules = [m for m in (latent_prior, id_model, restorer) if m is not None and hasattr(m, "to")]
 
         def run(start, stop):
@@ -126,10 +127,15 @@ class FaceRefineLatentPriorLoader:
 class FaceRefineIdModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        arcface = _with_default(rt.list_weights_for("facedetection", "ArcFace-IR-SE50"), "recognition_arcface_ir_se50.pth")
+        arcface = [c for c in ID_NETWORK_CHOICES] + [
+            n for n in _with_default(rt.list_weights_for("facedetection", "ArcFace-IR-SE50"),
+                                     "recognition_arcface_ir_se50.pth") if n not in ID_NETWORK_CHOICES]
         return {"required": {
-            "arcface": (arcface, {"default": "recognition_arcface_ir_se50.pth",
-                                  "tooltip": "facexlib ArcFace IR-SE50 (models/facedetection)."}),
+            "arcface": (arcface, {"default": "auto",
+                                  "tooltip": "Identity network. auto = ArcFace IR-SE50 if its file is in "
+                                             "models/facedetection, else dlib's face-recognition ResNet embedded "
+                                             "in the pack (CC0, no download); dlib = always the embedded one; "
+                                             "or an ArcFace file."}),
             "identity_recovery": ([NONE_CHOICE] + rt.list_weights_for("facerefine", "FaceRefine-IdentityRecovery"), {
                 "default": NONE_CHOICE,
                 "tooltip": "Trained Identity Recovery Network + latent mask (optional)."}),
@@ -142,9 +148,13 @@ class FaceRefineIdModelLoader:
     DESCRIPTION = ("Loads ArcFace (identity embedding) and, optionally, the trained Identity Recovery Network "
                    "with its learned latent mask, for Identity Latent Refine.")
 
-    def load(self, arcface, identity_recovery=NONE_CHOICE):
-        from ..models.arch.identity import load_id_model
-        arc_path = rt.weights_path(arcface, "facedetection")
+    def load(self, arcface="auto", identity_recovery=NONE_CHOICE):
+        from ..models.arch.identity import load_id_model, resolve_id_model
+        choice = resolve_id_model(arcface)  # auto -> arcface when its file is present, else dlib
+        if choice == "dlib":
+            arc_path = rt.weights_path("dlib-face-recognition", "facerefine")
+        else:
+            arc_path = rt.weights_path("arcface" if choice == "arcface" else choice, "facedetection")
         rec_path = None if identity_recovery in (None, "", NONE_CHOICE) else rt.weights_path(identity_recovery,
                                                                                             "facerefine")
         model = rt.cached_model(arc_path, "cpu", lambda: load_id_model(str(arc_path), rec_path and str(rec_path)),

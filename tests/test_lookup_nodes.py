@@ -45,7 +45,7 @@ def test_lookup_node_batches_like_the_core_function(models_home):
     torch.testing.assert_close(out.crops, ref.crops, atol=1e-5, rtol=0)
     assert torch.equal(latent.indices, ref_latent.indices) and len(latent) == 3
     assert set(latent.skip_features) == set(ref_latent.skip_features)
-    assert latent.skip_features["32"].shape[0] == 3 and latent.extra["lq_crops"].shape[0] == 3
+    assert latent.skip_features["32"].shape[0] == 3 and latent.lq_crops.shape[0] == 3
     assert "GFPGAN" in FaceRefineCodebookLookup.DESCRIPTION and "base output" in FaceRefineCodebookLookup.DESCRIPTION
 
 

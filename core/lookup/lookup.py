@@ -136,7 +136,7 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
     step = f"lookup:{restorer.architecture}:{run_mode}"
     new_crops = face_crops.with_crops(restored, step)
     latent = _merge_latent(restorer, parts, fidelity, quality, run_mode, n)
-    latent.extra["lq_crops"] = face_crops.crops  # the degraded faces (identity target for refine), no copy
+    latent = dataclasses.replace(latent, lq_crops=face_crops.crops)  # identity target for refine, no copy
     if note:
         latent.extra["note"] = note
         log.info("FaceRefine lookup: %s", note)
