@@ -1,0 +1,543 @@
+"""The fixed benchmark: ``python -m facerefine eval london-heldout --severities mild,medium,heavy`` (issue 14).
+
+Faces: the 40 held-out London photos (20 identities x neutral + smiling, ``datasets.london_split``), aligned by
+the crop step (embedded MTCNN by default, so every machine gets the same crops) at 512², kept as 8-bit images.
+LQ: ``degrade.degrade_fixed`` with the documented severities of ``degrade.BENCHMARK_SEVERITIES``; each face's
+noise is seeded by (seed, CRC32 of its file name), so ``--limit`` runs see the same LQ bytes as full runs.
+
+Rows (``--rows``, comma-separated tokens):
+    lq          the degraded input itself
+    classical   OpenCV denoise + unsharp mask, parameters per severity from ``classical_params.json``
+                (tuned once on TRAINING London faces by ``lab/eval/tune_classical.py``)
+    v1, v2      the restorers given by ``--v1`` / ``--v2`` (facerefine-compact / facerefine-compact-v2) at the
+                restore command's defaults (``--quality`` 1, ``--fidelity`` 0.5); any other token is a restorer
+                name or path
+    MODEL@q0.5  the same restorer at quality 0.5;  MODEL@w1: at fidelity 1;  MODEL@q0w1: both
+A restorer whose weights are absent is left out of the tables with a note (v2 rows appear once it ships).
+
+Columns: PSNR and SSIM (RGB, whole 512² crop), NR-IQA (normalised 0..1, higher = better: face-niqe, piqe, and
+the default critic when it differs), identity distance to the HQ face (dlib, lower = better), mean face-region
+colour error ΔE2000 to the HQ face, mean absolute difference to the LQ input over the face (grey levels) and
+seconds per face (one face per call, after one untimed warm-up call per restorer).
+Writes ``report.md``, ``results.json`` and ``grid_<severity>.png`` (HQ | LQ | classical | v1 | v2, 8 faces).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ...errors import FaceRefineError
+from .face_metrics import DlibIdentity, crop_landmarks, delta_e_face, face_mad, face_region_masks, to_u8
+
+DEFAULT_ROWS = "lq,classical,v1,v2,v2@q0,v2@q0.5,v2@q1,v2@w0,v2@w0.5,v2@w1"
+GRID_COLUMNS = ("classical", "v1", "v2")
+MODEL_ALIASES = {"v1": "compact v1", "v2": "compact v2"}
+
+
+@dataclass
+class BenchOptions:
+    severities: tuple = ("mild", "medium", "heavy")
+    rows: str = DEFAULT_ROWS
+    v1: str = "facerefine-compact"
+    v2: str = "facerefine-compact-v2"
+    quality: float = 1.0                # the restore command's defaults ("defaults" rows)
+    fidelity: float = 0.5
+    lookup_mode: str = "auto"
+    seed: int = 0
+    limit: Optional[int] = None
+    size: int = 512
+    detector: str = "mtcnn"             # embedded: the same crops on every machine
+    metrics: tuple = ("face-niqe", "piqe")
+    default_critic: bool = True         # add the registered default critic's column when it is another metric
+    identity: bool = True
+    device: str = "cpu"
+    grid_faces: int = 8
+    grid_tile: int = 256
+    classical_params: Optional[str] = None
+    london_root: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    token: str
+    kind: str                           # lq | classical | model
+    label: str
+    restorer: Optional[str] = None
+    model: Optional[str] = None         # v1 / v2 / the name as given
+    quality: Optional[float] = None
+    fidelity: Optional[float] = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.restorer, self.quality, self.fidelity)
+
+
+_TOKEN = re.compile(r"^(?P<model>[^@]+?)(?:@(?:q(?P<q>\d*\.?\d+))?(?:w(?P<w>\d*\.?\d+))?)?$")
+
+
+def parse_rows(spec: str, opts: BenchOptions) -> list[RowSpec]:
+    rows = []
+    for token in (t.strip() for t in str(spec).split(",")):
+        if not token:
+            continue
+        low = token.lower()
+        if low in ("lq", "input"):
+            rows.append(RowSpec("lq", "lq", "LQ input"))
+            continue
+        if low == "classical":
+            rows.append(RowSpec("classical", "classical", "classical (denoise + unsharp)"))
+            continue
+        m = _TOKEN.match(token)
+        if m is None or (token.count("@") and m.group("q") is None and m.group("w") is None):
+            raise FaceRefineError(f"row '{token}' not understood: use lq, classical, v1, v2, a restorer name, or "
+                                  f"MODEL@q0.5 / MODEL@w1 / MODEL@q0w1")
+        model = m.group("model")
+        restorer = {"v1": opts.v1, "v2": opts.v2}.get(model.lower(), model)
+        q = float(m.group("q")) if m.group("q") is not None else None
+        w = float(m.group("w")) if m.group("w") is not None else None
+        for name, v in (("quality", q), ("fidelity", w)):
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise FaceRefineError(f"row '{token}': {name} must be within 0..1")
+        base = MODEL_ALIASES.get(model.lower(), model)
+        if q is None and w is None:
+            label = f"{base} (defaults)"
+        else:
+            label = base + "".join(f" {n} {v:g}" for n, v in (("quality", q), ("fidelity", w)) if v is not None)
+        rows.append(RowSpec(token, "model", label, restorer, model.lower() if model.lower() in MODEL_ALIASES
+                            else model, opts.quality if q is None else q, opts.fidelity if w is None else w))
+    if not rows:
+        raise FaceRefineError("no rows to evaluate (--rows is empty)")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- faces
+
+def heldout_photos(root: Optional[str] = None) -> list[Path]:
+    """The held-out London photos, identity by identity: neutral then smiling (40 for the full set)."""
+    from .. import datasets
+    split = datasets.london_split(root)
+    by_id: dict[str, list[Path]] = {}
+    for key in ("heldout_neutral", "heldout_smiling"):
+        for p in split[key]:
+            by_id.setdefault(datasets.london_identity(p), []).append(p)
+    photos = [p for ident in sorted(by_id) for p in by_id[ident]]
+    if not photos:
+        where = Path(root) if root else datasets.shared_data_dir() / "london"
+        raise FaceRefineError(f"no held-out London photos under {where} (needs neutral/ and smiling/; "
+                              f"set FACEREFINE_SHARED_DATA to the folder holding london/)")
+    return photos
+
+
+def face_key(path: Path) -> int:
+    """A stable per-face key for the degradation seed (independent of order and --limit)."""
+    return zlib.crc32(Path(path).name.encode())
+
+
+def align_photos(paths: list[Path], size: int, detector: str, device: str = "cpu",
+                 notes: Optional[list] = None) -> tuple[torch.Tensor, list, list[Path]]:
+    """Each photo through the crop step (largest face) -> 8-bit HQ crops [N,3,S,S], FaceInfo list, kept paths."""
+    from ...core.crop import CropOptions, crop_faces
+    from ...core.image_io import load_image
+    options = CropOptions(detector=detector, crop_size=size, max_faces=1, sort="largest", device=device)
+    crops, faces, kept = [], [], []
+    for p in paths:
+        image = load_image(p).image
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            found = crop_faces(image, options)
+        if found.is_empty:
+            if notes is not None:
+                notes.append(f"{p.name}: no face found by the crop step ({detector}); left out")
+            continue
+        crops.append(found.crops[0].cpu())
+        faces.append(found.faces[0])
+        kept.append(p)
+    if not crops:
+        raise FaceRefineError("the crop step found no face in any benchmark photo")
+    hq = (torch.stack(crops).float().clamp(0, 1) * 255).round() / 255  # 8-bit, as a saved crop
+    return hq, faces, kept
+
+
+def lq_faces(hq: torch.Tensor, severity: str, seed: int, paths: list[Path]) -> torch.Tensor:
+    from ..degrade import degrade_fixed
+    return degrade_fixed(hq, severity, seed=seed, keys=[face_key(p) for p in paths])
+
+
+# ------------------------------------------------------------------------------------------- restoration
+
+class Restorers:
+    """Loads each restorer once; ``run`` restores one face per call and returns (outputs, seconds per face)."""
+
+    def __init__(self, opts: BenchOptions, notes: list):
+        self.opts, self.notes = opts, notes
+        self._loaded: dict[str, object] = {}
+        self._missing: dict[str, str] = {}
+        self._warm: set = set()
+
+    def get(self, name: str):
+        if name in self._loaded:
+            return self._loaded[name]
+        if name in self._missing:
+            return None
+        from ...core.lookup import load_restorer
+        try:
+            self._loaded[name] = load_restorer(name, self.opts.device)
+        except (FaceRefineError, OSError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            self._missing[name] = first
+            self.notes.append(f"restorer '{name}' not available, its rows are left out: {first}")
+            return None
+        return self._loaded[name]
+
+    def run(self, restorer, lq: torch.Tensor, faces: list, quality: float, fidelity: float) -> tuple:
+        from ...core.lookup import lookup
+        from ...core.types import FaceCrops
+        size = lq.shape[-1]
+
+        def one(i: int) -> torch.Tensor:
+            crops = FaceCrops(lq[i:i + 1], (faces[i],), size, history=("crop",))
+            out, _ = lookup(crops, restorer, quality=quality, fidelity=fidelity, mode=self.opts.lookup_mode,
+                            keep_latent=False)
+            return out.crops.float().cpu().clamp(0, 1)
+
+        if id(restorer) not in self._warm:  # one-off costs (lazy critic loading, allocator) are not timed
+            one(0)
+            self._warm.add(id(restorer))
+        outs, seconds = [], []
+        for i in range(lq.shape[0]):
+            t0 = time.perf_counter()
+            outs.append(one(i))
+            seconds.append(time.perf_counter() - t0)
+        return torch.cat(outs), seconds
+
+
+def run_classical(lq: torch.Tensor, params) -> tuple:
+    from .classical import classical_restore
+    outs, seconds = [], []
+    for i in range(lq.shape[0]):
+        t0 = time.perf_counter()
+        outs.append(classical_restore(lq[i:i + 1], params))
+        seconds.append(time.perf_counter() - t0)
+    return torch.cat(outs), seconds
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+class Measures:
+    """Per-face metrics of a batch of outputs against the HQ faces."""
+
+    def __init__(self, opts: BenchOptions, hq: torch.Tensor, faces: list, notes: list):
+        from .harness import psnr, ssim
+        self.psnr, self.ssim = psnr, ssim
+        self.hq, self.notes = hq, notes
+        size = hq.shape[-1]
+        self.landmarks = [crop_landmarks(f) for f in faces]
+        self.masks = face_region_masks(self.landmarks, size)
+        self.metrics = {}
+        names = list(opts.metrics)
+        if opts.default_critic:
+            from ...core.score import default_metric
+            crit = default_metric()
+            if crit not in names:
+                names.append(crit)
+        from ...core.score import get_metric
+        for name in names:
+            try:
+                self.metrics[name] = get_metric(name, opts.device)
+            except (FaceRefineError, ImportError, OSError) as err:
+                notes.append(f"NR-IQA '{name}' unavailable: {str(err).splitlines()[0]}")
+        self.identity = None
+        self.hq_desc = self.shapes = None
+        if opts.identity:
+            try:
+                self.identity = DlibIdentity()
+                hq_u8 = to_u8(hq)
+                self.shapes = [self.identity.shape(hq_u8[i], self.landmarks[i]) for i in range(len(hq_u8))]
+                self.hq_desc = [self.identity.descriptor(hq_u8[i], s) for i, s in enumerate(self.shapes)]
+            except ImportError as err:
+                self.identity = None
+                notes.append(f"identity distance skipped: {err}")
+
+    def nriqa(self, x: torch.Tensor) -> dict[str, list[float]]:
+        out = {}
+        for name, m in self.metrics.items():
+            try:
+                out[name] = [float(v) for v in m.normalized(x)]
+            except Exception as err:  # noqa: BLE001 - one metric failing must not stop the benchmark
+                self.notes.append(f"{name} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        return out
+
+    def per_face(self, x: torch.Tensor, lq: torch.Tensor, with_ref: bool = True) -> dict[str, list[float]]:
+        vals: dict[str, list[float]] = {}
+        if with_ref:
+            vals["psnr"] = [float(v) for v in self.psnr(x, self.hq)]
+            vals["ssim"] = [float(v) for v in self.ssim(x, self.hq)]
+        vals.update(self.nriqa(x))
+        if with_ref:
+            if self.identity is not None:
+                u8 = to_u8(x)
+                vals["identity"] = [float(np.linalg.norm(self.identity.descriptor(u8[i], s) - self.hq_desc[i]))
+                                    for i, s in enumerate(self.shapes)]
+            vals["delta_e"] = [float(v) for v in delta_e_face(x, self.hq, self.masks)]
+            vals["mad_lq"] = [float(v) for v in face_mad(x, lq, self.masks)]
+        return vals
+
+
+def _mean(v: list) -> float:
+    v = [a for a in v if a is not None and not math.isnan(a)]
+    return float(sum(v) / len(v)) if v else float("nan")
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+def run_benchmark(out_dir: str | Path, opts: BenchOptions = BenchOptions(),
+                  log: Callable[[str], None] = print) -> dict:
+    from ..degrade import BENCHMARK_SEVERITIES, fixed_severity
+    from .classical import load_params
+    severities = [fixed_severity(s).name for s in opts.severities]
+    rows = parse_rows(opts.rows, opts)
+    if opts.size not in (256, 512, 1024):
+        raise FaceRefineError(f"benchmark crop size must be 256, 512 or 1024, got {opts.size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    classical = None
+    if any(r.kind == "classical" for r in rows):
+        try:
+            classical = load_params(opts.classical_params)
+        except FileNotFoundError as err:
+            raise FaceRefineError(str(err)) from err
+
+    paths = heldout_photos(opts.london_root)
+    if opts.limit:
+        paths = paths[: max(1, int(opts.limit))]
+    log(f"eval london-heldout: aligning {len(paths)} photos with the crop step ({opts.detector}, {opts.size}²)")
+    hq, faces, paths = align_photos(paths, opts.size, opts.detector, opts.device, notes)
+    measures = Measures(opts, hq, faces, notes)
+    restorers = Restorers(opts, notes)
+    n_grid = min(opts.grid_faces, len(paths))
+
+    results = {"benchmark": "london-heldout", "faces": len(paths), "files_used": [p.name for p in paths],
+               "size": opts.size, "seed": opts.seed, "detector": opts.detector, "lookup_mode": opts.lookup_mode,
+               "defaults": {"quality": opts.quality, "fidelity": opts.fidelity},
+               "torch_threads": torch.get_num_threads(), "device": opts.device,
+               "severities": {s: BENCHMARK_SEVERITIES[s].to_dict() | {"description":
+                                                                     BENCHMARK_SEVERITIES[s].describe()}
+                              for s in severities},
+               "classical_params": {s: classical[s].to_dict() | {"description": classical[s].describe()}
+                                    for s in severities} if classical else None,
+               "rows": {}, "checks": {}, "files": {}}
+    hq_row = {k: _mean(v) for k, v in measures.per_face(hq, hq, with_ref=False).items()}
+    for sev in severities:
+        log(f"eval london-heldout: severity {sev} ({BENCHMARK_SEVERITIES[sev].describe()})")
+        lq = lq_faces(hq, sev, opts.seed, paths)
+        cache: dict[tuple, dict] = {}
+        outputs: dict[str, torch.Tensor] = {}
+        table = []
+        for row in rows:
+            if row.key in cache:  # e.g. v2 (defaults) == v2@q1 == v2@w0.5: run once
+                entry = dict(cache[row.key], row=row.token, label=row.label)
+                table.append(entry)
+                outputs[row.token] = outputs[cache[row.key]["row"]]
+                continue
+            if row.kind == "lq":
+                x, secs = lq, [0.0] * len(paths)
+            elif row.kind == "classical":
+                if sev not in classical:
+                    notes.append(f"classical: no tuned parameters for severity '{sev}'; row left out")
+                    continue
+                x, secs = run_classical(lq, classical[sev])
+            else:
+                restorer = restorers.get(row.restorer)
+                if restorer is None:
+                    continue
+                log(f"  {row.label}")
+                x, secs = restorers.run(restorer, lq, faces, row.quality, row.fidelity)
+            per_face = measures.per_face(x, lq)
+            per_face["seconds"] = secs
+            entry = {"row": row.token, "label": row.label, "kind": row.kind, "restorer": row.restorer,
+                     "quality": row.quality, "fidelity": row.fidelity,
+                     "mean": {k: _mean(v) for k, v in per_face.items()}, "per_face": per_face}
+            if row.kind == "model":
+                spec = restorers.get(row.restorer)
+                entry["architecture"] = getattr(spec, "architecture", None)
+            cache[row.key] = entry
+            table.append(entry)
+            outputs[row.token] = (x * 255).round().byte()  # 8-bit: 40 faces x 10 rows stay small
+        results["rows"][sev] = table
+        results["checks"][sev] = slider_checks(rows, outputs, lq, measures.masks, table, opts.quality,
+                                               opts.fidelity)
+        grid = write_grid(out / f"grid_{sev}.png", hq[:n_grid], lq[:n_grid],
+                          {c: outputs[c][:n_grid] for c in GRID_COLUMNS if c in outputs}, opts.grid_tile)
+        results["files"][f"grid_{sev}"] = str(grid)
+    results["hq"] = hq_row
+    results["targets"] = evaluate_targets(results)
+    results["notes"] = list(dict.fromkeys(notes))
+    (out / "report.md").write_text(markdown_report(results))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    results["files"].update(report=str(out / "report.md"), results=str(out / "results.json"))
+    return results
+
+
+def slider_checks(rows: list[RowSpec], outputs: dict, lq: torch.Tensor, masks: torch.Tensor, table: list,
+                  quality: float, fidelity: float) -> dict:
+    """Per model: quality 0 vs 1 over the face and face-niqe along the quality slider (at the default fidelity),
+    and how close fidelity 1 (at the default quality) stays to the input."""
+    checks = {}
+    means = {e["row"]: e["mean"] for e in table}
+    for model in dict.fromkeys(r.model for r in rows if r.kind == "model"):
+        toks = {(r.quality, r.fidelity): r.token for r in rows if r.model == model and r.token in outputs}
+        c = {}
+        q0, q1 = toks.get((0.0, fidelity)), toks.get((1.0, fidelity))
+        if q0 and q1:
+            c["quality_0_vs_1_grey_levels"] = _mean(face_mad(outputs[q0].float() / 255, outputs[q1].float() / 255,
+                                                             masks).tolist())
+        qs = sorted((q, means[t]["face-niqe"]) for (q, w), t in toks.items()
+                    if w == fidelity and "face-niqe" in means.get(t, {}))
+        if len(qs) >= 3:
+            vals = [v for _, v in qs]
+            c["face_niqe_over_quality"] = qs
+            c["face_niqe_rises_with_quality"] = all(b >= a for a, b in zip(vals, vals[1:]))
+        w1 = toks.get((quality, 1.0))
+        if w1:
+            c["fidelity_1_vs_input_grey_levels"] = means[w1]["mad_lq"]
+        if c:
+            checks[model] = c
+    return checks
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """The issue-14 targets for the 'v2' (defaults) row, where the rows they need were measured."""
+    out = []
+    margins = {"mild": 1.0, "medium": 1.0, "heavy": 0.3}
+    for sev, table in results["rows"].items():
+        by = {e["row"]: e["mean"] for e in table}
+        v2, lq, cl = by.get("v2"), by.get("lq"), by.get("classical")
+        if v2 is None or lq is None:
+            continue
+
+        def add(name, value, ok):
+            out.append({"severity": sev, "target": name, "value": value, "pass": bool(ok)})
+        add(f"PSNR >= LQ + {margins.get(sev, 0.3)} dB", v2["psnr"] - lq["psnr"],
+            v2["psnr"] - lq["psnr"] >= margins.get(sev, 0.3))
+        add("SSIM >= LQ + 0.02", v2["ssim"] - lq["ssim"], v2["ssim"] - lq["ssim"] >= 0.02)
+        if cl is not None:
+            add("PSNR > classical", v2["psnr"] - cl["psnr"], v2["psnr"] > cl["psnr"])
+            add("SSIM > classical", v2["ssim"] - cl["ssim"], v2["ssim"] > cl["ssim"])
+        if "identity" in v2 and "identity" in lq:
+            add("identity distance <= LQ", v2["identity"] - lq["identity"], v2["identity"] <= lq["identity"])
+        add("ΔE <= LQ + 0.5", v2["delta_e"] - lq["delta_e"], v2["delta_e"] <= lq["delta_e"] + 0.5)
+        chk = results["checks"].get(sev, {}).get("v2", {})
+        if sev == "medium" and "face_niqe_rises_with_quality" in chk:
+            add("face-niqe (normalised) rises monotonically over quality 0 -> 0.5 -> 1", None,
+                chk["face_niqe_rises_with_quality"])
+        if sev == "medium" and "quality_0_vs_1_grey_levels" in chk:
+            v = chk["quality_0_vs_1_grey_levels"]
+            add("quality 0 vs 1 differ >= 1.5 grey levels (face)", v, v >= 1.5)
+        if "fidelity_1_vs_input_grey_levels" in chk:
+            v = chk["fidelity_1_vs_input_grey_levels"]
+            add("fidelity 1 returns the input (<= 0.5 grey levels, face)", v, v <= 0.5)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+COLUMNS = (("psnr", "PSNR dB ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.4f}"), ("face-niqe", "face-niqe ↑", "{:.3f}"),
+           ("piqe", "piqe ↑", "{:.3f}"), ("identity", "ID dist ↓", "{:.3f}"), ("delta_e", "ΔE00 face ↓", "{:.2f}"),
+           ("mad_lq", "Δ to LQ (grey, face)", "{:.2f}"), ("seconds", "s / face", "{:.3f}"))
+
+
+def _columns(rows: list[dict]) -> list[tuple]:
+    keys = list(dict.fromkeys(k for r in rows for k in r["mean"]))
+    known = [c for c in COLUMNS if c[0] in keys]
+    extra = [(k, f"{k} ↑", "{:.3f}") for k in keys if k not in {c[0] for c in COLUMNS}]
+    cols = known[:4] + extra + known[4:] if len(known) >= 4 else known + extra
+    return cols
+
+
+def markdown_report(res: dict) -> str:
+    lines = ["# FaceRefine benchmark: london-heldout", "",
+             f"{res['faces']} held-out London faces (identities never trained on), aligned by the crop step "
+             f"({res['detector']}) at {res['size']}², seed {res['seed']}, lookup mode `{res['lookup_mode']}`, "
+             f"defaults quality {res['defaults']['quality']:g} / fidelity {res['defaults']['fidelity']:g}, "
+             f"{res['device']} with {res['torch_threads']} torch threads.",
+             "NR-IQA columns are normalised (0..1, higher = better). ID dist: dlib 128-d descriptor distance to "
+             "the HQ face (same-person threshold 0.6). ΔE00: mean CIEDE2000 to the HQ face inside the face oval "
+             "(both low-passed, sigma 2 px at 512). Δ to LQ: mean absolute difference to the input over the face.",
+             ""]
+    if res.get("classical_params"):
+        lines.append("Classical baseline (tuned on training London faces, `lab/eval/classical_params.json`): " +
+                     "; ".join(f"{s}: {p['description']}" for s, p in res["classical_params"].items()) + ".")
+        lines.append("")
+    for sev, table in res["rows"].items():
+        lines += [f"## {sev}: {res['severities'][sev]['description']}", ""]
+        cols = _columns(table)
+        lines.append("| row | " + " | ".join(c[1] for c in cols) + " |")
+        lines.append("|---|" + "---|" * len(cols))
+        for e in table:
+            cells = [c[2].format(e["mean"][c[0]]) if c[0] in e["mean"] and not math.isnan(e["mean"][c[0]])
+                     else "–" for c in cols]
+            lines.append(f"| {e['label']} | " + " | ".join(cells) + " |")
+        if res.get("hq"):
+            cells = [c[2].format(res["hq"][c[0]]) if c[0] in res["hq"] else "–" for c in cols]
+            lines.append("| HQ (reference) | " + " | ".join(cells) + " |")
+        for model, c in res["checks"].get(sev, {}).items():
+            bits = []
+            if "quality_0_vs_1_grey_levels" in c:
+                bits.append(f"quality 0 vs 1 differ by {c['quality_0_vs_1_grey_levels']:.2f} grey levels over the face")
+            if "face_niqe_over_quality" in c:
+                bits.append("face-niqe over quality " + " → ".join(f"{q:g}: {v:.3f}" for q, v in
+                                                                    c["face_niqe_over_quality"]) +
+                            (" (rises monotonically)" if c["face_niqe_rises_with_quality"] else
+                             " (does not rise monotonically)"))
+            if "fidelity_1_vs_input_grey_levels" in c:
+                bits.append(f"fidelity 1 is {c['fidelity_1_vs_input_grey_levels']:.2f} grey levels from the input")
+            if bits:
+                lines.append("")
+                lines.append(f"{MODEL_ALIASES.get(model, model)}: " + "; ".join(bits) + ".")
+        if f"grid_{sev}" in res["files"]:
+            lines += ["", f"Grid: `{Path(res['files'][f'grid_{sev}']).name}` (HQ | LQ | " +
+                      " | ".join(c for c in GRID_COLUMNS if any(e['row'] == c for e in table)) + ")."]
+        lines.append("")
+    if res.get("targets"):
+        lines += ["## Issue-14 targets (compact v2 at defaults)", "", "| severity | target | value | pass |",
+                  "|---|---|---|---|"]
+        for t in res["targets"]:
+            v = "–" if t["value"] is None else f"{t['value']:+.3f}"
+            lines.append(f"| {t['severity']} | {t['target']} | {v} | {'yes' if t['pass'] else '**no**'} |")
+        lines += ["", "Speed target (≤ 0.3× the bare CodeFormer forward) is measured by `bench`, not here.", ""]
+    if res.get("notes"):
+        lines += ["Notes:"] + [f"- {n}" for n in res["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def write_grid(path: Path, hq: torch.Tensor, lq: torch.Tensor, columns: dict, tile: int) -> Path:
+    """Rows of faces: HQ | LQ | each available column, labelled, tiles of ``tile`` px."""
+    from PIL import Image, ImageDraw
+    names = ["HQ", "LQ"] + [MODEL_ALIASES.get(k, k) for k in columns]
+    cols = [to_u8(hq), to_u8(lq)] + [c.permute(0, 2, 3, 1).cpu().numpy() for c in columns.values()]
+    n, pad, head = hq.shape[0], 4, 22
+    canvas = Image.new("RGB", (len(cols) * (tile + pad) + pad, head + n * (tile + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(names):
+        draw.text((pad + j * (tile + pad) + 4, 5), name, fill=(0, 0, 0))
+    for i in range(n):
+        for j, col in enumerate(cols):
+            img = Image.fromarray(np.ascontiguousarray(col[i])).resize((tile, tile), Image.LANCZOS)
+            canvas.paste(img, (pad + j * (tile + pad), head + pad + i * (tile + pad)))
+    canvas.save(path)
+    return path
+
+
+def options_dict(opts: BenchOptions) -> dict:
+    return asdict(opts)
