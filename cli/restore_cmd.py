@@ -43,7 +43,9 @@ def add_arguments(p) -> None:
     g.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "euler", "heun", "ddim"])
     g.add_argument("--latent-prior", default=None,
                    help="latent prior weights (name or path; 'none' = identity guidance only)")
-    g.add_argument("--id-model", default="arcface", help="ArcFace weights (name or path)")
+    g.add_argument("--id-model", default="auto",
+                   help="identity network for guidance: auto (ArcFace if recognition_arcface_ir_se50.pth is on "
+                        "disk, else the embedded dlib ResNet, no download), arcface, dlib, or a weights path")
     g.add_argument("--identity-recovery", default=None, help="trained Identity Recovery Network + mask file")
     g.add_argument("--identity-target", default="auto", choices=["auto", "reference", "recovery", "lq"],
                    help="auto = reference if given, else the IRN if trained, else the degraded face")

@@ -9,6 +9,7 @@ NONE_CHOICE = "(none)"
 SAMPLER_CHOICES = ["dpmpp_2m", "euler", "heun", "ddim"]
 TARGET_CHOICES = ["auto", "reference", "recovery", "lq"]
 ID_NETWORK_CHOICES = ["auto", "dlib"]
+ID_NETWORK_CHOICES = ["auto", "dlib"]
 
 
 def _with_default(names: list, default: str) -> list:
@@ -24,7 +25,8 @@ class FaceRefineIdentityLatentRefine:
                 "face_latent": ("FACE_LATENT", {"tooltip": rt.tooltip("face_latent")}),
                 "restorer": ("FACEREFINE_RESTORER", {"tooltip": "The restorer used by the lookup (decodes latents)."}),
                 "latent_prior": ("FACEREFINE_LATENT_PRIOR", {"tooltip": "Latent score model (or none)."}),
-                "id_model": ("FACEREFINE_ID_MODEL", {"tooltip": "ArcFace (+ trained identity recovery)."}),
+                "id_model": ("FACEREFINE_ID_MODEL", {"tooltip": "Identity network: ArcFace or the embedded dlib "
+                                                                "ResNet (+ trained identity recovery)."}),
                 "steps": ("INT", {"default": 12, "min": 0, "max": 200,
                                   "tooltip": "Denoising steps; 0 returns the lookup result unchanged."}),
                 "strength": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
@@ -145,8 +147,9 @@ class FaceRefineIdModelLoader:
     RETURN_NAMES = ("id_model",)
     FUNCTION = "load"
     CATEGORY = rt.CATEGORY_LOADERS
-    DESCRIPTION = ("Loads ArcFace (identity embedding) and, optionally, the trained Identity Recovery Network "
-                   "with its learned latent mask, for Identity Latent Refine.")
+    DESCRIPTION = ("Loads the identity network (ArcFace when present, else dlib's embedded face-recognition "
+                   "ResNet, CC0) and, optionally, the trained Identity Recovery Network with its learned latent "
+                   "mask, for Identity Latent Refine.")
 
     def load(self, arcface="auto", identity_recovery=NONE_CHOICE):
         from ..models.arch.identity import load_id_model, resolve_id_model

@@ -48,6 +48,7 @@ def settings_from_opts(**overrides) -> "service.Settings":
                   fidelity=option("facerefine_fidelity", 0.5),
                   refine_steps=option("facerefine_refine_steps", 0),
                   identity_strength=option("facerefine_identity_strength", 0.5),
+                  id_model=option("facerefine_id_model", "auto"),
                   detector=option("facerefine_detector", "auto"),
                   color_correction=option("facerefine_color_correction", service.DEFAULT_COLOR))
     values.update({k: v for k, v in overrides.items() if v is not None})
@@ -113,6 +114,9 @@ def on_ui_settings():
                                         {"minimum": 0, "maximum": 50, "step": 1}, section=SECTION))
     add("facerefine_identity_strength", info(0.5, "FaceRefine identity strength", gr.Slider,
                                              {"minimum": 0.0, "maximum": 1.0, "step": 0.05}, section=SECTION))
+    add("facerefine_id_model", info("auto", "FaceRefine identity network for refine (auto = ArcFace if present, "
+                                            "else dlib's embedded ResNet, CC0, no download)", gr.Radio,
+                                    {"choices": ["auto", "arcface", "dlib"]}, section=SECTION))
     add("facerefine_color_correction", info(service.DEFAULT_COLOR, "FaceRefine colour correction", gr.Dropdown,
                                             lambda: {"choices": service.color_choices()}, section=SECTION))
 

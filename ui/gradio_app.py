@@ -57,6 +57,9 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                     refine_steps = gr.Slider(0, 50, value=0, step=1, label="Steps (0 = off)", elem_id="fr-steps")
                     identity_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Identity strength",
                                                   elem_id="fr-strength")
+                    id_model = gr.Dropdown(["auto", "arcface", "dlib"], value="auto", label="Identity network",
+                                           info="auto: ArcFace if its file is present, else dlib's embedded "
+                                                "ResNet (CC0, no download)", elem_id="fr-id-model")
                     reference = gr.Image(label="Reference photo of the same person (optional)", type="filepath",
                                          sources=["upload"], height=160, elem_id="fr-reference")
                 with gr.Accordion("Paste-back", open=False):
@@ -78,13 +81,15 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
         pairs = gr.State([])
 
         def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
-                    fidelity_value, steps, strength, visibility_value, color_mode, progress=gr.Progress()):
+                    fidelity_value, steps, strength, visibility_value, color_mode, id_network="auto",
+                    progress=gr.Progress()):
             try:
                 return _restore_uploads_or_raise(paths, reference_path, output_root, max_megapixels, progress,
                                     service.Settings(restorer=restorer_name or service.DEFAULT_RESTORER,
                                                      detector=detector_name or "auto", metric=metric_name,
                                                      quality=float(quality_value), fidelity=float(fidelity_value),
                                                      refine_steps=int(steps), identity_strength=float(strength),
+                                                     id_model=id_network or "auto",
                                                      reference=reference_path or None,
                                                      visibility=float(visibility_value),
                                                      color_correction=color_mode or service.DEFAULT_COLOR,
@@ -94,7 +99,7 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                         f"**Nothing restored.**\n- ⚠ {service.friendly_error(err)}", [])
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
-                            identity_strength, visibility, color],
+                            identity_strength, visibility, color, id_model],
                   [slider, gallery, table, download, status, pairs], concurrency_limit=1)
 
         def compare(evt: gr.SelectData, current):

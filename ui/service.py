@@ -39,6 +39,7 @@ class Settings:
     fidelity: float = 0.5
     refine_steps: int = 0
     identity_strength: float = 0.5
+    id_model: str = "auto"                # auto (ArcFace if on disk, else embedded dlib) | arcface | dlib
     reference: Any = None                 # path or RGB uint8 array of the same person
     visibility: float = 1.0
     color_correction: str = DEFAULT_COLOR
@@ -292,6 +293,7 @@ def build_options(pipeline, settings: Settings):
         "detector": settings.detector, "metric": settings.metric,
         "quality": float(settings.quality), "fidelity": float(settings.fidelity),
         "refine_steps": int(settings.refine_steps), "identity_strength": float(settings.identity_strength),
+        "id_model": settings.id_model or "auto",
         "reference": _reference(settings.reference), "visibility": float(settings.visibility),
         "color_correction": settings.color_correction, "seed": settings.seed,
         "device": pipeline.resolve_device(settings.device or "auto"),
