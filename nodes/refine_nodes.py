@@ -9,7 +9,6 @@ NONE_CHOICE = "(none)"
 SAMPLER_CHOICES = ["dpmpp_2m", "euler", "heun", "ddim"]
 TARGET_CHOICES = ["auto", "reference", "recovery", "lq"]
 ID_NETWORK_CHOICES = ["auto", "dlib"]
-ID_NETWORK_CHOICES = ["auto", "dlib"]
 
 
 def _with_default(names: list, default: str) -> list:
