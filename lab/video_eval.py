@@ -51,11 +51,12 @@ def evaluate(photo_path=None, restorer: str = "auto", frames: int = 48, size: in
     clip = make_clip(photo, marks, frames=frames, frame_size=size, seed=seed, zoom=zoom)
     affines = true_crop_affines(clip, marks, 128)
     from ..core.crop import CropOptions
-    base = RestoreOptions(restorer=restorer, device=device, crop=CropOptions(detector="mtcnn", crop_size=crop_size))
+    base = RestoreOptions.from_values(restorer=restorer, device=device,
+                                      crop=CropOptions(detector="mtcnn", crop_size=crop_size))
     result = {"photo": Path(photo_path).name, "frames": frames, "size": size, "restorer": restorer,
               "temporal": temporal}
     # landmark jitter: raw detections vs causal One-Euro vs offline look-ahead
-    none = dataclasses.replace(base, restorer="none")
+    none = dataclasses.replace(base, lookup=dataclasses.replace(base.lookup, restorer="none"))
     _, raw_tracks, _ = run_sequence(clip.degraded, none, VideoOptions(chunk=chunk, smooth=False))
     _, sm_tracks, _ = run_sequence(clip.degraded, none, VideoOptions(chunk=chunk))
     from ..core.video import smooth_planned

@@ -92,13 +92,13 @@ class SequenceRestorer:
             if video.temporal > 0:
                 if restorer is None:
                     from ..lookup.restorer import load_restorer
-                    restorer = load_restorer(options.restorer, self.device,
-                                             quality_condition=options.quality_condition or None)
-                self.temporal = TemporalLookup(restorer, options.quality, options.fidelity, video.temporal,
-                                               video.output_blend, options.lookup_mode)
+                    restorer = load_restorer(options.lookup.restorer, self.device,
+                                             quality_condition=options.lookup.quality_condition or None)
+                self.temporal = TemporalLookup(restorer, options.lookup.quality, options.lookup.fidelity,
+                                               video.temporal, video.output_blend, options.lookup.mode)
                 if self.temporal.note:
                     self.notes.append(self.temporal.note)
-                if options.refine_steps > 0:
+                if options.refine.wanted:
                     self.notes.append("video mode: the identity refine step runs per frame only with --temporal 0; "
                                       "it is skipped here")
             else:
@@ -162,11 +162,8 @@ class SequenceRestorer:
             if self.temporal is not None:
                 restored = self.temporal(crops, ids)
             elif self.steps:
-                from ..pipeline import StepContext
-                ctx = StepContext(options=self.options, images=images, timings=self.timings, warnings=self.notes)
-                ctx.state["lq_crops"] = crops.crops
-                for _, step in self.steps:
-                    restored = step(restored, ctx)
+                from ..pipeline import restore_faces
+                restored, _latent = restore_faces(crops, self.steps, self.notes, self.timings)
             self.timings["restore"] = self.timings.get("restore", 0.0) + time.perf_counter() - t0
             if self.color is not None:
                 masks = face_masks(restored, paste_opts)
