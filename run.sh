@@ -21,6 +21,8 @@ setup() {
     esac
   fi
   "$PY" -m pip install -q -e ".[dev]"
+  # eval/test extra (dlib itself, for the identity-network parity test); optional: the test skips without it
+  "$PY" -m pip install -q -e ".[eval]" || echo "run.sh: the eval extra (dlib-bin) did not install; dlib parity tests will skip"
   echo "$stamp" > "$VENV/.facerefine-ready"
 }
 
