@@ -19,11 +19,13 @@ from torch import nn
 
 from ..errors import FaceRefineError, WrongArchitectureError
 from .arch.iqpfr import IQPFR
+from .arch.iqpfr_v2 import IQPFRv2
 from .arch.quality_condition import QualityCondition, load_quality_condition
 from .loading import load_state_dict
 
-SUPPORTED = ("CodeFormer", "GFPGAN", "RestoreFormer", "IQPFR")
-CODEBOOK_ARCHS = ("CodeFormer", "IQPFR")
+SUPPORTED = ("CodeFormer", "GFPGAN", "RestoreFormer", "IQPFR", "IQPFRv2")
+CODEBOOK_ARCHS = ("CodeFormer", "IQPFR", "IQPFRv2")
+QUALITY_BUILT_IN = ("IQPFR", "IQPFRv2")  # architectures with trained quality conditioning inside
 
 _extra_installed = False
 
@@ -48,6 +50,8 @@ def canonical_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def detect_architecture(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
     """Architecture id from the keys (IQPFR first, then spandrel's detectors); None if unknown."""
+    if IQPFRv2.is_state_dict(sd):
+        return "IQPFRv2"
     if IQPFR.is_iqpfr_state_dict(sd):
         return "IQPFR"
     install_extra_arches()
@@ -159,7 +163,7 @@ class LoadedRestorer:
 
     @property
     def has_trained_conditioning(self) -> bool:
-        if self.architecture == "IQPFR":
+        if self.architecture in QUALITY_BUILT_IN:
             return True
         return getattr(self.codebook, "quality_condition", None) is not None
 
@@ -187,8 +191,8 @@ def load_restorer_file(path: Path, name: str = "", condition_path: Optional[Path
         raise WrongArchitectureError(
             f"{path.name} is a spandrel '{arch}' model, not a face restorer; expected one of {', '.join(SUPPORTED)}")
     descriptor = None
-    if arch == "IQPFR":
-        module = IQPFR.from_file(path, sd)
+    if arch in QUALITY_BUILT_IN:
+        module = (IQPFRv2 if arch == "IQPFRv2" else IQPFR).from_file(path, sd)
         codebook = module
         img_size, bf16, half = module.img_size, True, True
     else:
@@ -210,7 +214,7 @@ def attach_quality_condition(restorer: LoadedRestorer, path: Path) -> None:
     if restorer.architecture != "CodeFormer":
         raise WrongArchitectureError(
             f"quality-conditioning files apply to CodeFormer restorers; {restorer.name} is {restorer.architecture}"
-            + (" (IQPFR has its conditioning built in)" if restorer.architecture == "IQPFR" else ""))
+            + (" (IQPFR has its conditioning built in)" if restorer.architecture in QUALITY_BUILT_IN else ""))
     cb = restorer.codebook
     cond = load_quality_condition(path, cb.dim_embd, cb.n_layers, detect=detect_architecture)
     cond.eval()

@@ -84,6 +84,14 @@ def _to_model(crops: torch.Tensor, size: int, device) -> torch.Tensor:
     return x
 
 
+def native_size(restorer: Restorer, crop_size: int) -> int:
+    """Fully convolutional restorers (IQPFRv2) run at the crop's own size (a multiple of 16); others at theirs."""
+    model = restorer.codebook
+    if getattr(model, "fully_convolutional", False) and crop_size % model.latent_stride == 0:
+        return crop_size
+    return restorer.img_size
+
+
 def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fidelity: float = 0.5,
            mode: str = "auto", critic=None, top_k: int = 8, steer_rounds: int = 2, max_fraction: float = 0.5,
            batch_size: int = 8, keep_latent: bool = True,
@@ -118,9 +126,10 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
     batch_size = max(1, int(batch_size))
     # steering needs autograd on code vectors: plain no_grad there, inference_mode otherwise
     grad_ctx = torch.no_grad if steering else torch.inference_mode
+    model_size = native_size(restorer, face_crops.crops.shape[-1])
     with grad_ctx(), restorer.autocast():
         for start in range(0, n, batch_size):
-            x = _to_model(face_crops.crops[start:start + batch_size], restorer.img_size, restorer.device)
+            x = _to_model(face_crops.crops[start:start + batch_size], model_size, restorer.device)
             if restorer.codebook is None:
                 out = restorer.loaded.run_whole(x).float()
             else:
@@ -131,8 +140,7 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
             outs.append(out.clamp(0, 1))
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, restorer.img_size,
-                            fidelity)
+    restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, model_size, fidelity)
     step = f"lookup:{restorer.architecture}:{run_mode}"
     new_crops = face_crops.with_crops(restored, step)
     latent = _merge_latent(restorer, parts, fidelity, quality, run_mode, n)
@@ -174,6 +182,8 @@ def _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k, 
         indices = result.indices
         info = {"critic_before": result.score_before.cpu(), "critic_after": result.score_after.cpu(),
                 "changed_tokens": result.changed.cpu(), "decodes": result.decodes, "notes": result.notes}
+    if hasattr(model, "with_quality"):  # IQPFRv2: the decoder is quality-conditioned too
+        skips = model.with_quality(skips, torch.full((x.shape[0],), quality, device=x.device))
     quantized = model.finish_quantize(model.code_features(indices), lq)
     out = (model.decode(quantized, skips, fidelity).float() + 1) / 2  # clamped after the NaN/inf check
     part = {"indices": indices, "info": info}
