@@ -1,0 +1,175 @@
+"""Fit the face-iqa critic (core/score/face_iqa.py) on the London set's training identities only.
+
+    python -m facerefine.lab.train.fit_face_iqa [--faces 0] [--per-kind 3] [--out weights/face_iqa.safetensors]
+
+For every training identity (``lab.datasets.london_split()['train_neutral']``; the held-out fifth is
+never touched) the aligned 512² crop is degraded with random continuous severities of every bench
+distortion (lab/critic_bench.py: blur, downscale, noise, JPEG, mosaic, over-smoothing, colour blotches,
+ringing, ghosting and two combinations), with seeds disjoint from the bench's. From the features we
+fit, deterministically (full-batch L-BFGS, fixed seeds):
+
+* the clean-face mean and std of each feature (standardisation);
+* linear weights on [z, relu(z)², relu(-z)²] by a smooth-hinge ranking loss over pairs of the same
+  identity: clean > degraded; milder > stronger of the same kind; NL-means+unsharp output > its LQ;
+  an LQ > its 8-px mosaic.
+
+The score is then scaled so the median clean training face gives 9 and the median of the strongest
+third of the degradations gives 2 (normalised = raw / 10, clipped).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ...core.score.face_iqa import FEATURES, expand, features
+from .. import artifacts as A
+from .. import critic_bench as B
+from ..datasets import london_split
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "weights" / "face_iqa.safetensors"
+SEED_OFFSET = 100_000           # training seeds never coincide with the bench's (0..)
+
+
+def _range(kind: str) -> tuple[float, float]:
+    lv = B.LEVELS[kind]
+    if kind in ("classic", "artefacts"):
+        return 0.0, 1.1             # position in the level range
+    lo, hi = float(lv[0]), float(lv[-1])
+    if kind == "jpeg":
+        return 90.0, 8.0
+    if kind == "mosaic":
+        return 2.0, 16.0
+    return lo * 0.6, hi * 1.15
+
+
+def samples_for(face: torch.Tensor, regions: dict, rng: np.random.Generator, seed: int,
+                per_kind: int) -> list[tuple[str, float, torch.Tensor, Optional[int]]]:
+    """(kind, severity 0..1, image, index of the LQ it was made from) for one face [1,3,S,S]."""
+    out = [("clean", 0.0, face, None)]
+    for kind in B.KINDS:
+        lo, hi = _range(kind)
+        for t in np.sort(rng.uniform(0, 1, per_kind)):
+            v = lo + (hi - lo) * t
+            if kind == "mosaic":
+                v = round(v)
+            img = B.distort(face, regions, kind, 1, seed=seed + len(out), value=v)
+            out.append((kind, float(t), img, None))
+    lqs = [i for i, (k, _, _, _) in enumerate(out) if k in ("classic", "noise")]
+    for i in lqs:
+        out.append(("baseline", 0.0, A.nlm_unsharp(out[i][2]), i))
+    for i in [i for i, (k, _, _, _) in enumerate(out) if k == "classic"][:2] + [0]:
+        out.append(("mosaic8", 1.0, A.mosaic(out[i][2], 8), i))
+    return out
+
+
+def make_pairs(meta: list[dict]) -> list[tuple[int, int]]:
+    """(better, worse) index pairs within each identity."""
+    pairs = []
+    by_face: dict[int, list[int]] = {}
+    for i, m in enumerate(meta):
+        by_face.setdefault(m["face"], []).append(i)
+    for idx in by_face.values():
+        clean = [i for i in idx if meta[i]["kind"] == "clean"][0]
+        for i in idx:
+            m = meta[i]
+            if m["kind"] != "clean" and m["kind"] != "baseline":
+                pairs.append((clean, i))
+            if m["source"] is not None:
+                src = idx[0] + m["source"]
+                pairs.append((i, src) if m["kind"] == "baseline" else (src, i))
+        for i in idx:
+            for j in idx:
+                mi, mj = meta[i], meta[j]
+                if mi["kind"] == mj["kind"] and mi["kind"] in B.KINDS and mi["t"] + 0.08 < mj["t"]:
+                    pairs.append((i, j))
+    return pairs
+
+
+def fit_weights(z: torch.Tensor, pairs: list[tuple[int, int]], l2: float = 1e-3, steps: int = 200) -> torch.Tensor:
+    phi = expand(z.double())
+    a = torch.tensor([p[0] for p in pairs])
+    b = torch.tensor([p[1] for p in pairs])
+    diff = phi[a] - phi[b]
+    w = torch.zeros(phi.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.softplus(1.0 - diff @ w).mean() + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="London set folder (default ../shared/data/london)")
+    parser.add_argument("--faces", type=int, default=0, help="use the first N training identities (0 = all)")
+    parser.add_argument("--per-kind", type=int, default=3, help="random severities per distortion and face")
+    parser.add_argument("--cache", default=None, help="features .pt to reuse/write (skips image work)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    paths = london_split(args.data)["train_neutral"][: args.faces or None]
+    if not paths:
+        print("error: no London training images found", file=sys.stderr)
+        return 1
+    t0 = time.time()
+    if args.cache and Path(args.cache).is_file():
+        blob = torch.load(args.cache, weights_only=True)
+        feats, meta = blob["features"], json.loads(blob["meta"])
+    else:
+        rows, meta = [], []
+        rng = np.random.default_rng(SEED_OFFSET)
+        for fi, p in enumerate(paths):
+            face, regions = B.load_faces([p], 512)
+            samples = samples_for(face, regions, rng, SEED_OFFSET + 1000 * fi, args.per_kind)
+            imgs = torch.cat([s[2] for s in samples])
+            with torch.inference_mode():
+                rows.append(torch.cat([features(imgs[i:i + 8]) for i in range(0, len(imgs), 8)]))
+            meta += [{"face": fi, "kind": k, "t": t, "source": src} for k, t, _, src in samples]
+            print(f"  {fi + 1}/{len(paths)} faces, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+        feats = torch.cat(rows).double()
+        if args.cache:
+            torch.save({"features": feats, "meta": json.dumps(meta)}, args.cache)
+    clean = feats[[i for i, m in enumerate(meta) if m["kind"] == "clean"]]
+    mean, std = clean.mean(0), clean.std(0).clamp_min(1e-3)
+    z = (feats - mean) / std
+    pairs = make_pairs(meta)
+    w = fit_weights(z, pairs)
+    s = expand(z) @ w
+    kinds = np.array([m["kind"] for m in meta])
+    ts = np.array([m["t"] for m in meta])
+    hi = float(s[torch.from_numpy(kinds == "clean")].median())
+    strong = torch.from_numpy((ts > 0.66) & np.isin(kinds, B.KINDS))
+    lo = float(s[strong].median())
+    scale = 7.0 / (hi - lo)
+    weight, bias = w * scale, torch.tensor(2.0 - lo * scale, dtype=torch.float64)
+    raw = expand(z) @ weight + bias
+    a = torch.tensor([p[0] for p in pairs])
+    b = torch.tensor([p[1] for p in pairs])
+    acc = float((raw[a] > raw[b]).double().mean())
+    sd = {"mean": mean.float(), "std": std.float(), "weight": weight.float(), "bias": bias.float(),
+          "norm_range": torch.tensor([0.0, 10.0])}
+    from ...models.loading import save_safetensors
+    save_safetensors(sd, args.out, metadata={
+        "fitted_on": "London set neutral, training identities (lab.datasets.london_split)",
+        "train_files": ",".join(p.name for p in paths), "features": ",".join(FEATURES),
+        "pairs": str(len(pairs)), "pair_accuracy": f"{acc:.4f}",
+        "license": "CC BY 4.0 data (DeBruine & Jones 2017)"})
+    print(json.dumps({"faces": len(paths), "images": len(meta), "pairs": len(pairs), "train_pair_accuracy": acc,
+                      "seconds": round(time.time() - t0, 1), "out": args.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
