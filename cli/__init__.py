@@ -53,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m facerefine", description="FaceRefine blind face restoration")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        try:
-            module = _command_module(name)
-        except ModuleNotFoundError:
-            continue  # command not built yet
+        module = _command_module(name)  # light: commands import heavy libraries inside run()
         p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
         module.add_arguments(p)
@@ -77,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, err)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", code=130)
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] in (__name__.split(".")[0], "facerefine"):
+            raise  # one of our own modules: a bug, not a missing dependency
+        return _fail(args, f"the '{args.command}' command needs the Python package '{err.name.split('.')[0]}', "
+                           f"which is not installed (pip install {err.name.split('.')[0]}; see requirements.txt "
+                           f"and pyproject.toml's optional extras)")
     except MemoryError as err:
         return _fail(args, f"out of memory: {err}. Try --device cpu, a smaller --batch or fewer faces.")
     except RuntimeError as err:

@@ -7,10 +7,9 @@ import sys
 def add_crop_arguments(p) -> None:
     """Detection/alignment flags, shared with `restore`."""
     g = p.add_argument_group("face detection and alignment")
-    g.add_argument("--detector", default="auto",
-                   help="auto (RetinaFace if its weights are present, else the embedded MTCNN) | mtcnn | "
-                        "retinaface | retinaface-mobilenet")
-    g.add_argument("--crop-size", type=int, default=512, choices=[256, 512, 1024])
+    from ..core.controls import add_argument
+    add_argument(g, "detector")
+    add_argument(g, "crop_size")
     g.add_argument("--det-threshold", type=float, default=None, help="detector confidence threshold")
     g.add_argument("--min-face-size", type=float, default=0.0, help="drop faces smaller than this (pixels)")
     g.add_argument("--max-faces", type=int, default=0, help="keep at most N faces per image (0 = all)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from ..core import controls
 from ..errors import FaceRefineError
 from .crop_cmd import add_crop_arguments, crop_options_from_args
 
@@ -22,48 +23,24 @@ def add_arguments(p) -> None:
                         "one input; an input is never written and a taken name gets a counter (_00001)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing output files (inputs are still never written)")
-    p.add_argument("--restorer", default="auto",
-                   help="auto (a community restorer you have, else the embedded compact model), a registry name, "
-                        "a weights path, or none (crop + paste only)")
-    p.add_argument("--quality", type=float, default=1.0, help="quality slider 0..1 (IQPFR)")
-    p.add_argument("--fidelity", type=float, default=0.5, help="fidelity weight 0..1 (higher = closer to input)")
-    p.add_argument("--lookup-mode", default="auto", choices=["auto", "trained", "training-free", "off"],
-                   help="quality slider: trained conditioning, critic-steered codes (training-free) or off")
-    p.add_argument("--quality-condition", default=None,
-                   help="IQPFR quality-conditioning weights for a CodeFormer restorer (name or path)")
-    p.add_argument("--critic", default=None, help="NR-IQA critic for training-free steering (default face-niqe)")
-    p.add_argument("--refine-steps", type=int, default=0,
-                   help="identity-guided latent refine steps (0 = off; 10-20 recommended)")
-    p.add_argument("--identity-strength", type=float, default=None,
-                   help="identity guidance strength (default 0.5 when refining; 0 = prior only)")
-    p.add_argument("--reference", default=None, help="reference photo of the same person (identity target)")
+    add = controls.add_argument  # type, default, range/choices and help come from core/controls.py
+    for name in ("restorer", "quality", "fidelity", "lookup_mode", "quality_condition", "critic", "refine_steps",
+                 "identity_strength", "reference"):
+        add(p, name)
     g = p.add_argument_group("refine")
-    g.add_argument("--refine-strength", type=float, default=0.4,
-                   help="how much of the lookup latent is re-noised, 0..1 (SDEdit strength)")
-    g.add_argument("--sampler", default="dpmpp_2m", choices=["dpmpp_2m", "euler", "heun", "ddim"])
-    g.add_argument("--latent-prior", default=None,
-                   help="latent prior weights (name or path; 'none' = identity guidance only)")
-    g.add_argument("--id-model", default="auto",
-                   help="identity network for guidance: auto (ArcFace if recognition_arcface_ir_se50.pth is on "
-                        "disk, else the embedded dlib ResNet, no download), arcface, dlib, or a weights path")
-    g.add_argument("--identity-recovery", default=None, help="trained Identity Recovery Network + mask file")
-    g.add_argument("--identity-target", default="auto", choices=["auto", "reference", "recovery", "lq"],
-                   help="auto = reference if given, else the IRN if trained, else the degraded face")
-    g.add_argument("--guidance-steps", type=int, default=None,
-                   help="refine steps that compute a fresh identity gradient (default 1; = --refine-steps for "
-                        "every step, slower: each costs a decoder forward+backward)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--seed", type=int, default=0)
+    for name in ("refine_strength", "sampler", "latent_prior", "id_model", "identity_recovery", "identity_target",
+                 "guidance_steps"):
+        add(g, name)
+    add(p, "device")
+    add(p, "seed")
+    add(p, "allow_color")  # grayscale inputs stay grayscale unless --allow-color
     add_crop_arguments(p)
     g = p.add_argument_group("paste back")
-    g.add_argument("--mask", default="auto", choices=["auto", "landmarks", "parsenet", "bisenet", "box"],
-                   help="auto = face parsing if its weights are present, else the landmark face outline")
-    g.add_argument("--erode", type=float, default=8.0, help="shrink the mask (pixels at 512 crop scale)")
-    g.add_argument("--feather", type=float, default=16.0, help="soft edge width (pixels at 512 crop scale)")
-    g.add_argument("--protect-hair", action="store_true", help="keep the original hair and hairline")
-    g.add_argument("--visibility", type=float, default=1.0, help="0 = original face, 1 = restored face")
-    g.add_argument("--color-correction", default="lab", choices=["none", "lab", "lowfreq"])
+    for name in ("mask", "erode", "feather", "protect_hair", "visibility", "color_correction"):
+        add(g, name)
     g.add_argument("--save-mask", action="store_true", help="also write <name>_mask.png")
+    from .restore_scale import add_arguments as add_scale_arguments
+    add_scale_arguments(p)  # video files, --skip-existing, --ray (issue 17)
 
 
 def _sample_image(folder, namer):
@@ -74,6 +51,7 @@ def _sample_image(folder, namer):
     import numpy as np
 
     from ..core.image_io import load_image, save_image
+    from ..core.output_paths import write_output
     try:
         from skimage import data
     except ImportError as err:
@@ -90,7 +68,7 @@ def _sample_image(folder, namer):
             namer.add_input(path)
             return path
     path = namer.claim(path)
-    save_image(path, torch.from_numpy(pixels).float() / 255.0)
+    write_output(path, save_image, torch.from_numpy(pixels).float() / 255.0)
     namer.add_input(path)
     return path
 
@@ -101,24 +79,23 @@ def run(args) -> dict:
     from ..core.batch import BatchReport, error_text, expand_inputs
     from ..core.image_io import load_image, save_image
     from ..core.output_paths import (OutputNamer, describe_os_error, names_image_file, prepare_folder,
-                                     restore_targets)
+                                     restore_targets, write_output)
     from ..errors import OutputError
     from ..core.paste import PasteOptions
     from ..core.pipeline import RestoreOptions, build_steps, resolve_device, restore_images
 
     device = resolve_device(args.device)
-    options = RestoreOptions(
-        restorer=args.restorer, quality=args.quality, fidelity=args.fidelity, refine_steps=args.refine_steps,
-        identity_strength=(args.identity_strength if args.identity_strength is not None
-                           else (0.5 if args.refine_steps > 0 else 0.0)),
-        reference=args.reference, device=device, seed=args.seed,
-        refine_strength=args.refine_strength, refine_sampler=args.sampler, latent_prior=args.latent_prior,
-        id_model=args.id_model, identity_recovery=args.identity_recovery, identity_target=args.identity_target,
-        refine_guidance_steps=args.guidance_steps,
-        lookup_mode=args.lookup_mode, quality_condition=args.quality_condition, critic=args.critic,
-        crop=crop_options_from_args(args, device),
-        paste=PasteOptions(mask=args.mask, erode=args.erode, feather=args.feather, protect_hair=args.protect_hair,
-                           visibility=args.visibility, color_correction=args.color_correction, device=device))
+    identity_strength = (args.identity_strength if args.identity_strength is not None
+                         else (0.5 if args.refine_steps > 0 else 0.0))
+    if str(args.id_model).strip().lower() == "none":  # docs/refine.md: no identity network = the prior alone
+        if identity_strength:
+            print("note: --id-model none: no identity guidance, the refine step runs the latent prior alone",
+                  file=sys.stderr)
+        identity_strength = 0.0
+    values = {c.name: getattr(args, c.name) for c in controls.CONTROLS if hasattr(args, c.name)}
+    values.update(device=device, identity_strength=identity_strength)
+    options = RestoreOptions.from_values(crop=crop_options_from_args(args, device), paste=PasteOptions(device=device),
+                                         **values)
     report = BatchReport()
     inputs, missing = expand_inputs(args.inputs) if args.inputs else ([], [])
     if not inputs and not args.sample:
@@ -127,6 +104,18 @@ def run(args) -> dict:
         raise FaceRefineError("no input images: pass image files or folders, or --sample")
     # decide every output before loading any model: a bad -o costs no work
     out = Path(args.output).expanduser()
+    from . import restore_scale
+    videos, inputs = restore_scale.split_videos(inputs)
+    if videos:  # video files: decoded, restored along face tracks and re-encoded (core.video)
+        if inputs or args.sample:
+            raise FaceRefineError("restore video files and images in separate runs")
+        report.extend(missing)
+        return restore_scale.run_videos(args, options, videos, report)
+    skipped = []
+    if args.skip_existing or restore_scale.wants_ray(args):  # resume: results already written are skipped
+        inputs, skipped = restore_scale.skip_existing(inputs, out)
+        for s in skipped:
+            print(f"{s['input']}: skipped, {s['output']} exists", file=sys.stderr)
     if args.sample and names_image_file(out) and not out.is_dir() and inputs:
         raise OutputError(f"-o {out} names one image file but there are {len(inputs) + 1} inputs (with --sample); "
                           f"give a folder instead")
@@ -140,6 +129,8 @@ def run(args) -> dict:
     for note in namer.notes:
         print(f"note: {note}", file=sys.stderr)
     report.extend(missing)
+    if restore_scale.wants_ray(args):
+        return restore_scale.run_ray(args, options, inputs, targets, report, namer, skipped)
     steps = build_steps(options)  # load restorer/refiner once for all images
     results, timings = [], {}
     for path, target in zip(inputs, targets):
@@ -147,10 +138,11 @@ def run(args) -> dict:
         try:  # one bad file must not cost the others
             loaded = load_image(path)
             res = restore_images(loaded.image, options, steps=steps, timings=timings)
-            written.append(save_image(target, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth))
+            written.append(write_output(target, save_image, res.images, alpha=loaded.alpha,
+                                        bit_depth=loaded.bit_depth))
             if args.save_mask:
                 mask_path = namer.claim(target.with_name(f"{target.stem}_mask.png"))
-                written.append(save_image(mask_path, res.masks[0][..., None].expand(-1, -1, 3)))
+                written.append(write_output(mask_path, save_image, res.masks[0][..., None].expand(-1, -1, 3)))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
@@ -172,6 +164,6 @@ def run(args) -> dict:
         raise FaceRefineError(f"all {len(report.failed)} input(s) failed: "
                               + "; ".join(f"{f['input']}: {f['error']}" for f in report.failed))
     return {"ok": not report.failed, "restorer": args.restorer, "device": device, "results": results,
-            "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes,
+            "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes, "skipped": skipped,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "faces": sum(r["faces"] for r in results)}

@@ -1,10 +1,11 @@
-"""restore_images: load -> crop -> restore steps -> paste, shared by the CLI, nodes, A1111 and gradio.
+"""restore_images: the data flow every front end runs (CLI, ComfyUI all-in-one node, A1111, gradio app).
 
-Restoration steps are plugged in through ``register_step_builder``. A builder looks at
-the RestoreOptions and returns a step (or None when it has nothing to do); a step is
-``step(face_crops, ctx) -> face_crops`` and may leave data for later steps on ``ctx``
-(``ctx.latent`` for the FACE_LATENT, ``ctx.state`` for anything else, e.g. model handles).
-Steps run in registration order; the lookup step registers before the refine step.
+    IMAGE ─crop─▶ FACE_CROPS ─score (if asked)─▶ ─lookup─▶ FACE_CROPS + FACE_LATENT ─refine─▶ FACE_CROPS ─paste─▶ IMAGE + MASK
+
+Each step is called directly with its own small options object (CropOptions, LookupOptions, RefineOptions,
+PasteOptions). ``build_steps`` loads the models of the lookup and refine steps once, so a batch of images
+reuses them; ``restore_images`` runs the flow on one batch. Front ends build RestoreOptions from the table of
+controls (core/controls.py) with ``RestoreOptions.from_values``.
 """
 from __future__ import annotations
 
@@ -16,105 +17,78 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from ..errors import FaceRefineError
+from ..models.device import resolve_device  # noqa: F401 - the one device resolver, re-exported for callers
 from .crop import CropOptions, align_faces, detect_faces
+from .grayscale import keep_grayscale
 from .image_io import sanitize_images
+from .lookup.options import LookupOptions
+from .lookup.pipeline_step import LookupStep, prepare_lookup
 from .paste import PasteOptions, paste_back
+from .refine.options import RefineOptions
+from .refine.pipeline_step import RefineStep, prepare_refine
 from .types import FaceCrops, FaceLatent
 
 log = logging.getLogger("facerefine")
 
-NO_RESTORER = ("", "none")
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class RestoreOptions:
-    restorer: str = "none"            # registry name, weights path, or "none" (crop + paste only)
-    quality: float = 1.0              # IQPFR quality slider 0..1
-    fidelity: float = 0.5             # CodeFormer-style fidelity weight 0..1
-    refine_steps: int = 0             # CLR-Face refine steps (0 = no refine)
-    identity_strength: float = 0.0    # identity guidance strength in refine
-    reference: Optional[Any] = None   # reference photo: path or [1,H,W,3] tensor
-    device: str = "auto"              # auto | cpu | cuda; used by every step (overrides crop/paste device)
-    seed: int = 0
-    refine_strength: float = 0.4      # SDEdit noise level of the refine step (0..1)
-    refine_sampler: str = "dpmpp_2m"  # dpmpp_2m | euler | heun | ddim
-    latent_prior: Optional[str] = None  # latent prior name/path; None = registry default if present, "none" = off
-    id_model: str = "auto"            # identity network: auto (ArcFace if on disk, else embedded dlib) | arcface | dlib | path
-    identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
-    identity_target: str = "auto"     # auto | reference | recovery | lq
-    refine_guidance_steps: Optional[int] = None  # fresh identity gradients per refine (None = refine default, 1)
-    lookup_mode: str = "auto"         # auto | trained | training-free | off (quality slider mode)
-    quality_condition: Optional[str] = None  # IQPFR conditioning weights for a CodeFormer restorer
-    critic: Optional[str] = None      # NR-IQA critic of training-free steering (default face-niqe)
     crop: CropOptions = field(default_factory=CropOptions)
+    lookup: LookupOptions = field(default_factory=LookupOptions)
+    refine: RefineOptions = field(default_factory=RefineOptions)
     paste: PasteOptions = field(default_factory=PasteOptions)
-    # flat shortcuts for front ends; when set they override the nested crop/paste options
-    detector: Optional[str] = None
-    visibility: Optional[float] = None
-    color_correction: Optional[str] = None
-    metric: Optional[str] = None      # NR-IQA metric for a scoring step, if one is registered
-    progress: Optional[Callable[[str, int, int], None]] = None
+    metric: Optional[str] = None      # NR-IQA metric: score the faces before and after restoration
+    device: str = "auto"              # used by every step (overrides the crop/paste device)
+    seed: int = 0
+    allow_color: bool = False         # False: a grayscale input comes back grayscale (core/grayscale.py)
 
-    def crop_options(self, device: str) -> CropOptions:
-        extra = {"detector": self.detector} if self.detector else {}
-        return replace(self.crop, device=device, **extra)
-
-    def paste_options(self, device: str) -> PasteOptions:
-        extra = {}
-        if self.visibility is not None:
-            extra["visibility"] = float(self.visibility)
-        if self.color_correction:
-            extra["color_correction"] = self.color_correction
-        return replace(self.paste, device=device, **extra)
+    @classmethod
+    def from_values(cls, crop: Optional[CropOptions] = None, paste: Optional[PasteOptions] = None,
+                    **values: Any) -> "RestoreOptions":
+        """Options from flat control values (names of core/controls.py: quality, refine_steps, detector...);
+        each value goes to the step that owns it. ``crop``/``paste``: full option objects to start from."""
+        from .controls import split_values
+        parts = split_values(values)
+        return cls(crop=replace(crop or CropOptions(), **parts.pop("crop", {})),
+                   lookup=LookupOptions(**parts.pop("lookup", {})),
+                   refine=RefineOptions(**parts.pop("refine", {})),
+                   paste=replace(paste or PasteOptions(), **parts.pop("paste", {})),
+                   **parts.pop("pipeline", {}))
 
     @property
     def wants_restorer(self) -> bool:
-        return str(self.restorer).strip().lower() not in NO_RESTORER
+        return self.lookup.wanted
+
+    def crop_options(self, device: str) -> CropOptions:
+        return replace(self.crop, device=device)
+
+    def paste_options(self, device: str) -> PasteOptions:
+        return replace(self.paste, device=device)
 
 
 @dataclass
-class StepContext:
-    """What restoration steps share during one restore_images call."""
+class RestoreSteps:
+    """The loaded restoration steps: lookup (None for restorer=none), then refine (None when off)."""
 
-    options: RestoreOptions
-    images: torch.Tensor
-    latent: Optional[FaceLatent] = None
-    state: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    warnings: list = field(default_factory=list)
+    lookup: Optional[LookupStep] = None
+    refine: Optional[RefineStep] = None
 
+    def __len__(self) -> int:
+        return int(self.lookup is not None) + int(self.refine is not None)
 
-RestoreStep = Callable[[FaceCrops, StepContext], FaceCrops]
-StepBuilder = Callable[[RestoreOptions], Optional[RestoreStep]]
-
-# (name, builder) in run order. "lookup" must be registered for --restorer other than none.
-STEP_BUILDERS: list[tuple[str, StepBuilder]] = []
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in (self.lookup, self.refine) if s is not None]
 
 
-def register_step_builder(name: str, builder: StepBuilder, before: Optional[str] = None) -> None:
-    """Add (or replace) a restoration step builder; ``before`` puts it ahead of another step."""
-    global STEP_BUILDERS
-    STEP_BUILDERS = [(n, b) for n, b in STEP_BUILDERS if n != name]
-    names = [n for n, _ in STEP_BUILDERS]
-    at = names.index(before) if before in names else len(STEP_BUILDERS)
-    STEP_BUILDERS.insert(at, (name, builder))
-
-
-def build_steps(options: RestoreOptions) -> list[tuple[str, RestoreStep]]:
-    steps = []
-    for name, builder in STEP_BUILDERS:
-        step = builder(options)
-        if step is not None:
-            steps.append((name, step))
-    names = [name for name, _ in steps]
-    if "refine" in names and "lookup" in names and names.index("refine") < names.index("lookup"):
-        steps.append(steps.pop(names.index("refine")))  # refine needs the lookup's latent
-    if options.wants_restorer and not any(name == "lookup" for name, _ in steps):
-        raise FaceRefineError(
-            f"restorer '{options.restorer}' needs the lookup step, which is not available in this build; "
-            f"use --restorer none to crop and paste back only")
-    return steps
+def build_steps(options: RestoreOptions) -> RestoreSteps:
+    """Load the lookup restorer (and prepare refine) once, for every image of a run."""
+    device = resolve_device(options.device)
+    lookup_step = prepare_lookup(options.lookup, device)
+    refine_step = prepare_refine(options.refine, device, options.seed) if lookup_step is not None else None
+    return RestoreSteps(lookup_step, refine_step)
 
 
 @dataclass
@@ -136,74 +110,84 @@ class RestoreResult:
 
 
 def restore_images(images: torch.Tensor, options: RestoreOptions = RestoreOptions(),
-                   steps: Optional[list[tuple[str, RestoreStep]]] = None, timings: Optional[dict] = None,
-                   progress: Optional[Callable[[str, int, int], None]] = None) -> RestoreResult:
+                   steps: Optional[RestoreSteps] = None, timings: Optional[dict] = None,
+                   progress: Optional[Progress] = None,
+                   should_stop: Optional[Callable[[], bool]] = None) -> RestoreResult:
     """Restore every face of a batch [B,H,W,C]. ``steps=None`` builds them from ``options``.
 
-    ``progress(stage, done, total)`` is called after each stage (host progress bars).
+    ``progress(stage, done, total)`` is called after each stage (host progress bars); ``should_stop()`` is
+    polled inside the refine loop (host cancel).
     """
     timings = {} if timings is None else timings
+    report = progress or (lambda *a: None)
     images = sanitize_images(images)
     steps = build_steps(options) if steps is None else steps
     total = 2 + len(steps)
-    report = progress or options.progress or (lambda *a: None)
     device = resolve_device(options.device)
+
+    crops, notes = crop(images, options.crop_options(device), timings)
+    report("crop", 1, total)
+    before = crops
+    if options.metric and not crops.is_empty:
+        before = score(crops, options.metric, device, notes)
+    restored, latent = restore_faces(before, steps, notes, timings, should_stop,
+                                     lambda name, k: report(name, 1 + k, total))
+    if options.metric and not restored.is_empty and before is not crops:
+        restored = score(restored, options.metric, device, notes)
+    out, masks = paste_back(images, restored, options.paste_options(device), timings)
+    out = keep_grayscale(images, out, options.allow_color)
+    report("paste", total, total)
+    return RestoreResult(out, masks, restored, before, latent, timings, notes)
+
+
+def crop(images: torch.Tensor, options: CropOptions, timings: Optional[dict] = None) -> tuple[FaceCrops, list]:
+    """Detect and align; detector warnings become notes (also logged)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        crop_opts = options.crop_options(device)
-        detections = detect_faces(images, crop_opts, timings)
-        crops = align_faces(images, detections, crop_opts, timings)
+        detections = detect_faces(images, options, timings)
+        crops = align_faces(images, detections, options, timings)
     notes = [str(w.message) for w in caught]
     if crops.is_empty:
         notes.append("no face found; the image is left unchanged")
     for msg in notes:
         log.warning("FaceRefine: %s", msg)
-    report("crop", 1, total)
-    ctx = StepContext(options=options, images=images, timings=timings, warnings=notes)
-    ctx.state["lq_crops"] = crops.crops  # the degraded faces (identity target of the refine step)
-    restored = crops
-    for k, (name, step) in enumerate(steps):
-        if restored.is_empty:
-            break
-        start = time.perf_counter()
-        restored = step(restored, ctx)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        report(name, 2 + k, total)
-    out, masks = paste_back(images, restored, options.paste_options(device), timings)
-    report("paste", total, total)
-    return RestoreResult(out, masks, restored, crops, ctx.latent, timings, ctx.warnings)
+    return crops, notes
 
 
-def resolve_device(name: Optional[str]) -> str:
-    """'auto'/None -> cuda when available, else cpu. Asking for an absent GPU is a user error."""
-    name = (name or "auto").strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FaceRefineError(f"device '{name}' requested but no CUDA GPU is available; use --device cpu")
-    if name.startswith("mps") and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FaceRefineError(f"device '{name}' requested but MPS is not available; use --device cpu")
+def score(crops: FaceCrops, metric: str, device: str, notes: list) -> FaceCrops:
+    """Attach the metric's score to each face; scores are informational, so a failure is a note."""
+    from .score import score_face_crops
     try:
-        torch.device(name)
-    except RuntimeError as err:
-        raise FaceRefineError(f"unknown device '{name}': {err}") from err
-    return name
+        return score_face_crops(crops, metric, device)
+    except Exception as err:  # noqa: BLE001 - a missing metric must not cost the restoration
+        notes.append(f"quality scores unavailable: {err}")
+        return crops
 
 
-def _register_lookup_step() -> None:
-    """The lookup step (restorer through spandrel / IQPFR); puts ctx.latent and ctx.state['restorer']."""
-    from .lookup.pipeline_step import register
-    register()
-
-
-def _register_refine_step() -> None:
-    """The refine step runs after lookup (it needs ctx.latent and ctx.state['restorer'])."""
-    from .refine.pipeline_step import register
-    register()
-
-
-_register_lookup_step()
-_register_refine_step()
+def restore_faces(crops: FaceCrops, steps: RestoreSteps, notes: list, timings: Optional[dict] = None,
+                  should_stop: Optional[Callable[[], bool]] = None,
+                  after_step: Optional[Callable[[str, int], None]] = None) -> tuple[FaceCrops, Optional[FaceLatent]]:
+    """lookup -> refine on aligned crops. The degraded crops go to refine as its identity target."""
+    timings = {} if timings is None else timings
+    restored, latent = crops, None
+    if crops.is_empty:
+        return restored, latent
+    if steps.lookup is not None:
+        start = time.perf_counter()
+        restored, latent, note = steps.lookup(crops)
+        if note:
+            notes.append(note)
+        timings["lookup"] = timings.get("lookup", 0.0) + time.perf_counter() - start
+        if after_step is not None:
+            after_step("lookup", 1)
+    if steps.refine is not None:
+        start = time.perf_counter()
+        restored = steps.refine(restored, latent, steps.lookup.restorer if steps.lookup else None,
+                                lq_crops=crops.crops, warnings=notes, should_stop=should_stop)
+        timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - start
+        if after_step is not None:
+            after_step("refine", len(steps))
+    return restored, latent
 
 
 def clear_cache() -> None:
@@ -214,3 +198,7 @@ def clear_cache() -> None:
     clear_parsers()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+__all__ = ["RestoreOptions", "RestoreResult", "RestoreSteps", "build_steps", "clear_cache", "crop",
+           "restore_faces", "restore_images", "resolve_device", "score"]

@@ -8,7 +8,6 @@ weights here; this module never imports a host.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 

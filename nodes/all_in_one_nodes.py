@@ -4,8 +4,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from ..core import controls
 from . import runtime as rt
-from .crop_nodes import DETECTOR_CHOICES
 
 NONE_CHOICE = "none"
 
@@ -15,41 +15,28 @@ class FaceRefineRestore:
     def INPUT_TYPES(cls):
         rt.register_model_folders()
         restorers = rt.restorer_choices(extra=[NONE_CHOICE])
-        default = rt.default_restorer()
+        ci = controls.comfy_input  # default, range/choices and help come from core/controls.py
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": rt.tooltip("image")}),
-                "restorer": (restorers, {
-                    "default": default,
-                    "tooltip": "Weights in models/facerestore_models (shared with facerestore_cf / ReActor). "
-                               "Listed files that are not there yet download on first use. "
-                               "none = crop and paste back only."}),
-                "quality": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                      "tooltip": rt.tooltip("quality")}),
-                "fidelity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                       "tooltip": rt.tooltip("fidelity")}),
-                "refine_steps": ("INT", {"default": 0, "min": 0, "max": 200,
-                                         "tooltip": "Identity-guided latent refinement steps (CLR-Face); "
-                                                    "0 = off. Needs a codebook restorer (CodeFormer/IQPFR)."}),
-                "identity_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
-                                                "tooltip": "Strength of the identity guidance during refine "
-                                                           "(needs ArcFace weights in models/facedetection)."}),
-                "detector": (DETECTOR_CHOICES, {
-                    "default": "auto",
-                    "tooltip": "auto = RetinaFace when its weights are present, else the embedded MTCNN."}),
-                "crop_size": ([512, 256, 1024], {"default": 512, "tooltip": "Aligned face size in pixels."}),
-                "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                         "tooltip": "0 = original face, 1 = fully restored face."}),
-                "color_correction": (["lab", "lowfreq", "none"], {
-                    "default": "lab",
-                    "tooltip": "Match the restored face's colours to the original: none, lab (mean/std in "
-                               "LAB) or lowfreq (keep the original's low frequencies)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": rt.tooltip("seed")}),
-                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "restorer": ci("restorer", choices=restorers, default=rt.default_restorer(),
+                               tooltip="Weights in models/facerestore_models (shared with facerestore_cf / ReActor). "
+                                       "Listed files that are not there yet download on first use. "
+                                       "none = crop and paste back only."),
+                "quality": ci("quality"),
+                "fidelity": ci("fidelity"),
+                "refine_steps": ci("refine_steps"),
+                "identity_strength": ci("identity_strength"),
+                "detector": ci("detector"),
+                "crop_size": ci("crop_size"),
+                "visibility": ci("visibility"),
+                "color_correction": ci("color_correction"),
+                "seed": ci("seed"),
+                "device": ci("device", choices=rt.DEVICE_CHOICES),
             },
             "optional": {
-                "reference": ("IMAGE", {"tooltip": "Optional photo of the same person: identity target of "
-                                                   "the refine step."}),
+                "reference": ("IMAGE", {"tooltip": controls.control("reference").help}),
+                "allow_color": ci("allow_color"),
             },
         }
 
@@ -65,11 +52,10 @@ class FaceRefineRestore:
                    "colour correction. Shows a before/after compare widget after a run.")
 
     def restore(self, image, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, refine_steps=0,
-                identity_strength=1.0, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
-                seed=0, device="auto", reference=None):
+                identity_strength=0.5, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
+                seed=0, device="auto", reference=None, allow_color=False):
         import torch
 
-        from ..core.crop import CropOptions
         from ..core.pipeline import RestoreOptions, build_steps, restore_images
 
         rt.register_model_folders()
@@ -77,15 +63,14 @@ class FaceRefineRestore:
         restorer_arg = NONE_CHOICE
         if restorer and restorer.lower() != NONE_CHOICE:
             restorer_arg = str(rt.weights_path(restorer, "facerestore_models"))
-        options = RestoreOptions(
-            restorer=restorer_arg, quality=float(quality), fidelity=float(fidelity), refine_steps=int(refine_steps),
-            identity_strength=float(identity_strength), reference=reference, device=str(dev), seed=int(seed),
-            crop=CropOptions(crop_size=int(crop_size)), detector=detector, visibility=float(visibility),
-            color_correction=color_correction)
+        options = RestoreOptions.from_values(
+            restorer=restorer_arg, quality=quality, fidelity=fidelity, refine_steps=refine_steps,
+            identity_strength=identity_strength, reference=reference, device=str(dev), seed=seed,
+            detector=detector, crop_size=crop_size, visibility=visibility, color_correction=color_correction,
+            allow_color=allow_color)
         if reference is None:  # steps hold loaded models: reuse them between runs
-            key = dataclasses.replace(options, progress=None)
             steps = rt.cached_model(restorer_arg if restorer_arg != NONE_CHOICE else None, dev,
-                                    lambda: build_steps(options), "restore_steps", repr(key))
+                                    lambda: build_steps(options), "restore_steps", repr(options))
         else:
             steps = build_steps(options)
 
@@ -97,11 +82,12 @@ class FaceRefineRestore:
 
             def report(stage, done, total):
                 progress.absolute(base + done * (stop - start))
+                rt.check_interrupted()  # ComfyUI's cancel, between steps
             rt.check_interrupted()
             # identity guidance needs gradients; ComfyUI runs nodes under inference mode
-            with rt.autograd() if options.refine_steps > 0 else contextlib.nullcontext():
-                return restore_images(image[start:stop], options,
-                                      steps=[(n, _interruptible(s)) for n, s in steps], progress=report)
+            with rt.autograd() if options.refine.wanted else contextlib.nullcontext():
+                return restore_images(image[start:stop], options, steps=steps, progress=report,
+                                      should_stop=rt.should_stop)
 
         results = rt.map_batches(run, batch, batch)
         rt.soft_empty_cache()
@@ -116,15 +102,6 @@ class FaceRefineRestore:
         return rt.node_output((out, masks, report), ui)
 
 
-def _interruptible(step):
-    """Give core steps ComfyUI's interrupt check and a per-step progress hook via ctx.state."""
-    def wrapped(face_crops, ctx):
-        ctx.state["should_stop"] = rt.should_stop
-        rt.check_interrupted()
-        return step(face_crops, ctx)
-    return wrapped
-
-
 def _concat_crops(parts):
     import torch
     parts = [p for p in parts if not p.is_empty]
@@ -137,8 +114,8 @@ def _concat_crops(parts):
 def _report(results, restorer, options) -> str:
     counts = [c for r in results for c in r.faces_per_image]
     lines = [f"faces per image: {counts}", f"restorer: {restorer}"]
-    if options.refine_steps:
-        lines.append(f"refine: {options.refine_steps} steps, identity strength {options.identity_strength:g}")
+    if options.refine.wanted:
+        lines.append(f"refine: {options.refine.steps} steps, identity strength {options.refine.identity_strength:g}")
     timings: dict = {}
     for r in results:
         for k, v in r.timings.items():

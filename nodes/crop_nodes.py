@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import warnings
 
+from ..core import controls
 from . import runtime
 
-DETECTOR_CHOICES = ["auto", "mtcnn", "retinaface", "retinaface-mobilenet"]
+DETECTOR_CHOICES = list(controls.DETECTORS)
 
 
 class FaceRefineFaceCrop:
@@ -21,10 +22,9 @@ class FaceRefineFaceCrop:
     def INPUT_TYPES(cls):
         return {"required": {
             "image": ("IMAGE", {"tooltip": runtime.tooltip("image")}),
-            "detector": (DETECTOR_CHOICES, {"default": "auto", "tooltip":
-                         "auto = RetinaFace when its weights are in models/facedetection, else the embedded "
-                         "MTCNN (works offline)."}),
-            "crop_size": ([512, 256, 1024], {"default": 512, "tooltip": "Aligned face size in pixels."}),
+            "detector": controls.comfy_input("detector", tooltip="auto = RetinaFace when its weights are in "
+                                             "models/facedetection, else the embedded MTCNN (works offline)."),
+            "crop_size": controls.comfy_input("crop_size"),
             "sort": (["largest", "left_to_right", "confidence"], {"default": "largest", "tooltip":
                      "Face order (and which faces max_faces / face_index keep)."}),
             "face_index": ("STRING", {"default": "", "tooltip":

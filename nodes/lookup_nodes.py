@@ -1,9 +1,10 @@
 """ComfyUI node of the lookup step: Codebook Lookup (quality slider + fidelity)."""
 from __future__ import annotations
 
+from ..core import controls
 from . import runtime as rt
 
-MODE_CHOICES = ["auto", "trained", "training-free", "off"]
+MODE_CHOICES = list(controls.MODES)
 
 
 class FaceRefineCodebookLookup:
@@ -13,15 +14,14 @@ class FaceRefineCodebookLookup:
             "required": {
                 "face_crops": ("FACE_CROPS", {"tooltip": rt.tooltip("face_crops")}),
                 "restorer": ("FACEREFINE_RESTORER", {"tooltip": rt.tooltip("restorer")}),
-                "quality": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                "quality": controls.comfy_input("quality", tooltip=(
                     "IQPFR quality slider. trained: the NR-IQA score the lookup aims for. training-free: how "
                     "strongly codes are re-chosen (among each token's top-k) to raise the quality critic; "
-                    "0 = exactly the base output. No effect on GFPGAN / RestoreFormer++.")}),
-                "fidelity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": rt.tooltip("fidelity")}),
-                "mode": (MODE_CHOICES, {"default": "auto", "tooltip": (
+                    "0 = exactly the base output. No effect on GFPGAN / RestoreFormer++.")),
+                "fidelity": controls.comfy_input("fidelity", tooltip=rt.tooltip("fidelity")),
+                "mode": controls.comfy_input("lookup_mode", tooltip=(
                     "auto = trained if the restorer has quality-conditioning weights, else training-free "
-                    "(critic-steered), else off. off = the plain base model.")}),
+                    "(critic-steered), else off. off = the plain base model.")),
                 "top_k": ("INT", {"default": 8, "min": 2, "max": 64,
                                   "tooltip": "training-free: candidate codes per token (top-k of the lookup logits)."}),
                 "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),

@@ -1,6 +1,7 @@
 """ComfyUI: Paste Back (IMAGE + FACE_CROPS -> IMAGE + MASK)."""
 from __future__ import annotations
 
+from ..core import controls
 from . import runtime
 
 
@@ -16,22 +17,17 @@ class FaceRefinePasteBack:
 
     @classmethod
     def INPUT_TYPES(cls):
+        ci = controls.comfy_input  # default, range/choices and help come from core/controls.py
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images the faces were cropped from (or an upscaled copy)."}),
             "face_crops": ("FACE_CROPS", {"tooltip": runtime.tooltip("face_crops")}),
-            "mask": (["auto", "landmarks", "parsenet", "bisenet", "box"], {"default": "auto", "tooltip":
-                     "auto = face parsing when parsing_parsenet.pth is in models/facedetection, else a face "
-                     "outline from the landmarks."}),
-            "erode": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 128.0, "step": 1.0,
-                                "tooltip": "Shrink the mask (pixels at 512 crop scale)."}),
-            "feather": ("FLOAT", {"default": 16.0, "min": 0.0, "max": 128.0, "step": 1.0,
-                                  "tooltip": "Soft edge width (pixels at 512 crop scale)."}),
-            "protect_hair": ("BOOLEAN", {"default": False, "tooltip": "Keep the original hair and hairline."}),
-            "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                     "tooltip": "0 = original face, 1 = restored face."}),
-            "color_correction": (["lab", "lowfreq", "none"], {"default": "lab", "tooltip":
-                                 "lab: match colour mean/std of the original face; lowfreq: keep the original's "
-                                 "low frequencies (colour, shading) and the restored details."}),
+            "mask": ci("mask", tooltip="auto = face parsing when parsing_parsenet.pth is in models/facedetection, "
+                                      "else a face outline from the landmarks."),
+            "erode": ci("erode"),
+            "feather": ci("feather"),
+            "protect_hair": ci("protect_hair"),
+            "visibility": ci("visibility"),
+            "color_correction": ci("color_correction"),
         }}
 
     def paste(self, image, face_crops, mask="auto", erode=8.0, feather=16.0, protect_hair=False, visibility=1.0,

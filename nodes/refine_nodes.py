@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 
+from ..core import controls
 from . import runtime as rt
 
 NONE_CHOICE = "(none)"
-SAMPLER_CHOICES = ["dpmpp_2m", "euler", "heun", "ddim"]
-TARGET_CHOICES = ["auto", "reference", "recovery", "lq"]
+SAMPLER_CHOICES = list(controls.SAMPLERS)
+TARGET_CHOICES = list(controls.BY_NAME["identity_target"].choices)
 ID_NETWORK_CHOICES = ["auto", "dlib"]
 
 
@@ -18,6 +19,7 @@ def _with_default(names: list, default: str) -> list:
 class FaceRefineIdentityLatentRefine:
     @classmethod
     def INPUT_TYPES(cls):
+        from ..core.refine.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_STEPS
         return {
             "required": {
                 "face_crops": ("FACE_CROPS", {"tooltip": rt.tooltip("face_crops")}),
@@ -26,24 +28,22 @@ class FaceRefineIdentityLatentRefine:
                 "latent_prior": ("FACEREFINE_LATENT_PRIOR", {"tooltip": "Latent score model (or none)."}),
                 "id_model": ("FACEREFINE_ID_MODEL", {"tooltip": "Identity network: ArcFace or the embedded dlib "
                                                                 "ResNet (+ trained identity recovery)."}),
-                "steps": ("INT", {"default": 12, "min": 0, "max": 200,
-                                  "tooltip": "Denoising steps; 0 returns the lookup result unchanged."}),
-                "strength": ("FLOAT", {"default": 0.4, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "How much of the lookup latent is re-noised (SDEdit)."}),
-                "identity_strength": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 10.0, "step": 0.05,
-                                                "tooltip": "Size of the identity update of the masked latent."}),
-                "sampler": (SAMPLER_CHOICES, {"default": "dpmpp_2m",
-                                              "tooltip": "Sampler of the latent diffusion (dpmpp_2m: good in few steps)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": rt.tooltip("seed")}),
-                "identity_target": (TARGET_CHOICES, {
-                    "default": "auto",
-                    "tooltip": "auto = reference if connected, else the recovery network if trained, else the "
-                               "degraded face."}),
+                # this node is the refine step itself: its steps default to refine's DEFAULT_STEPS, not 0 (off)
+                "steps": controls.comfy_input("refine_steps", default=DEFAULT_STEPS,
+                                              tooltip="Denoising steps; 0 returns the lookup result unchanged."),
+                "strength": controls.comfy_input("refine_strength"),
+                "identity_strength": controls.comfy_input("identity_strength"),
+                "sampler": controls.comfy_input("sampler"),
+                "seed": controls.comfy_input("seed"),
+                "identity_target": controls.comfy_input(
+                    "identity_target", tooltip="auto = reference if connected, else the recovery network if "
+                                               "trained, else the degraded face."),
                 "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
                 "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
-                "guidance_steps": ("INT", {"default": 1, "min": 1, "max": 200,
-                                           "tooltip": "Steps that compute a fresh identity gradient (each costs a "
-                                                      "decoder forward+backward); = steps for every step."}),
+                "guidance_steps": controls.comfy_input(
+                    "guidance_steps", default=DEFAULT_GUIDANCE_STEPS,
+                    tooltip="Steps that compute a fresh identity gradient (each costs a decoder forward+backward); "
+                            "= steps for every step."),
             },
             "optional": {
                 "reference": ("IMAGE", {"tooltip": "Photo of the same person; its face is aligned like the crops "

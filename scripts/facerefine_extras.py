@@ -33,6 +33,8 @@ def load_facerefine():
 
 
 service = importlib.import_module(f"{load_facerefine().__name__}.ui.service")
+controls = importlib.import_module(f"{load_facerefine().__name__}.core.controls")  # defaults, ranges, help
+devices = importlib.import_module(f"{load_facerefine().__name__}.models.device")    # what 'auto' device means
 
 
 def _accordion(label):
@@ -66,16 +68,19 @@ def _option(key, default):
 
 
 def _device():
-    """Settings -> FaceRefine device; 'auto' follows the webui's face-restoration device."""
-    choice = _option("facerefine_device", "auto")
-    if choice and choice != "auto":
-        return choice
-    try:
-        from modules import devices
-        device = getattr(devices, "device_codeformer", None) or getattr(devices, "device", None)
-        return str(device) if device is not None else "auto"
-    except Exception:
-        return "auto"
+    """Settings -> FaceRefine device; 'auto' follows the webui's face-restoration device (models.device)."""
+    return devices.resolve_device(_option("facerefine_device", "auto"))
+
+
+def _slider(name: str, label: str, elem_id: str):
+    """A slider whose range, step, default and help are the control's row in core/controls.py."""
+    kw = controls.gradio_kwargs(name)
+    return gr.Slider(kw["minimum"], kw["maximum"], value=kw["value"], step=kw["step"], label=label,
+                     info=kw["info"], elem_id=elem_id)
+
+
+def _default(name: str):
+    return controls.BY_NAME[name].default
 
 
 def _number(value, default: float) -> float:
@@ -98,31 +103,29 @@ class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
                 color_correction = gr.Dropdown(service.color_choices(), value=service.DEFAULT_COLOR,
                                                label="Colour correction", elem_id="extras_facerefine_color")
             with gr.Row():
-                quality = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Quality (IQPFR slider)",
-                                    elem_id="extras_facerefine_quality")
-                fidelity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Fidelity (0 = quality, 1 = faithful)",
-                                     elem_id="extras_facerefine_fidelity")
-                visibility = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Visibility",
-                                       elem_id="extras_facerefine_visibility")
+                quality = _slider("quality", "Quality (IQPFR slider)", "extras_facerefine_quality")
+                fidelity = _slider("fidelity", "Fidelity (0 = quality, 1 = faithful)", "extras_facerefine_fidelity")
+                visibility = _slider("visibility", "Visibility", "extras_facerefine_visibility")
             with gr.Row():
-                refine_steps = gr.Slider(0, 50, value=0, step=1, label="Identity refine steps (0 = off)",
-                                         elem_id="extras_facerefine_refine_steps")
-                identity_strength = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Identity strength",
-                                              elem_id="extras_facerefine_identity_strength")
+                refine_steps = _slider("refine_steps", "Identity refine steps (0 = off)",
+                                       "extras_facerefine_refine_steps")
+                identity_strength = _slider("identity_strength", "Identity strength",
+                                            "extras_facerefine_identity_strength")
         return {"enable": enable, "restorer": restorer, "quality": quality, "fidelity": fidelity,
                 "refine_steps": refine_steps, "identity_strength": identity_strength,
                 "visibility": visibility, "color_correction": color_correction}
 
-    def process(self, pp, enable=False, restorer=None, quality=1.0, fidelity=0.5, refine_steps=0,
-                identity_strength=0.5, visibility=1.0, color_correction=None):
-        visibility = _number(visibility, 1.0)
+    def process(self, pp, enable=False, restorer=None, quality=None, fidelity=None, refine_steps=None,
+                identity_strength=None, visibility=None, color_correction=None):
+        visibility = _number(visibility, _default("visibility"))
         if not enable or visibility <= 0:
             return
         settings = service.Settings(  # the webui's API passes None for arguments it was not given
             restorer=restorer or _option("facerefine_model", service.DEFAULT_RESTORER),
-            detector=_option("facerefine_detector", "auto"), device=_device(),
-            quality=_number(quality, 1.0), fidelity=_number(fidelity, 0.5),
-            refine_steps=int(_number(refine_steps, 0)), identity_strength=_number(identity_strength, 0.5),
+            detector=_option("facerefine_detector", _default("detector")), device=_device(),
+            quality=_number(quality, _default("quality")), fidelity=_number(fidelity, _default("fidelity")),
+            refine_steps=int(_number(refine_steps, _default("refine_steps"))),
+            identity_strength=_number(identity_strength, _default("identity_strength")),
             visibility=visibility, color_correction=color_correction or service.DEFAULT_COLOR)
         outcome = service.restore_pil(pp.image, settings)
         for message in outcome.messages:

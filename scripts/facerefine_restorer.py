@@ -32,6 +32,8 @@ def load_facerefine():
 
 
 service = importlib.import_module(f"{load_facerefine().__name__}.ui.service")
+controls = importlib.import_module(f"{load_facerefine().__name__}.core.controls")  # defaults, ranges, help
+devices = importlib.import_module(f"{load_facerefine().__name__}.models.device")    # what 'auto' device means
 
 SECTION = ("facerefine", "FaceRefine")
 
@@ -43,30 +45,24 @@ def option(key, default=None):
 def settings_from_opts(**overrides) -> "service.Settings":
     """Restore settings chosen in Settings -> FaceRefine (overridden by the Extras tab)."""
     values = dict(restorer=option("facerefine_model", service.DEFAULT_RESTORER),
-                  device=_device(option("facerefine_device", "auto")),
-                  quality=option("facerefine_quality", 1.0),
-                  fidelity=option("facerefine_fidelity", 0.5),
-                  refine_steps=option("facerefine_refine_steps", 0),
-                  identity_strength=option("facerefine_identity_strength", 0.5),
-                  id_model=option("facerefine_id_model", "auto"),
-                  detector=option("facerefine_detector", "auto"),
-                  color_correction=option("facerefine_color_correction", service.DEFAULT_COLOR))
+                  device=_device(option("facerefine_device", _default("device"))))
+    for name in SETTINGS:
+        values[name] = option(f"facerefine_{name}", _default(name))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return service.Settings(**values)
 
 
+def _default(name: str):
+    return controls.BY_NAME[name].default
+
+
+# Settings -> FaceRefine: one webui option per control (facerefine_<name>), as in core/controls.py
+SETTINGS = ("quality", "fidelity", "refine_steps", "identity_strength", "id_model", "detector", "color_correction")
+
+
 def _device(choice: str) -> str:
-    """'auto' follows the webui's device for face restorers."""
-    if choice and choice != "auto":
-        return choice
-    try:
-        from modules import devices
-        device = getattr(devices, "device_codeformer", None) or getattr(devices, "device", None)
-        if device is not None:
-            return str(device)
-    except Exception:
-        pass
-    return "auto"
+    """'auto' follows the webui's device for face restorers (models.device.resolve_device)."""
+    return devices.resolve_device(choice)
 
 
 def report(message: str) -> None:
@@ -104,21 +100,13 @@ def on_ui_settings():
                                   {"choices": ["auto", "cuda", "cpu"]}, section=SECTION))
     add("facerefine_unload", info(False, "Unload FaceRefine models after each use (saves VRAM, slower)",
                                   section=SECTION))
-    add("facerefine_detector", info("auto", "FaceRefine face detector", gr.Dropdown,
-                                    lambda: {"choices": service.detector_choices()}, section=SECTION))
-    add("facerefine_quality", info(1.0, "FaceRefine quality (Restore faces)", gr.Slider,
-                                   {"minimum": 0.0, "maximum": 1.0, "step": 0.05}, section=SECTION))
-    add("facerefine_fidelity", info(0.5, "FaceRefine fidelity (0 = quality, 1 = faithful; CodeFormer family)",
-                                    gr.Slider, {"minimum": 0.0, "maximum": 1.0, "step": 0.05}, section=SECTION))
-    add("facerefine_refine_steps", info(0, "FaceRefine identity refine steps (0 = off)", gr.Slider,
-                                        {"minimum": 0, "maximum": 50, "step": 1}, section=SECTION))
-    add("facerefine_identity_strength", info(0.5, "FaceRefine identity strength", gr.Slider,
-                                             {"minimum": 0.0, "maximum": 1.0, "step": 0.05}, section=SECTION))
-    add("facerefine_id_model", info("auto", "FaceRefine identity network for refine (auto = ArcFace if present, "
-                                            "else dlib's embedded ResNet, CC0, no download)", gr.Radio,
-                                    {"choices": ["auto", "arcface", "dlib"]}, section=SECTION))
-    add("facerefine_color_correction", info(service.DEFAULT_COLOR, "FaceRefine colour correction", gr.Dropdown,
-                                            lambda: {"choices": service.color_choices()}, section=SECTION))
+    for name in SETTINGS:  # default, range or choices and help from core/controls.py
+        default, label, args = controls.a1111_option(name)
+        component = gr.Slider if "minimum" in args else gr.Dropdown
+        opt = info(default, label, component, args, section=SECTION)
+        if callable(getattr(opt, "info", None)):  # webui >= 1.6: help text under the setting
+            opt = opt.info(controls.BY_NAME[name].help)
+        add(f"facerefine_{name}", opt)
 
 
 def register():

@@ -147,14 +147,10 @@ def test_nodes(tmp_path, setup, monkeypatch):
     assert same is setup["restored"]
 
 
-def test_pipeline_step_registered_after_lookup():
-    from facerefine.core import pipeline
+def test_pipeline_refine_only_after_a_lookup():
     from facerefine.core.pipeline import RestoreOptions, build_steps
-    names = [n for n, _ in pipeline.STEP_BUILDERS]
-    assert "refine" in names
-    if "lookup" in names:
-        assert names.index("lookup") < names.index("refine")
-    assert not any(n == "refine" for n, _ in build_steps(RestoreOptions(restorer="none", refine_steps=5)))
+    steps = build_steps(RestoreOptions.from_values(restorer="none", refine_steps=5))
+    assert steps.refine is None and steps.names == []
 
 
 def test_clear_errors_for_unusable_inputs(setup):
@@ -176,15 +172,14 @@ def test_clear_errors_for_unusable_inputs(setup):
 
 
 def test_pipeline_step_default_prior_that_does_not_fit_falls_back(setup):
-    from facerefine.core.pipeline import RestoreOptions, StepContext
-    from facerefine.core.refine.pipeline_step import build_refine_step
+    from facerefine.core.refine.options import RefineOptions
+    from facerefine.core.refine.pipeline_step import RefineStep, prepare_refine
     folder = Path(__import__("os").environ["FACEREFINE_HOME"]) / "facerefine"
     wrong = build_latent_prior(latent_channels=8, cond_channels=8, latent_size=4, hidden=16, depth=1, heads=2)
     save_latent_prior(wrong, folder / "facerefine_latent_prior_iqpfr.safetensors")
-    options = RestoreOptions(restorer="tiny", refine_steps=2, identity_strength=0.0, device="cpu")
-    step = build_refine_step(options)
-    ctx = StepContext(options=options, images=torch.zeros(1, 8, 8, 3), latent=setup["latent"],
-                      state={"restorer": setup["restorer"]})
-    out = step(setup["restored"], ctx)
-    assert out.history[-1].startswith("refine:") and any("does not fit" in w for w in ctx.warnings)
-    assert build_refine_step(RestoreOptions(restorer="tiny", refine_steps=0)) is None
+    step = prepare_refine(RefineOptions(steps=2, identity_strength=0.0), "cpu")
+    assert isinstance(step, RefineStep)
+    notes = []
+    out = step(setup["restored"], setup["latent"], setup["restorer"], warnings=notes)
+    assert out.history[-1].startswith("refine:") and any("does not fit" in w for w in notes)
+    assert prepare_refine(RefineOptions(steps=0), "cpu") is None

@@ -6,8 +6,10 @@ Every problem with an upload becomes a message in the status box; the server kee
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -15,12 +17,20 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from ..core import controls
 from . import service
 
 SCORE_HEADERS = ["file", "face", "box (x0,y0,x1,y1)", "detector score", "metric", "before", "after", "change"]
 EMPTY_TABLE = [["", "", "", "", "", "", "", ""]]
 INTRO = ("**FaceRefine** restores faces: an image-quality prior steers the codebook lookup (quality slider), "
          "identity refine keeps the person recognisable. Upload photos, press **Restore**.")
+
+
+def _slider(name: str, label: str, elem_id: str) -> "gr.Slider":
+    """A slider whose range, step, default and help are the control's row in core/controls.py."""
+    kw = controls.gradio_kwargs(name)
+    return gr.Slider(kw["minimum"], kw["maximum"], value=kw["value"], step=kw["step"], label=label,
+                     info=kw["info"], elem_id=elem_id)
 
 
 def _choice(choices: list[str], preferred: list[str]) -> str:
@@ -32,10 +42,11 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
     output_root = Path(output_root or tempfile.mkdtemp(prefix="facerefine-app-"))
     restorers, detectors = service.restorer_choices(), service.detector_choices()
     if default_restorer and default_restorer not in restorers:
-        restorers.insert(0, default_restorer)
+        restorers.insert(0, default_restorer)  # the operator's --restorer (may be a path; never the client's)
     metrics, colors = service.metric_choices(), service.color_choices()
 
-    with gr.Blocks(title="FaceRefine") as app:
+    # delete_cache: gradio removes uploads and served results older than an hour, and all of them on exit
+    with gr.Blocks(title="FaceRefine", delete_cache=DELETE_CACHE) as app:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -44,26 +55,24 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                 with gr.Row():
                     restorer = gr.Dropdown(restorers,
                                            value=_choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
-                                           label="Restorer", allow_custom_value=True, elem_id="fr-restorer")
+                                           label="Restorer", allow_custom_value=False, elem_id="fr-restorer")
                     detector = gr.Dropdown(detectors, value=_choice(detectors, ["auto"]), label="Face detector",
                                            elem_id="fr-detector")
                     metric = gr.Dropdown(metrics, value=_choice(metrics, ["auto", "face-niqe"]),
                                          label="Quality metric", elem_id="fr-metric")
-                quality = gr.Slider(0, 1, value=1.0, step=0.05, label="Quality (IQPFR slider: 0 = base model)",
-                                    elem_id="fr-quality")
-                fidelity = gr.Slider(0, 1, value=0.5, step=0.05, label="Fidelity (0 = quality, 1 = faithful)",
-                                     elem_id="fr-fidelity")
+                quality = _slider("quality", "Quality (IQPFR slider: 0 = base model)", "fr-quality")
+                fidelity = _slider("fidelity", "Fidelity (0 = quality, 1 = faithful)", "fr-fidelity")
                 with gr.Accordion("Identity refine (CLR-Face)", open=False):
-                    refine_steps = gr.Slider(0, 50, value=0, step=1, label="Steps (0 = off)", elem_id="fr-steps")
-                    identity_strength = gr.Slider(0, 1, value=0.5, step=0.05, label="Identity strength",
-                                                  elem_id="fr-strength")
-                    id_model = gr.Dropdown(["auto", "arcface", "dlib"], value="auto", label="Identity network",
+                    refine_steps = _slider("refine_steps", "Steps (0 = off)", "fr-steps")
+                    identity_strength = _slider("identity_strength", "Identity strength", "fr-strength")
+                    id_model = gr.Dropdown(list(controls.ID_MODELS), value=controls.BY_NAME["id_model"].default,
+                                           label="Identity network",
                                            info="auto: ArcFace if its file is present, else dlib's embedded "
                                                 "ResNet (CC0, no download)", elem_id="fr-id-model")
                     reference = gr.Image(label="Reference photo of the same person (optional)", type="filepath",
                                          sources=["upload"], height=160, elem_id="fr-reference")
                 with gr.Accordion("Paste-back", open=False):
-                    visibility = gr.Slider(0, 1, value=1.0, step=0.05, label="Visibility", elem_id="fr-visibility")
+                    visibility = _slider("visibility", "Visibility", "fr-visibility")
                     color = gr.Dropdown(colors, value=_choice(colors, [service.DEFAULT_COLOR]),
                                         label="Colour correction", elem_id="fr-color")
                 run = gr.Button("Restore", variant="primary", elem_id="fr-run")
@@ -83,6 +92,10 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
         def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
                     fidelity_value, steps, strength, visibility_value, color_mode, id_network="auto",
                     progress=gr.Progress()):
+            refused = service.refuse_restorer(restorer_name, allowed_extra=(default_restorer,))
+            if refused:  # only offered names: a client never names a server path
+                return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
+                        f"**Nothing restored.**\n- ⚠ {refused}", [])
             try:
                 return _restore_uploads_or_raise(paths, reference_path, output_root, max_megapixels, progress,
                                     service.Settings(restorer=restorer_name or service.DEFAULT_RESTORER,
@@ -100,7 +113,8 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
                             identity_strength, visibility, color, id_model],
-                  [slider, gallery, table, download, status, pairs], concurrency_limit=1)
+                  [slider, gallery, table, download, status, pairs], concurrency_limit=1
+                  ).then(_cleared_uploads, None, [files, reference])  # the uploads were deleted after the run
 
         def compare(evt: gr.SelectData, current):
             return tuple(current[evt.index]) if current and 0 <= evt.index < len(current) else gr.update()
@@ -116,6 +130,7 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
     paths = [p for p in (paths or []) if p]
     if not paths:
         return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
+    _remove_previous_runs(Path(output_root))  # the previous run's results were served already
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
     messages, rows, pairs, downloads = [], [], [], []
     for index, path in enumerate(paths):
@@ -144,6 +159,7 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
             change = None if row["before"] is None or row["after"] is None else round(row["after"] - row["before"], 3)
             rows.append([name, row["face"], ", ".join(str(v) for v in row["bbox"]), row["detector score"],
                          row["metric"], row["before"], row["after"], change])
+    delete_uploads([*paths, reference_path])  # uploaded photos do not outlive the run
     progress((len(paths), len(paths)), desc="done")
     if len(downloads) > 1:
         downloads.insert(0, _zip(downloads, out_dir / "facerefine_results.zip"))
@@ -195,6 +211,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float |
            device: str = "auto", default_restorer: str | None = None, max_file_size: str = "200mb",
            queue_size: int = 16, block: bool = True):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    warn_if_exposed(host)
     output_root = tempfile.mkdtemp(prefix="facerefine-app-")
     app = build_app(max_megapixels=max_megapixels, device=device, output_root=output_root,
                     default_restorer=default_restorer)
@@ -206,4 +223,64 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float |
     finally:
         if block:
             shutil.rmtree(output_root, ignore_errors=True)
+        else:
+            atexit.register(shutil.rmtree, output_root, True)
     return app
+
+
+# ---------------------------------------------------------------- leaving nothing behind, exposing nothing
+
+DELETE_CACHE = (3600, 3600)  # gradio: every hour delete cached files older than an hour; all on shutdown
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_exposed(host: str) -> bool:
+    """A clear warning when --listen serves beyond this machine (no login, uploads run models here)."""
+    if str(host).strip().lower() in LOCAL_HOSTS:
+        return False
+    print(f"WARNING: the FaceRefine app is listening on {host}: anyone who can reach this machine on the "
+          f"network can upload photos and run models on it (there is no login). Use it only on a network "
+          f"you trust; without --listen it serves 127.0.0.1 only.", file=sys.stderr, flush=True)
+    return True
+
+
+def _cleared_uploads():
+    return None, None
+
+
+def _upload_root() -> Path:
+    try:
+        from gradio.utils import get_upload_folder
+        return Path(get_upload_folder()).resolve()
+    except Exception:  # older gradio
+        return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+
+
+def delete_uploads(paths) -> list[str]:
+    """Delete uploaded files (only inside gradio's upload folder; never anything else) and their emptied
+    per-upload folders. Returns what was deleted."""
+    root = _upload_root()
+    deleted = []
+    for p in paths:
+        if not p:
+            continue
+        try:
+            path = Path(str(p)).resolve()
+        except OSError:
+            continue
+        if root not in path.parents or not path.is_file():
+            continue
+        try:
+            path.unlink()
+            deleted.append(str(path))
+            if path.parent != root and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        except OSError:
+            pass
+    return deleted
+
+
+def _remove_previous_runs(output_root: Path) -> None:
+    for old in output_root.glob("run-*"):
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)

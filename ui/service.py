@@ -15,14 +15,12 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from ..core.controls import BY_NAME, COLOR_MODES, DETECTORS
 from ..errors import FaceRefineError, ImageInputError
 
-DEFAULT_RESTORER = "auto"
-DEFAULT_COLOR = "lab"
+DEFAULT_RESTORER = BY_NAME["restorer"].default
+DEFAULT_COLOR = BY_NAME["color_correction"].default
 DEFAULT_MAX_MEGAPIXELS: Optional[float] = None  # None: core.image_io.max_pixels() (FACEREFINE_MAX_PIXELS, 50 MP)
-_FALLBACK_DETECTORS = ["auto"]
-_FALLBACK_METRICS = ["auto", "face-niqe", "piqe"]
-_FALLBACK_COLORS = ["none", "lab", "lowfreq"]
 
 _lock = threading.Lock()  # one restoration at a time per process (models are shared)
 _STEPS: dict = {}  # {"key": settings that built them, "steps": pipeline steps holding loaded models}
@@ -30,21 +28,22 @@ _STEPS: dict = {}  # {"key": settings that built them, "steps": pipeline steps h
 
 @dataclass
 class Settings:
-    """User choices, the same in every front end."""
+    """User choices, the same in every front end: names and defaults are core/controls.py's."""
 
     restorer: str = DEFAULT_RESTORER
-    detector: str = "auto"
+    detector: str = BY_NAME["detector"].default
     metric: Optional[str] = None          # None: no scores
-    quality: float = 1.0
-    fidelity: float = 0.5
-    refine_steps: int = 0
-    identity_strength: float = 0.5
-    id_model: str = "auto"                # auto (ArcFace if on disk, else embedded dlib) | arcface | dlib
+    quality: float = BY_NAME["quality"].default
+    fidelity: float = BY_NAME["fidelity"].default
+    refine_steps: int = BY_NAME["refine_steps"].default
+    identity_strength: float = BY_NAME["identity_strength"].default
+    id_model: str = BY_NAME["id_model"].default  # auto (ArcFace if on disk, else embedded dlib) | arcface | dlib
     reference: Any = None                 # path or RGB uint8 array of the same person
-    visibility: float = 1.0
+    visibility: float = BY_NAME["visibility"].default
     color_correction: str = DEFAULT_COLOR
-    device: str = "auto"
-    seed: int = 0
+    device: str = BY_NAME["device"].default
+    seed: int = BY_NAME["seed"].default
+    allow_color: bool = BY_NAME["allow_color"].default  # False: grayscale photos stay grayscale
 
 
 @dataclass
@@ -95,41 +94,36 @@ def restorer_files() -> list[str]:
             and not f.startswith(("detection_", "parsing_", "recognition_"))]
 
 
+def refuse_restorer(name, allowed_extra=()) -> Optional[str]:
+    """Why a restorer choice from a client is refused, or None when it is one of the offered names.
+
+    The app offers registry names and files found in the model folders (restorer_choices); anything
+    else (a path, a relative name, a file elsewhere) is refused without touching the file system."""
+    name = str(name or DEFAULT_RESTORER)
+    if name in [e for e in allowed_extra if e] or name in restorer_choices():
+        return None
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    return (f"restorer {shown!r} is not offered here: choose one from the list (registry names and the "
+            f"files in the model folders)")
+
+
 def default_restorer() -> str:
-    """What 'auto' means (the core's choice: community weights on disk, else the embedded compact model)."""
-    from ..models.registry import default_restorer as core_default
+    """What 'auto' means (models.locate.default_restorer: community weights on disk, else the embedded model)."""
+    from ..models.locate import default_restorer as core_default
     return core_default()
 
 
 def detector_choices() -> list[str]:
-    return _core_choices("crop", ("DETECTORS", "detector_names"), _FALLBACK_DETECTORS, first="auto")
+    return list(DETECTORS)
 
 
 def metric_choices() -> list[str]:
-    return _core_choices("score", ("METRICS", "metric_names", "OFFLINE_METRICS"), _FALLBACK_METRICS, first="auto")
+    from ..core.score import AUTO, METRICS
+    return list(dict.fromkeys([AUTO, *METRICS]))
 
 
 def color_choices() -> list[str]:
-    return _core_choices("paste", ("COLOR_MODES",), _FALLBACK_COLORS)
-
-
-def _core_choices(step: str, attrs: tuple[str, ...], fallback: list[str], first: Optional[str] = None) -> list[str]:
-    import importlib
-    values: list[str] = []
-    try:
-        module = importlib.import_module(f"..core.{step}", __package__)
-        for attr in attrs:
-            found = getattr(module, attr, None)
-            if found is not None:
-                found = found() if callable(found) else found
-                values = [str(v) for v in (found.keys() if isinstance(found, dict) else found)]
-                break
-    except Exception as err:
-        _log(f"could not list {step} choices: {err}")
-    values = values or list(fallback)
-    if first and first not in values:
-        values.insert(0, first)
-    return values
+    return list(COLOR_MODES)
 
 
 # ---------------------------------------------------------------- running
@@ -268,7 +262,8 @@ def _cached_steps(pipeline, options, settings: Settings):
                 if f.name not in ("reference", "metric", "detector", "visibility", "color_correction"))
     key += (("reference", reference if isinstance(reference, (str, Path, type(None))) else id(reference)),
             ("device", options.device),
-            ("resolved restorer", default_restorer() if options.restorer == DEFAULT_RESTORER else options.restorer))
+            ("resolved restorer", default_restorer() if options.lookup.restorer == DEFAULT_RESTORER
+             else options.lookup.restorer))
     if _STEPS.get("key") != key:
         _STEPS.clear()  # free the previous models before loading others
         steps = pipeline.build_steps(options)
@@ -277,8 +272,8 @@ def _cached_steps(pipeline, options, settings: Settings):
 
 
 def _scored(crops, metric: str, device: str):
-    from ..core.pipeline import resolve_device
     from ..core.score import canonical_name, score_face_crops
+    from ..models.device import resolve_device
     name = canonical_name(metric)
     if all(any(q.metric == name for q in f.quality) for f in crops.faces):
         return crops  # a scoring step already did it
@@ -286,20 +281,14 @@ def _scored(crops, metric: str, device: str):
 
 
 def build_options(pipeline, settings: Settings):
-    """RestoreOptions from Settings; only the fields the pipeline defines are passed."""
-    restorer = settings.restorer or DEFAULT_RESTORER
-    wanted = {
-        "restorer": restorer,  # 'auto' stays 'auto': the core skips a broken file with a warning
-        "detector": settings.detector, "metric": settings.metric,
-        "quality": float(settings.quality), "fidelity": float(settings.fidelity),
-        "refine_steps": int(settings.refine_steps), "identity_strength": float(settings.identity_strength),
-        "id_model": settings.id_model or "auto",
-        "reference": _reference(settings.reference), "visibility": float(settings.visibility),
-        "color_correction": settings.color_correction, "seed": settings.seed,
-        "device": pipeline.resolve_device(settings.device or "auto"),
-    }
-    names = {f.name for f in dataclasses.fields(pipeline.RestoreOptions)}
-    return pipeline.RestoreOptions(**{k: v for k, v in wanted.items() if k in names and v is not None})
+    """RestoreOptions from Settings (control names of core/controls.py)."""
+    return pipeline.RestoreOptions.from_values(
+        restorer=settings.restorer or DEFAULT_RESTORER,  # 'auto' stays 'auto': the core skips a broken file
+        detector=settings.detector, metric=settings.metric, quality=settings.quality, fidelity=settings.fidelity,
+        refine_steps=settings.refine_steps, identity_strength=settings.identity_strength,
+        id_model=settings.id_model or "auto", reference=_reference(settings.reference),
+        visibility=settings.visibility, color_correction=settings.color_correction, seed=settings.seed,
+        allow_color=settings.allow_color, device=pipeline.resolve_device(settings.device or "auto"))
 
 
 def _reference(reference):

@@ -1,39 +1,38 @@
-"""The lookup step of core.pipeline.restore_images (registered before the refine step)."""
+"""The lookup step as the pipeline calls it: the restorer loaded once, then called per batch of crops."""
 from __future__ import annotations
 
-from ..types import FaceCrops
+from typing import Optional
+
+from ..types import FaceCrops, FaceLatent
+from .lookup import lookup
+from .options import LookupOptions
+from .restorer import load_restorer
 
 
-def build_lookup_step(options):
-    """pipeline StepBuilder: loads the restorer once; None for ``--restorer none``."""
-    if not options.wants_restorer:
-        return None
-    from ..pipeline import resolve_device
-    from .lookup import lookup
-    from .restorer import load_restorer
-    restorer = load_restorer(options.restorer, resolve_device(options.device),
-                             quality_condition=getattr(options, "quality_condition", None) or None)
-    mode = getattr(options, "lookup_mode", "auto") or "auto"
-    critic = getattr(options, "critic", None) or None
-    noted: set = set()
-    pending = list(getattr(restorer, "load_notes", []) or [])  # what 'auto' skipped: told once
+class LookupStep:
+    """``step(face_crops) -> (restored, latent, note)``; ``step.restorer`` is the loaded handle (refine decodes
+    with it)."""
 
-    def step(face_crops: FaceCrops, ctx) -> FaceCrops:
-        restored, latent = lookup(face_crops, restorer, quality=options.quality, fidelity=options.fidelity,
-                                  mode=mode, critic=critic)
-        ctx.latent = latent
-        ctx.state["restorer"] = restorer
-        ctx.state["lookup_mode"] = latent.extra.get("mode")
-        while pending:
-            ctx.warnings.append(pending.pop(0))
+    name = "lookup"
+
+    def __init__(self, options: LookupOptions, device: str):
+        self.options = options
+        self.restorer = load_restorer(options.restorer, device, quality_condition=options.quality_condition or None)
+        self._noted: set = set()
+
+    def __call__(self, face_crops: FaceCrops) -> tuple[FaceCrops, FaceLatent, Optional[str]]:
+        """The note (e.g. why the slider fell back to another mode) is returned once per step, not per call."""
+        o = self.options
+        restored, latent = lookup(face_crops, self.restorer, quality=o.quality, fidelity=o.fidelity,
+                                  mode=o.mode or "auto", critic=o.critic or None)
         note = latent.extra.get("note")
-        if note and note not in noted:
-            noted.add(note)
-            ctx.warnings.append(note)
-        return restored
-    return step
+        if note in self._noted:
+            note = None
+        elif note:
+            self._noted.add(note)
+        return restored, latent, note
 
 
-def register() -> None:
-    from ..pipeline import register_step_builder
-    register_step_builder("lookup", build_lookup_step, before="refine")
+def prepare_lookup(options: LookupOptions, device: str) -> Optional[LookupStep]:
+    """The lookup step, or None for ``restorer=none``."""
+    return LookupStep(options, device) if options.wanted else None

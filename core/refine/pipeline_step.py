@@ -1,14 +1,15 @@
-"""The refine step of core.pipeline.restore_images (registered after the lookup step)."""
+"""The refine step as the pipeline calls it, and the loaders it needs (latent prior, reference photo)."""
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from ...errors import FaceRefineError, WeightsNotFoundError
-from ..types import FaceCrops
-from .refine import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH, refine
+from ..types import FaceCrops, FaceLatent
+from .options import RefineOptions
+from .refine import DEFAULT_IDENTITY_STRENGTH, refine
 
 log = logging.getLogger("facerefine")
 
@@ -52,57 +53,56 @@ def load_reference(reference) -> Optional[torch.Tensor]:
     return load_image(reference).image
 
 
-def build_refine_step(options):
-    """pipeline StepBuilder: a refine step when ``options.refine_steps > 0``."""
-    steps = int(getattr(options, "refine_steps", 0) or 0)
-    if steps <= 0 or not options.wants_restorer:
-        return None
-    strength = float(getattr(options, "refine_strength", DEFAULT_STRENGTH))
-    identity_strength = float(options.identity_strength)
-    sampler = getattr(options, "refine_sampler", DEFAULT_SAMPLER)
-    reference = load_reference(options.reference)
-    handles: dict = {}
+class RefineStep:
+    """``step(face_crops, latent, restorer, lq_crops, warnings, should_stop) -> face_crops``. The latent prior and
+    the identity network load on the first call (they depend on the lookup's architecture) and are kept."""
 
-    def step(face_crops: FaceCrops, ctx) -> FaceCrops:
-        if ctx.latent is None:
-            raise FaceRefineError("the refine step needs the lookup step's FACE_LATENT; it must run after lookup "
-                                  "with a codebook restorer (CodeFormer or IQPFR)")
-        from ..pipeline import resolve_device  # lazy: the pipeline imports this module
-        device = torch.device(resolve_device(options.device))
-        restorer = ctx.state.get("restorer")
-        if restorer is None:
-            raise FaceRefineError("the refine step needs the lookup step's restorer (ctx.state['restorer'])")
-        if "prior" not in handles:
-            explicit = getattr(options, "latent_prior", None)
-            prior = load_prior(explicit, ctx.latent.architecture, device, ctx.warnings, restorer_name=restorer.name)
-            if prior is not None and not explicit:  # the registry default may model another latent size
-                try:
-                    prior.check_latent(ctx.latent.quantized, ctx.latent.lq_features)
-                except ValueError as err:
-                    msg = f"the default latent prior does not fit this restorer ({err}); identity guidance only"
-                    log.warning("FaceRefine: %s", msg)
-                    ctx.warnings.append(msg)
-                    prior = None
-            handles["prior"] = prior
-        if "id_model" not in handles:
-            handles["id_model"] = None
-            if identity_strength != 0:
-                from ...models.arch.identity import load_id_model
-                handles["id_model"] = load_id_model(getattr(options, "id_model", "auto") or "auto",
-                                                    getattr(options, "identity_recovery", None) or None, device)
-        return refine(face_crops, ctx.latent, restorer, handles["prior"], handles["id_model"], steps=steps,
-                      strength=strength, identity_strength=identity_strength, reference=reference,
-                      sampler=sampler, seed=options.seed, device=device,
-                      target=getattr(options, "identity_target", "auto"),
-                      guidance_steps=getattr(options, "refine_guidance_steps", None),
-                      should_stop=ctx.state.get("should_stop"),  # host cancel check (ComfyUI all-in-one)
-                      lq_crops=ctx.state.get("lq_crops"))
-    return step
+    name = "refine"
+
+    def __init__(self, options: RefineOptions, device: str, seed: int = 0):
+        self.options, self.device, self.seed = options, torch.device(device), int(seed)
+        self.reference = load_reference(options.reference)
+        self._prior_loaded = False
+        self.prior = None
+        self.id_model = None
+
+    def _load(self, latent: FaceLatent, restorer, warnings: list) -> None:
+        o = self.options
+        prior = load_prior(o.latent_prior, latent.architecture, self.device, warnings, restorer_name=restorer.name)
+        if prior is not None and not o.latent_prior:  # the registry default may model another latent size
+            try:
+                prior.check_latent(latent.quantized, latent.lq_features)
+            except ValueError as err:
+                msg = f"the default latent prior does not fit this restorer ({err}); identity guidance only"
+                log.warning("FaceRefine: %s", msg)
+                warnings.append(msg)
+                prior = None
+        self.prior = prior
+        if float(o.identity_strength) != 0:
+            from ...models.arch.identity import load_id_model
+            self.id_model = load_id_model(o.id_model or "auto", o.identity_recovery or None, self.device)
+        self._prior_loaded = True
+
+    def __call__(self, face_crops: FaceCrops, latent: Optional[FaceLatent], restorer,
+                 lq_crops: Optional[torch.Tensor] = None, warnings: Optional[list] = None,
+                 should_stop: Optional[Callable[[], bool]] = None) -> FaceCrops:
+        if latent is None or restorer is None:
+            raise FaceRefineError("the refine step needs the lookup step's FACE_LATENT and restorer; it runs after "
+                                  "lookup with a codebook restorer (CodeFormer or IQPFR)")
+        if not self._prior_loaded:
+            self._load(latent, restorer, warnings if warnings is not None else [])
+        o = self.options
+        return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
+                      strength=float(o.strength), identity_strength=float(o.identity_strength),
+                      reference=self.reference, sampler=o.sampler, seed=self.seed, device=self.device,
+                      target=o.target or "auto", guidance_steps=o.guidance_steps, should_stop=should_stop,
+                      lq_crops=lq_crops)
 
 
-def register() -> None:
-    from ..pipeline import register_step_builder
-    register_step_builder("refine", build_refine_step)
+def prepare_refine(options: RefineOptions, device: str, seed: int = 0) -> Optional[RefineStep]:
+    """The refine step, or None when ``options.steps`` is 0."""
+    return RefineStep(options, device, seed) if options.wanted else None
 
 
-__all__ = ["build_refine_step", "register", "load_prior", "load_reference", "DEFAULT_IDENTITY_STRENGTH"]
+__all__ = ["RefineStep", "prepare_refine", "load_prior", "load_reference", "default_prior_name",
+           "DEFAULT_IDENTITY_STRENGTH"]

@@ -16,6 +16,7 @@ import torch
 
 from ...errors import FaceRefineError
 from ..lookup.detail import carry_detail
+from ..lookup.lookup import decode
 from ..types import FaceCrops, FaceLatent
 from .guidance import (align_reference, align_reference_with_landmarks, crop_landmarks, embed, guidance_mask,
                        identity_gradient, identity_target)
@@ -49,11 +50,6 @@ class RefineResult:
 
 def restorer_decoder(restorer, latent: FaceLatent, index: torch.Tensor) -> Decoder:
     """z [n,C,h,w] (restorer units) -> faces [n,3,S,S] 0..1 through the lookup step's decode()."""
-    try:
-        from ..lookup import decode
-    except ImportError:  # the restorer's own decoder ([-1,1] out)
-        def decode(restorer, z, skips, fidelity):
-            return ((restorer.codebook.decode(z, skips, fidelity) + 1) / 2).clamp(0, 1)
     if getattr(restorer, "codebook", None) is None and hasattr(restorer, "architecture"):
         raise FaceRefineError(f"refine needs a codebook restorer (CodeFormer or IQPFR); "
                               f"{restorer.architecture} has no latent to refine")

@@ -1,0 +1,25 @@
+"""User options of the refine step (CLR-Face identity-guided latent refinement)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .refine import DEFAULT_SAMPLER, DEFAULT_STRENGTH
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    steps: int = 0                         # refine steps (0 = no refine)
+    strength: float = DEFAULT_STRENGTH     # SDEdit noise level 0..1
+    identity_strength: float = 0.0         # identity guidance strength (0 = prior only)
+    sampler: str = DEFAULT_SAMPLER         # one of core.refine.samplers.SAMPLERS
+    latent_prior: Optional[str] = None     # name/path; None = registry default if present, "none" = off
+    id_model: str = "auto"                 # identity network: auto (ArcFace if on disk, else embedded dlib) | arcface | dlib | path
+    identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
+    target: str = "auto"                   # identity target: auto | reference | recovery | lq
+    guidance_steps: Optional[int] = None   # fresh identity gradients per refine (None = refine default, 1)
+    reference: Optional[Any] = None        # reference photo: path or [1,H,W,3] tensor
+
+    @property
+    def wanted(self) -> bool:
+        return int(self.steps or 0) > 0

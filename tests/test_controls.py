@@ -1,0 +1,229 @@
+"""One table of controls (core/controls.py): every front end offers its defaults, ranges and choices.
+
+Front ends checked: the CLI's argparse (restore, crop), the ComfyUI nodes' INPUT_TYPES, the gradio app's
+widgets, the A1111 Settings options and the A1111 Extras sliders, and ui.service.Settings.
+"""
+import argparse
+import dataclasses
+import sys
+
+import pytest
+
+from facerefine.core import controls
+from facerefine.core.controls import BY_NAME, CONTROLS
+
+# node input name -> control name, where a step node names its own option shorter
+NODE_ALIASES = {"mode": "lookup_mode", "steps": "refine_steps", "strength": "refine_strength"}
+# (node, input) whose default differs from the table on purpose
+NODE_DEFAULT_EXCEPTIONS = {
+    ("FaceRefineIdentityLatentRefine", "steps"),           # the refine node is the step itself: refine's 12 steps
+    ("FaceRefineIdentityLatentRefine", "guidance_steps"),  # refine's default (1); the table's None means "default"
+    ("FaceRefineRestore", "restorer"),                     # a file on disk (ComfyUI lists files), not "auto"
+}
+
+
+def test_table_matches_the_steps_constants():
+    from facerefine.core.crop.align import CROP_SIZES
+    from facerefine.core.crop.detectors import DETECTORS
+    from facerefine.core.lookup.lookup import MODES
+    from facerefine.core.paste.color import COLOR_MODES
+    from facerefine.core.paste.masks import MASK_KINDS
+    from facerefine.core.refine import refine as R
+    from facerefine.core.refine.samplers import SAMPLERS
+    assert controls.MODES == tuple(MODES) and controls.SAMPLERS == tuple(SAMPLERS)
+    assert controls.DETECTORS == tuple(DETECTORS) and set(controls.CROP_SIZES) == set(CROP_SIZES)
+    assert controls.MASK_KINDS == tuple(MASK_KINDS) and set(controls.COLOR_MODES) == set(COLOR_MODES)
+    assert (controls.DEFAULT_IDENTITY_STRENGTH, controls.DEFAULT_STRENGTH, controls.DEFAULT_SAMPLER) == (
+        R.DEFAULT_IDENTITY_STRENGTH, R.DEFAULT_STRENGTH, R.DEFAULT_SAMPLER)
+
+
+def test_every_row_names_a_real_option_and_a_valid_default():
+    from facerefine.core.pipeline import RestoreOptions
+    options = RestoreOptions()
+    for c in CONTROLS:
+        step, name = c.option.split(".")
+        owner = options if step == "pipeline" else getattr(options, step)
+        assert name in {f.name for f in dataclasses.fields(owner)}, c.name
+        assert c.check(c.default) == c.default, c.name
+        if c.kind in ("float", "int"):
+            assert c.minimum <= c.default <= c.maximum if c.default is not None else True, c.name
+        if c.kind == "choice":
+            assert c.default in c.choices, c.name
+
+
+def _argparse_actions(module_name: str) -> dict:
+    import importlib
+    module = importlib.import_module(f"facerefine.cli.{module_name}")
+    p = argparse.ArgumentParser()
+    module.add_arguments(p)
+    return {a.dest: a for a in p._actions}
+
+
+@pytest.mark.parametrize("command", ["restore_cmd", "crop_cmd"])
+def test_cli_matches_the_table(command):
+    actions = _argparse_actions(command)
+    checked = 0
+    for name, action in actions.items():
+        if name not in BY_NAME:
+            continue
+        c = BY_NAME[name]
+        checked += 1
+        assert action.option_strings == [c.cli_flag] and action.default == c.default, name
+        assert action.help == c.help, name
+        if c.kind == "choice":
+            assert list(action.choices) == list(c.choices), name
+        if c.kind in ("float", "int"):
+            assert action.type(str(c.maximum)) == c.maximum
+            with pytest.raises(argparse.ArgumentTypeError):
+                action.type(str(c.maximum + 1))
+    assert checked >= (20 if command == "restore_cmd" else 2)
+
+
+def test_cli_restore_builds_options_from_the_table():
+    from facerefine.cli import build_parser
+    args = build_parser().parse_args(["restore", "x.png", "-o", "out", "--quality", "0.25", "--sampler", "euler",
+                                      "--visibility", "0.5", "--refine-steps", "3"])
+    values = {c.name: getattr(args, c.name) for c in CONTROLS if hasattr(args, c.name)}
+    from facerefine.core.pipeline import RestoreOptions
+    opts = RestoreOptions.from_values(**values)
+    assert (opts.lookup.quality, opts.refine.sampler, opts.paste.visibility, opts.refine.steps) == (
+        0.25, "euler", 0.5, 3)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["restore", "x.png", "-o", "out", "--quality", "1.5"])
+
+
+def _node_inputs():
+    import facerefine.nodes as nodes
+    for cls_name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        spec = cls.INPUT_TYPES()
+        for group in ("required", "optional"):
+            for name, entry in spec.get(group, {}).items():
+                yield cls_name, name, entry
+
+
+def test_comfy_nodes_match_the_table():
+    checked = 0
+    for cls_name, name, entry in _node_inputs():
+        control_name = NODE_ALIASES.get(name, name)
+        if control_name not in BY_NAME or not isinstance(entry, tuple) or len(entry) < 2:
+            continue
+        kind, spec = entry[0], entry[1]
+        c = BY_NAME[control_name]
+        if c.kind in ("image", "weights") or (isinstance(kind, str) and kind.startswith(("FACE", "IMAGE"))):
+            continue  # model handles and images are sockets, not widgets
+        if name == "device":
+            continue  # ComfyUI offers its own device list (runtime.DEVICE_CHOICES); 'auto' is models.device's
+        checked += 1
+        where = f"{cls_name}.{name}"
+        if (cls_name, name) not in NODE_DEFAULT_EXCEPTIONS:
+            assert spec.get("default") == c.default, where
+        if c.kind in ("float", "int"):
+            assert kind == {"float": "FLOAT", "int": "INT"}[c.kind], where
+            assert (spec["min"], spec["max"], spec["step"]) == (c.minimum, c.maximum, c.step), where
+        elif c.kind == "choice":
+            assert list(kind) == list(c.choices), where
+        elif c.kind == "bool":
+            assert kind == "BOOLEAN", where
+        assert spec.get("tooltip"), where
+    assert checked >= 20
+
+
+class _Widget:
+    def __init__(self, kind, *args, **kwargs):
+        self.kind, self.args, self.kwargs = kind, args, kwargs
+        self.elem_id = kwargs.get("elem_id")
+
+    def __getattr__(self, name):  # .click/.select/.change...
+        return lambda *a, **k: None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _slider_spec(w):
+    a = w.args
+    return dict(minimum=a[0], maximum=a[1], value=w.kwargs["value"], step=w.kwargs["step"])
+
+
+def _check_widgets(widgets, by_elem):
+    checked = 0
+    for elem_id, name in by_elem.items():
+        w = widgets[elem_id]
+        c = BY_NAME[name]
+        if c.kind in ("float", "int"):
+            assert w.kind == "Slider", elem_id
+            assert _slider_spec(w) == dict(minimum=c.minimum, maximum=c.maximum, value=c.default, step=c.step), elem_id
+        else:
+            choices = w.args[0] if w.args else w.kwargs["choices"]
+            assert list(choices) == list(c.choices) and w.kwargs["value"] == c.default, elem_id
+        checked += 1
+    return checked
+
+
+def test_gradio_app_matches_the_table(monkeypatch):
+    pytest.importorskip("gradio")
+    import gradio as gr
+
+    from facerefine.ui import gradio_app
+    widgets = {}
+
+    def factory(kind):
+        def make(*args, **kwargs):
+            w = _Widget(kind, *args, **kwargs)
+            if w.elem_id:
+                widgets[w.elem_id] = w
+            return w
+        return make
+    for kind in ("Slider", "Dropdown", "File", "Image", "Markdown", "Button", "ImageSlider", "Gallery", "Dataframe",
+                 "State", "Blocks", "Row", "Column", "Accordion"):
+        monkeypatch.setattr(gr, kind, factory(kind))
+    gradio_app.build_app()
+    assert _check_widgets(widgets, {"fr-quality": "quality", "fr-fidelity": "fidelity", "fr-steps": "refine_steps",
+                                    "fr-strength": "identity_strength", "fr-visibility": "visibility",
+                                    "fr-id-model": "id_model", "fr-color": "color_correction",
+                                    "fr-detector": "detector"}) == 8
+
+
+def test_service_settings_defaults_are_the_table():
+    from facerefine.ui.service import Settings
+    for f in dataclasses.fields(Settings):
+        if f.name in BY_NAME and f.name not in ("metric", "reference"):
+            assert f.default == BY_NAME[f.name].default, f.name
+
+
+def test_a1111_settings_and_extras_match_the_table(tmp_path, monkeypatch):
+    import test_a1111_glue as glue
+    mods = glue.build_webui(tmp_path / "models")
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    restorer_script = glue.load_script("facerefine_restorer.py")
+    restorer_script.on_ui_settings()
+    labels = sys.modules["modules.shared"].opts.data_labels
+    for name in restorer_script.SETTINGS:
+        info, c = labels[f"facerefine_{name}"], BY_NAME[name]
+        assert info.default == c.default, name
+        if c.kind in ("float", "int"):
+            assert info.component_args == {"minimum": c.minimum, "maximum": c.maximum, "step": c.step}, name
+        else:
+            assert info.component_args == {"choices": list(c.choices)}, name
+    settings = restorer_script.settings_from_opts()
+    for name in restorer_script.SETTINGS:
+        assert getattr(settings, name) == BY_NAME[name].default, name
+
+    extras = glue.load_script("facerefine_extras.py")
+    widgets = {}
+    gr = extras.gr
+
+    def slider(*args, **kwargs):
+        w = _Widget("Slider", *args, **kwargs)
+        widgets[w.elem_id] = w
+        return w
+    monkeypatch.setattr(gr, "Slider", slider)
+    extras.FaceRefinePostprocessing().ui()
+    assert _check_widgets(widgets, {"extras_facerefine_quality": "quality", "extras_facerefine_fidelity": "fidelity",
+                                    "extras_facerefine_visibility": "visibility",
+                                    "extras_facerefine_refine_steps": "refine_steps",
+                                    "extras_facerefine_identity_strength": "identity_strength"}) == 5
