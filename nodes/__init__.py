@@ -13,10 +13,11 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 for _name in _MODULES:
     try:
         _mod = importlib.import_module(f".{_name}", __name__)
-    except ModuleNotFoundError as _err:
-        if _err.name and _err.name.endswith(_name):
-            continue  # adapter not built yet
-        logging.getLogger("facerefine").exception("FaceRefine: could not load %s", _name)
+    except Exception as _err:  # noqa: BLE001 - ComfyUI keeps running; the log names what is missing
+        _missing = getattr(_err, "name", None) if isinstance(_err, ModuleNotFoundError) else None
+        logging.getLogger("facerefine").exception(
+            "FaceRefine: could not load the %s nodes%s", _name,
+            f" (the Python package '{_missing}' is not installed)" if _missing else "")
         continue
     for _cls_name, (_cls, _display) in _mod.NODES.items():
         NODE_CLASS_MAPPINGS[_cls_name] = _cls
