@@ -1,0 +1,214 @@
+"""Does identity guidance keep or restore a person's identity? Measured with a judge that is not the guide.
+
+    python -m facerefine.lab.eval.identity_guidance --out runs/identity_eval [--limit N] [--severities medium,heavy]
+
+Faces: the held-out London identities (``heldout.heldout_photos``): the neutral photo is the HQ face, the
+same person's smiling photo is the reference. Both are aligned by the crop step (embedded MTCNN, 512²).
+LQ: ``degrade.degrade_fixed`` at each severity (the benchmark's seeded presets).
+Restorer: the embedded default (``facerefine-compact``) with its paired latent prior; guide: the identity
+network the refine step loads (``--id-model``, default dlib's embedded ResNet); judge: FaceNet
+(``facenet_judge``), which guidance never sees.
+
+Rows: no refine; refine with identity strength 0 (prior only); strength 0.5 / 1 / 2 towards the LQ face;
+with the Identity Recovery Network (when one is trained for this restorer and guide); with the reference
+photo (strength 1 and 2). Columns: judge distance to the HQ face (lower = better), guide cosine similarity to
+the HQ face, PSNR, SSIM, face-niqe, seconds per face (whole row, and the refine step alone).
+Writes ``report.md``, ``results.json`` and ``grid_<severity>.jpg`` (HQ | LQ | no refine | reference rows).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    refine: bool = False
+    identity_strength: float = 0.0
+    target: str = "lq"          # lq | recovery | reference
+
+
+ROWS = (Row("no refine"),
+        Row("refine, identity 0 (prior only)", True, 0.0),
+        Row("refine, identity 0.5 → LQ face", True, 0.5),
+        Row("refine, identity 1 → LQ face", True, 1.0),
+        Row("refine, identity 2 → LQ face", True, 2.0),
+        Row("refine, identity 1 → IRN", True, 1.0, "recovery"),
+        Row("refine, identity 1 → reference photo", True, 1.0, "reference"),
+        Row("refine, identity 2 → reference photo", True, 2.0, "reference"))
+GRID_ROWS = ("no refine", "refine, identity 1 → reference photo", "refine, identity 2 → reference photo")
+
+
+def _pairs(limit: Optional[int]):
+    from .heldout import heldout_photos
+    photos = heldout_photos()
+    neutral = {p.stem.split("_")[0]: p for p in photos if p.parent.name == "neutral"}
+    smiling = {p.stem.split("_")[0]: p for p in photos if p.parent.name == "smiling"}
+    ids = sorted(set(neutral) & set(smiling))
+    ids = ids[:limit] if limit else ids
+    return [neutral[i] for i in ids], [smiling[i] for i in ids]
+
+
+def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = None, steps: int = 8,
+        restorer_name: str = "facerefine-compact", id_model_name: str = "dlib", irn: Optional[str] = None,
+        seed: int = 0, log=print) -> dict:
+    from ...core.lookup import load_restorer, lookup
+    from ...core.refine import refine_latent
+    from ...core.refine.guidance import crop_landmarks
+    from ...core.refine.pipeline_step import load_prior
+    from ...core.score import get_metric
+    from ...core.types import FaceCrops
+    from ...errors import FaceRefineError
+    from ...models.arch.identity import load_id_model
+    from .facenet_judge import FaceNetJudge, crop_boxes
+    from .harness import psnr, ssim
+    from .heldout import align_photos, lq_faces
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    neutral, smiling = _pairs(limit)
+    hq, faces, kept = align_photos(neutral, 512, "mtcnn", notes=notes)
+    ref_imgs, ref_faces, ref_kept = align_photos(smiling, 512, "mtcnn", notes=notes)
+    if [p.stem.split("_")[0] for p in kept] != [p.stem.split("_")[0] for p in ref_kept]:
+        raise FaceRefineError("a neutral or smiling photo lost its face in the crop step; pairs do not match")
+    n = len(kept)
+    restorer = load_restorer(restorer_name, "cpu")
+    prior = load_prior(None, restorer.architecture, "cpu", notes, restorer_name=restorer.name)
+    guide = load_id_model(id_model_name, irn, "cpu")
+    judge = FaceNetJudge()
+    niqe = get_metric("face-niqe", "cpu")
+    boxes = crop_boxes(faces, 512)
+    landmarks = torch.from_numpy(crop_landmarks(FaceCrops(hq, tuple(faces), 512))).float()
+    hq_judge = judge.embed(hq, boxes)
+    with torch.no_grad():
+        hq_guide = guide.embed(hq, landmarks)
+    if guide.recovery is None:
+        notes.append(f"no Identity Recovery Network is trained for {restorer_name} with the {guide.network} "
+                     f"guide (issue 15 item 3), so the IRN row is not run")
+
+    result = {"faces": n, "restorer": restorer_name, "prior": prior is not None, "guide": guide.network,
+              "judge": judge.name, "refine_steps": steps, "seed": seed, "severities": {}, "notes": notes}
+    for sev in severities:
+        lq = lq_faces(hq, sev, seed, kept)
+        table, outputs = [], {}
+        for row in ROWS:
+            if row.target == "recovery" and guide.recovery is None:
+                table.append({"row": row.label, "skipped": True})
+                continue
+            log(f"identity eval: {sev}: {row.label}")
+            outs, secs, ref_secs = [], [], []
+            for i in range(n):
+                crops = FaceCrops(lq[i:i + 1], (faces[i],), 512, history=("crop",))
+                t0 = time.perf_counter()
+                restored, latent = lookup(crops, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
+                t1 = time.perf_counter()
+                if row.refine:
+                    reference = (FaceCrops(ref_imgs[i:i + 1], (ref_faces[i],), 512, history=("crop",))
+                                 if row.target == "reference" else None)
+                    res = refine_latent(restored, latent, restorer, prior, guide if row.identity_strength else None,
+                                        steps=steps, identity_strength=row.identity_strength, reference=reference,
+                                        target=row.target, seed=seed + i, lq_crops=lq[i:i + 1])
+                    restored = res.crops
+                t2 = time.perf_counter()
+                outs.append(restored.crops.float().cpu().clamp(0, 1))
+                secs.append(t2 - t0)
+                ref_secs.append(t2 - t1)
+            x = torch.cat(outs)
+            x = (x * 255).round() / 255  # as saved
+            outputs[row.label] = x
+            with torch.no_grad():
+                g = guide.embed(x, landmarks)
+            entry = {"row": row.label,
+                     "judge_distance": float(judge.distance(judge.embed(x, boxes), hq_judge).mean()),
+                     "guide_similarity": float((g * hq_guide).sum(1).mean()),
+                     "psnr": float(psnr(x, hq).mean()), "ssim": float(ssim(x, hq).mean()),
+                     "face_niqe": float(niqe.normalized(x).float().mean()),
+                     "seconds_per_face": float(np.mean(secs)),
+                     "refine_seconds_per_face": float(np.mean(ref_secs)) if row.refine else 0.0}
+            table.append(entry)
+            log(json.dumps(entry))
+        lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
+                    "psnr": float(psnr(lq, hq).mean()), "ssim": float(ssim(lq, hq).mean())}
+        table.insert(0, lq_entry)
+        result["severities"][sev] = table
+        grid = write_grid(out_dir / f"grid_{sev}.jpg", hq, lq, ref_imgs, {k: outputs[k] for k in GRID_ROWS
+                                                                          if k in outputs})
+        result.setdefault("files", {})[f"grid_{sev}"] = str(grid)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "report.md").write_text(markdown(result))
+    return result
+
+
+def markdown(res: dict) -> str:
+    lines = [f"{res['faces']} held-out London identities (neutral = HQ, smiling = reference photo), 512², "
+             f"restorer `{res['restorer']}` (latent prior: {'yes' if res['prior'] else 'no'}), "
+             f"{res['refine_steps']} refine steps, guide: {res['guide']}, judge: {res['judge']}.", ""]
+    for sev, table in res["severities"].items():
+        base = next((r for r in table if r["row"] == "no refine"), None)
+        lines += [f"**{sev}**", "",
+                  "| row | judge dist ↓ | vs no refine | guide sim ↑ | PSNR | SSIM | face-niqe | s/face | refine s/face |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in table:
+            if r.get("skipped"):
+                lines.append(f"| {r['row']} | n/a | | | | | | | |")
+                continue
+            rel = ""
+            if base and r is not base and r["row"] != "LQ input":
+                rel = f"{100 * (r['judge_distance'] / base['judge_distance'] - 1):+.1f} %"
+
+            def f(key, fmt):
+                v = r.get(key)
+                return fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "–"
+            lines.append(f"| {r['row']} | {f('judge_distance', '{:.4f}')} | {rel} | {f('guide_similarity', '{:.4f}')} "
+                         f"| {f('psnr', '{:.2f}')} | {f('ssim', '{:.4f}')} | {f('face_niqe', '{:.3f}')} "
+                         f"| {f('seconds_per_face', '{:.2f}')} | {f('refine_seconds_per_face', '{:.2f}')} |")
+        lines.append("")
+    if res["notes"]:
+        lines += ["Notes:"] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_grid(path: Path, hq, lq, refs, columns: dict, faces: int = 6, tile: int = 192) -> Path:
+    import cv2
+    import torch.nn.functional as F
+    cols = [hq, lq] + list(columns.values()) + [refs]
+    rows = []
+    for i in range(min(faces, hq.shape[0])):
+        tiles = [F.interpolate(c[i:i + 1].float(), size=(tile, tile), mode="bicubic", antialias=True).clamp(0, 1)
+                 for c in cols]
+        rows.append(torch.cat(tiles, dim=3))
+    img = (torch.cat(rows, dim=2)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/identity_eval")
+    ap.add_argument("--severities", default="medium,heavy")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--restorer", default="facerefine-compact")
+    ap.add_argument("--id-model", default="dlib")
+    ap.add_argument("--identity-recovery", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    res = run(Path(args.out), tuple(s.strip() for s in args.severities.split(",") if s.strip()), args.limit,
+              args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
