@@ -304,7 +304,12 @@ def run_benchmark(out_dir: str | Path, opts: BenchOptions = BenchOptions(),
                   log: Callable[[str], None] = print) -> dict:
     from ..degrade import BENCHMARK_SEVERITIES, fixed_severity
     from .classical import load_params
-    severities = [fixed_severity(s).name for s in opts.severities]
+    try:
+        severities = list(dict.fromkeys(fixed_severity(s).name for s in opts.severities))
+    except ValueError as err:
+        raise FaceRefineError(str(err)) from None
+    if not severities:
+        raise FaceRefineError("no severity given (--severities mild,medium,heavy)")
     rows = parse_rows(opts.rows, opts)
     if opts.size not in (256, 512, 1024):
         raise FaceRefineError(f"benchmark crop size must be 256, 512 or 1024, got {opts.size}")
