@@ -139,9 +139,9 @@ def make_crossing(photo_a: torch.Tensor, marks_a: np.ndarray, photo_b: torch.Ten
         ph, pw = photo.shape[:2]
         s = tile / max(ph, pw)
         for t in range(frames):
-            m = np.array([[s, 0.0, xs[t]], [0.0, s, ys[p]]])
             if t in hide.get(p, ()):
                 visible[t, p] = False
+            m = np.array([[s, 0.0, 0.0], [0.0, s, 0.0]])
             img = warp(photo.permute(2, 0, 1)[None], m, tile, tile, mode="bilinear", padding="border")[0]
             x0, y0 = int(round(xs[t])), int(round(ys[p]))
             m[:, 2] = (x0, y0)
