@@ -96,7 +96,20 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
         notes.append(f"no Identity Recovery Network is trained for {restorer_name} with the {guide.network} "
                      f"guide (issue 15 item 3), so the IRN row is not run")
 
-    result = {"faces": n, "restorer": restorer_name, "prior": prior is not None, "guide": guide.network,
+    # is the judge a judge? each HQ neutral face vs every smiling photo: same person should be nearest
+    ref_boxes = crop_boxes(ref_faces, 512)
+    ref_landmarks = torch.from_numpy(crop_landmarks(FaceCrops(ref_imgs, tuple(ref_faces), 512))).float()
+    with torch.no_grad():
+        ref_guide = guide.embed(ref_imgs, ref_landmarks)
+    checks = {}
+    for name, a, b in (("judge", hq_judge, judge.embed(ref_imgs, ref_boxes)),
+                       ("guide", hq_guide.numpy().astype(np.float64), ref_guide.numpy().astype(np.float64))):
+        d = np.linalg.norm(a[:, None] - b[None], axis=-1)
+        off = ~np.eye(n, dtype=bool)
+        checks[name] = {"same_person_distance": float(np.diag(d).mean()),
+                        "other_person_distance": float(d[off].mean()) if n > 1 else float("nan"),
+                        "rank1_identification": float(np.mean(d.argmin(1) == np.arange(n)))}
+    result = {"faces": n, "restorer": restorer_name, "identity_check": checks, "prior": prior is not None, "guide": guide.network,
               "judge": judge.name, "refine_steps": steps, "seed": seed, "severities": {}, "notes": notes}
     for sev in severities:
         lq = lq_faces(hq, sev, seed, kept)
@@ -153,6 +166,11 @@ def markdown(res: dict) -> str:
     lines = [f"{res['faces']} held-out London identities (neutral = HQ, smiling = reference photo), 512², "
              f"restorer `{res['restorer']}` (latent prior: {'yes' if res['prior'] else 'no'}), "
              f"{res['refine_steps']} refine steps, guide: {res['guide']}, judge: {res['judge']}.", ""]
+    for name, c in res.get("identity_check", {}).items():
+        lines.append(f"- {name}: neutral HQ vs smiling photo of the same person {c['same_person_distance']:.3f}, "
+                     f"of the other people {c['other_person_distance']:.3f} (unit-vector distance); rank-1 "
+                     f"identification {100 * c['rank1_identification']:.0f} %")
+    lines.append("")
     for sev, table in res["severities"].items():
         base = next((r for r in table if r["row"] == "no refine"), None)
         lines += [f"**{sev}**", "",
