@@ -5,8 +5,8 @@ from __future__ import annotations
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--metric", default="auto",
-                        help="face-niqe, piqe (offline), topiq_nr-face, musiq, clipiqa, maniqa, niqe, brisque, "
-                             "or auto (topiq_nr-face when its weights are present, else face-niqe)")
+                        help="face-iqa (default), face-niqe, piqe (offline), topiq_nr-face, musiq, clipiqa, maniqa, niqe, "
+                             "brisque, or auto (= face-iqa)")
     parser.add_argument("--faces", action="store_true",
                         help="detect and align the faces (core/crop) and score each face instead of the image")
     parser.add_argument("--detector", default=None, help="face detector for --faces (see `crop --help`)")

@@ -86,7 +86,7 @@ CONTROLS: tuple[Control, ...] = (
             "lookup.mode", choices=MODES, label="Quality mode"),
     Control("quality_condition", "text", None, "IQPFR quality-conditioning weights for a CodeFormer restorer "
             "(name or path)", "lookup.quality_condition"),
-    Control("critic", "text", None, "NR-IQA critic for training-free steering (default face-niqe)", "lookup.critic"),
+    Control("critic", "text", None, "NR-IQA critic for training-free steering (default face-iqa)", "lookup.critic"),
     # --- refine (CLR-Face identity-guided latent refinement)
     Control("refine_steps", "int", 0, "identity-guided latent refine steps (0 = off; 10-20 recommended); needs a "
             "codebook restorer (CodeFormer/IQPFR)", "refine.steps", 0, 200, 1, label="Identity refine steps"),

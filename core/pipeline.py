@@ -84,10 +84,17 @@ class RestoreSteps:
 
 
 def build_steps(options: RestoreOptions) -> RestoreSteps:
-    """Load the lookup restorer (and prepare refine) once, for every image of a run."""
+    """Load the detector, the lookup restorer and the refine step's prior and identity network once, for every
+    image of a run."""
     device = resolve_device(options.device)
+    # every weights file the run needs is resolved here, before the first image: a missing one stops the
+    # run at once with one message, and no image is treated differently from the others (issue 18)
+    from .crop.detectors import get_detector
+    get_detector(options.crop_options(device).detector, device)
     lookup_step = prepare_lookup(options.lookup, device)
     refine_step = prepare_refine(options.refine, device, options.seed) if lookup_step is not None else None
+    if refine_step is not None:
+        refine_step.prepare(lookup_step.restorer)
     return RestoreSteps(lookup_step, refine_step)
 
 

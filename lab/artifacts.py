@@ -97,7 +97,7 @@ def oversmooth(x: torch.Tensor, mask: torch.Tensor, level: float) -> torch.Tenso
     scale = x.shape[-1] / 512
     sigma_space = (1.5 + 6.5 * level) * scale
     sigma_color = 0.04 + 0.16 * level
-    d = 2 * math.ceil(2 * sigma_space) + 1
+    d = 2 * math.ceil(1.5 * sigma_space) + 1
     out = []
     for img in x:
         a = np.ascontiguousarray(img.detach().permute(1, 2, 0).cpu().numpy().astype(np.float32))

@@ -29,7 +29,7 @@ class FaceRefineCodebookLookup:
             },
             "optional": {
                 "iqa_model": ("FACEREFINE_IQA", {"tooltip": "Quality critic for training-free steering "
-                                                            "(default: face-niqe)."}),
+                                                            "(default: face-iqa)."}),
             },
         }
 

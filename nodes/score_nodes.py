@@ -5,8 +5,8 @@ from ..core.score.metrics import AUTO, METRICS
 from . import runtime
 
 METRIC_CHOICES = [AUTO] + list(METRICS)
-METRIC_TOOLTIP = ("No-reference quality metric. face-niqe (ours) and piqe work offline; the others need pyiqa "
-                  "weights in models/pyiqa. auto = topiq_nr-face when its weights are present, else face-niqe.")
+METRIC_TOOLTIP = ("No-reference quality metric. auto = face-iqa (ours, the default critic; offline). face-niqe "
+                  "(ours, older) and piqe also work offline; the others need pyiqa weights in models/pyiqa.")
 
 
 def _load_metric(name: str, device: str, face_input: bool = True):

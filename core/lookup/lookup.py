@@ -17,7 +17,7 @@ from .steering import Critic, steer
 log = logging.getLogger("facerefine")
 
 MODES = ("auto", "trained", "training-free", "off")
-DEFAULT_CRITIC = "face-niqe"
+DEFAULT_CRITIC = "auto"   # core.score default critic: face-iqa (issue 18)
 
 
 def no_slider_note(arch: str) -> str:
@@ -104,7 +104,7 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fide
     mode: 'auto' (trained if the restorer has conditioning weights, else training-free if a critic exists,
         else off), 'trained', 'training-free' or 'off' (plain base model).
     critic: differentiable NR-IQA callable x [N,3,H,W] 0..1 -> [N] (or a core.score Metric / metric name)
-        for training-free steering; default core.score 'face-niqe'.
+        for training-free steering; default core.score 'face-iqa'.
     Faces run in batches of ``batch_size``; results equal one-at-a-time calls.
     """
     if not isinstance(face_crops, FaceCrops):

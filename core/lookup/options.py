@@ -14,7 +14,7 @@ class LookupOptions:
     fidelity: float = 0.5                  # CodeFormer-style fidelity weight 0..1
     mode: str = "auto"                     # auto | trained | training-free | off (how the slider acts)
     quality_condition: Optional[str] = None  # IQPFR conditioning weights for a CodeFormer restorer
-    critic: Optional[str] = None           # NR-IQA critic of training-free steering (default face-niqe)
+    critic: Optional[str] = None           # NR-IQA critic of training-free steering (default face-iqa)
 
     @property
     def wanted(self) -> bool:

@@ -54,8 +54,12 @@ def load_reference(reference) -> Optional[torch.Tensor]:
 
 
 class RefineStep:
-    """``step(face_crops, latent, restorer, lq_crops, warnings, should_stop) -> face_crops``. The latent prior and
-    the identity network load on the first call (they depend on the lookup's architecture) and are kept."""
+    """``step(face_crops, latent, restorer, lq_crops, warnings, should_stop) -> face_crops``.
+
+    ``prepare(restorer)`` loads the latent prior and the identity network for the lookup's restorer; the
+    pipeline calls it before the first image (``build_steps``), so a missing file stops a run before any work
+    and every image of a run is refined the same way. Notes from loading (e.g. "no trained latent prior:
+    identity guidance only") are reported once, with the first image."""
 
     name = "refine"
 
@@ -63,25 +67,35 @@ class RefineStep:
         self.options, self.device, self.seed = options, torch.device(device), int(seed)
         self.reference = load_reference(options.reference)
         self._prior_loaded = False
+        self._checked = False
+        self._pending_notes: list = []
         self.prior = None
         self.id_model = None
 
-    def _load(self, latent: FaceLatent, restorer, warnings: list) -> None:
+    def prepare(self, restorer) -> None:
+        """Load the latent prior (registry default of the restorer's architecture, or the given one) and the
+        identity network now. Raises the loaders' errors (missing file, wrong architecture)."""
         o = self.options
-        prior = load_prior(o.latent_prior, latent.architecture, self.device, warnings, restorer_name=restorer.name)
-        if prior is not None and not o.latent_prior:  # the registry default may model another latent size
-            try:
-                prior.check_latent(latent.quantized, latent.lq_features)
-            except ValueError as err:
-                msg = f"the default latent prior does not fit this restorer ({err}); identity guidance only"
-                log.warning("FaceRefine: %s", msg)
-                warnings.append(msg)
-                prior = None
-        self.prior = prior
+        notes: list = []
+        self.prior = load_prior(o.latent_prior, restorer.architecture, self.device, notes,
+                                restorer_name=restorer.name)
         if float(o.identity_strength) != 0:
             from ...models.arch.identity import load_id_model
             self.id_model = load_id_model(o.id_model or "auto", o.identity_recovery or None, self.device)
+        self._pending_notes += notes
         self._prior_loaded = True
+
+    def _check(self, latent: FaceLatent, warnings: list) -> None:
+        """The registry default prior may model another latent size: checked once, on the first latent."""
+        if self.prior is not None and not self.options.latent_prior:
+            try:
+                self.prior.check_latent(latent.quantized, latent.lq_features)
+            except ValueError as err:
+                msg = f"the default latent prior does not fit this restorer ({err}); identity guidance only"
+                log.warning("FaceRefine: %s", msg)
+                self._pending_notes.append(msg)
+                self.prior = None
+        self._checked = True
 
     def __call__(self, face_crops: FaceCrops, latent: Optional[FaceLatent], restorer,
                  lq_crops: Optional[torch.Tensor] = None, warnings: Optional[list] = None,
@@ -90,7 +104,13 @@ class RefineStep:
             raise FaceRefineError("the refine step needs the lookup step's FACE_LATENT and restorer; it runs after "
                                   "lookup with a codebook restorer (CodeFormer or IQPFR)")
         if not self._prior_loaded:
-            self._load(latent, restorer, warnings if warnings is not None else [])
+            self.prepare(restorer)
+        if not self._checked:
+            self._check(latent, [])
+        if self._pending_notes:
+            if warnings is not None:
+                warnings.extend(self._pending_notes)
+            self._pending_notes = []
         o = self.options
         return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
                       strength=float(o.strength), identity_strength=float(o.identity_strength),

@@ -1,9 +1,9 @@
 """No-reference image quality (NR-IQA) of faces and images.
 
-    metric = get_metric("face-niqe", "cpu")        # or piqe, topiq_nr-face, musiq, clipiqa, maniqa, niqe, brisque, auto
+    metric = get_metric("face-iqa", "cpu")         # default ('auto'); or face-niqe, piqe, topiq_nr-face, musiq, ...
     crops = score_face_crops(face_crops, metric)   # FaceCrops with a QualityScore per face
     scores = score_images(images, metric)          # images [B,H,W,3] 0..1 -> [QualityScore]
-    critic = get_critic("face-niqe", "cuda")        # x [N,3,H,W] 0..1 -> Tensor[N], higher = better, with gradients
+    critic = get_critic("face-iqa", "cuda")         # x [N,3,H,W] 0..1 -> Tensor[N], higher = better, with gradients
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from ...errors import FaceRefineError, ImageInputError
 from ..types import FaceCrops, QualityScore
-from .metrics import (AUTO, FACE_NIQE, METRICS, Metric, MetricInfo, canonical_name, clear_cache,
+from .metrics import (AUTO, FACE_IQA, FACE_NIQE, METRICS, Metric, MetricInfo, canonical_name, clear_cache,
                       default_metric, get_info, get_metric, metric_names, normalize)
 
 OFFLINE_METRICS = tuple(name for name, info in METRICS.items() if info.offline)
@@ -49,7 +49,7 @@ def score_images(images: torch.Tensor, metric: MetricLike = AUTO, device=None) -
     return m.scores(x.permute(0, 3, 1, 2).contiguous())
 
 
-def get_critic(name: str = FACE_NIQE, device=None) -> Callable[[torch.Tensor], torch.Tensor]:
+def get_critic(name: str = AUTO, device=None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Differentiable quality: x [N,3,H,W] RGB 0..1 -> Tensor[N], higher = better.
 
     The value is the metric's normalised score without clipping, so gradients never vanish
@@ -92,6 +92,6 @@ def time_per_face(name: str, size: int = 512, faces: int = 4, repeats: int = 3, 
             "seconds_per_face": per_face, "ms_per_face": round(per_face * 1e3, 2)}
 
 
-__all__ = ["AUTO", "FACE_NIQE", "METRICS", "OFFLINE_METRICS", "Metric", "MetricInfo", "QualityScore",
+__all__ = ["AUTO", "FACE_IQA", "FACE_NIQE", "METRICS", "OFFLINE_METRICS", "Metric", "MetricInfo", "QualityScore",
            "canonical_name", "clear_cache", "default_metric", "get_critic", "get_info", "get_metric",
            "metric_names", "normalize", "score_face_crops", "score_images", "time_per_face"]

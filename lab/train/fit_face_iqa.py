@@ -115,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", default=None, help="London set folder (default ../shared/data/london)")
     parser.add_argument("--faces", type=int, default=0, help="use the first N training identities (0 = all)")
     parser.add_argument("--per-kind", type=int, default=3, help="random severities per distortion and face")
-    parser.add_argument("--cache", default=None, help="features .pt to reuse/write (skips image work)")
+    parser.add_argument("--cache", default=None, help="features .pt, written after every face; a rerun resumes")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -124,23 +124,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: no London training images found", file=sys.stderr)
         return 1
     t0 = time.time()
-    if args.cache and Path(args.cache).is_file():
+    rows, meta = [], []
+    if args.cache and Path(args.cache).is_file():       # resume: faces already done are reused
         blob = torch.load(args.cache, weights_only=True)
-        feats, meta = blob["features"], json.loads(blob["meta"])
-    else:
-        rows, meta = [], []
-        rng = np.random.default_rng(SEED_OFFSET)
-        for fi, p in enumerate(paths):
-            face, regions = B.load_faces([p], 512)
-            samples = samples_for(face, regions, rng, SEED_OFFSET + 1000 * fi, args.per_kind)
-            imgs = torch.cat([s[2] for s in samples])
-            with torch.inference_mode():
-                rows.append(torch.cat([features(imgs[i:i + 8]) for i in range(0, len(imgs), 8)]))
-            meta += [{"face": fi, "kind": k, "t": t, "source": src} for k, t, _, src in samples]
-            print(f"  {fi + 1}/{len(paths)} faces, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-        feats = torch.cat(rows).double()
+        rows, meta = [blob["features"]], json.loads(blob["meta"])
+    done = len({m["face"] for m in meta})
+    for fi, p in enumerate(paths):
+        if fi < done:
+            continue
+        face, regions = B.load_faces([p], 512)
+        rng_face = np.random.default_rng([SEED_OFFSET, fi])
+        samples = samples_for(face, regions, rng_face, SEED_OFFSET + 1000 * fi, args.per_kind)
+        imgs = torch.cat([s[2] for s in samples])
+        with torch.inference_mode():
+            rows.append(torch.cat([features(imgs[i:i + 8]) for i in range(0, len(imgs), 8)]).double())
+        meta += [{"face": fi, "kind": k, "t": t, "source": src} for k, t, _, src in samples]
         if args.cache:
-            torch.save({"features": feats, "meta": json.dumps(meta)}, args.cache)
+            torch.save({"features": torch.cat(rows), "meta": json.dumps(meta)}, args.cache)
+        print(f"  {fi + 1}/{len(paths)} faces, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    feats = torch.cat(rows).double()
+    keep = [i for i, m in enumerate(meta) if m["face"] < len(paths)]
+    feats, meta = feats[keep], [meta[i] for i in keep]
     clean = feats[[i for i, m in enumerate(meta) if m["kind"] == "clean"]]
     mean, std = clean.mean(0), clean.std(0).clamp_min(1e-3)
     z = (feats - mean) / std

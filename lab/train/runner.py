@@ -131,7 +131,10 @@ def train_stage(stage_name: str, cfg: dict, *, steps: Optional[int] = None, devi
     if faces is None:
         faces = load_faces(cfg, log)
     batches = FaceBatches(faces, int(settings["batch_size"]), seed=int(settings["seed"]))
-    metric = cfg.get("iqa_metric", "face-niqe")
+    metric = str(cfg.get("iqa_metric", "auto"))
+    if metric not in ("", "none"):
+        from ...core.score import canonical_name
+        metric = canonical_name(metric)   # 'auto' = the default critic (face-iqa); labels are cached per metric
     label_file = Path(str(cfg.get("data", {}).get("cache") or out.parent / "faces")).with_suffix("")
     labels = QualityLabels(metric, label_file.with_name(f"{label_file.name}.quality-{metric}.npy"),
                            int(cfg.get("resolution", 128)), log) if metric not in ("", "none") else None
