@@ -46,6 +46,8 @@ def _range(kind: str) -> tuple[float, float]:
         return 90.0, 8.0
     if kind == "mosaic":
         return 2.0, 16.0
+    if kind == "downscale":
+        return 1.25, hi * 1.15      # a factor below ~1.2 is no damage at all
     return lo * 0.6, hi * 1.15
 
 
