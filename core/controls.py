@@ -64,7 +64,7 @@ class Control:
 # core.paste.masks.MASK_KINDS, core.paste.color.COLOR_MODES, core.refine.refine.DEFAULT_*
 MODES = ("auto", "trained", "training-free", "off")
 SAMPLERS = ("dpmpp_2m", "euler", "heun", "ddim")
-DETECTORS = ("auto", "mtcnn", "retinaface", "retinaface-mobilenet")
+DETECTORS = ("auto", "mtcnn", "retinaface", "retinaface-resnet50", "retinaface-mobilenet")
 CROP_SIZES = (512, 256, 1024)
 MASK_KINDS = ("auto", "landmarks", "parsenet", "bisenet", "box")
 COLOR_MODES = ("lab", "lowfreq", "none")
