@@ -6,8 +6,9 @@ decoder), but built for the crop it restores and the 2-core CPU it trains on:
 - **Fully convolutional** around the token grid: any crop size that is a multiple of 16 (256², 512²)
   runs at its own resolution. A pixel-unshuffle stem moves the crop to 1/4 resolution losslessly; the
   body works at 1/4, 1/8 and 1/16; a pixel-shuffle head returns a full-resolution correction.
-- **Residual output:** ``out = x + (1 - w) * correction``. Fidelity ``w = 1`` returns the input exactly,
-  ``w = 0`` the full restoration. Nothing the model leaves alone is darkened or tinted.
+- **Residual output:** ``out = x + strength(w) * correction`` with ``strength = min(1, 2 (1 - w))``:
+  fidelity ``w <= 0.5`` (0.5 is the default) applies the full restoration, ``w = 1`` returns the input
+  exactly. Nothing the model leaves alone is darkened or tinted.
 - **Dual-branch codebook:** a universal codebook (structure) and an HQ codebook (attributes of
   high-quality faces). The HQ branch enters the decoder scaled by the quality value.
 - **Quality conditioning** (the slider): the NR-IQA quality value FiLM-conditions the lookup
@@ -133,6 +134,12 @@ class FiLMTransformerLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def correction_strength(fidelity: float) -> float:
+    """How much of the learned correction is applied: full up to fidelity 0.5 (the default), then fading
+    linearly to none at 1, which returns the input crop exactly."""
+    return min(1.0, 2.0 * (1.0 - float(fidelity)))
+
+
 class IQPFRv2(nn.Module):
     architecture = ARCHITECTURE
     fully_convolutional = True
@@ -245,7 +252,7 @@ class IQPFRv2(nn.Module):
         return {**skips, "quality": quality.reshape(-1).float()}
 
     def decode(self, quantized: torch.Tensor, skips: Mapping[str, torch.Tensor], fidelity: float = 0.5) -> torch.Tensor:
-        """-> restored crop in [-1, 1] (unclamped) = input + (1 - fidelity) * correction."""
+        """-> restored crop in [-1, 1] (unclamped) = input + correction_strength(fidelity) * correction."""
         missing = [k for k in ("e4", "e8", "input") if k not in skips]
         if missing:
             raise ValueError(f"IQPFRv2 decodes from the encoder's skips; missing {missing}")
@@ -270,7 +277,7 @@ class IQPFRv2(nn.Module):
         for block in self.dec4:
             h = block(h, cond)
         correction = F.pixel_shuffle(self.to_out(F.silu(h)), 4)
-        return x + (1.0 - float(fidelity)) * correction.to(x.dtype)
+        return x + correction_strength(fidelity) * correction.to(x.dtype)
 
     def forward(self, x: torch.Tensor, fidelity: float = 0.0, quality: float | torch.Tensor = 1.0,
                 straight_through: bool = False):
