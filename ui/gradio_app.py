@@ -75,6 +75,9 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                     visibility = _slider("visibility", "Visibility", "fr-visibility")
                     color = gr.Dropdown(colors, value=_choice(colors, [service.DEFAULT_COLOR]),
                                         label="Colour correction", elem_id="fr-color")
+                    allow_color = gr.Checkbox(value=controls.BY_NAME["allow_color"].default,
+                                              label=controls.BY_NAME["allow_color"].title,
+                                              info=controls.BY_NAME["allow_color"].help, elem_id="fr-allow-color")
                 run = gr.Button("Restore", variant="primary", elem_id="fr-run")
                 status = gr.Markdown("", elem_id="fr-status")
             with gr.Column(scale=2, min_width=420):
@@ -91,7 +94,7 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
 
         def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
                     fidelity_value, steps, strength, visibility_value, color_mode, id_network="auto",
-                    progress=gr.Progress()):
+                    colour_gray=False, progress=gr.Progress()):
             refused = service.refuse_restorer(restorer_name, allowed_extra=(default_restorer,))
             if refused:  # only offered names: a client never names a server path
                 return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
@@ -106,13 +109,13 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                                                      reference=reference_path or None,
                                                      visibility=float(visibility_value),
                                                      color_correction=color_mode or service.DEFAULT_COLOR,
-                                                     device=device))
+                                                     allow_color=bool(colour_gray), device=device))
             except Exception as err:  # anything unforeseen still ends as a message, never a dead page
                 return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
                         f"**Nothing restored.**\n- ⚠ {service.friendly_error(err)}", [])
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
-                            identity_strength, visibility, color, id_model],
+                            identity_strength, visibility, color, id_model, allow_color],
                   [slider, gallery, table, download, status, pairs], concurrency_limit=1
                   ).then(_cleared_uploads, None, [files, reference])  # the uploads were deleted after the run
 
