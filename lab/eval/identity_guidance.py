@@ -61,7 +61,7 @@ def _pairs(limit: Optional[int]):
 
 def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = None, steps: int = 8,
         restorer_name: str = "facerefine-compact", id_model_name: str = "dlib", irn: Optional[str] = None,
-        seed: int = 0, log=print) -> dict:
+        seed: int = 0, log=print, rows=ROWS) -> dict:
     from ...core.lookup import load_restorer, lookup
     from ...core.refine import refine_latent
     from ...core.refine.guidance import crop_landmarks
@@ -113,8 +113,10 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
               "judge": judge.name, "refine_steps": steps, "seed": seed, "severities": {}, "notes": notes}
     for sev in severities:
         lq = lq_faces(hq, sev, seed, kept)
-        table, outputs = [], {}
-        for row in ROWS:
+        lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
+                    "psnr": float(psnr(lq, hq).mean()), "ssim": float(ssim(lq, hq).mean())}
+        table, outputs = [lq_entry], {}
+        for row in rows:
             if row.target == "recovery" and guide.recovery is None:
                 table.append({"row": row.label, "skipped": True})
                 continue
@@ -150,9 +152,9 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                      "refine_seconds_per_face": float(np.mean(ref_secs)) if row.refine else 0.0}
             table.append(entry)
             log(json.dumps(entry))
-        lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
-                    "psnr": float(psnr(lq, hq).mean()), "ssim": float(ssim(lq, hq).mean())}
-        table.insert(0, lq_entry)
+            result["severities"][sev] = table  # partial results survive an interrupted run
+            (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+            (out_dir / "report.md").write_text(markdown(result))
         result["severities"][sev] = table
         grid = write_grid(out_dir / f"grid_{sev}.jpg", hq, lq, ref_imgs, {k: outputs[k] for k in GRID_ROWS
                                                                           if k in outputs})
@@ -220,10 +222,12 @@ def main(argv=None) -> int:
     ap.add_argument("--id-model", default="dlib")
     ap.add_argument("--identity-recovery", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default=None, help="comma-separated row numbers (0-based) of ROWS to run")
     args = ap.parse_args(argv)
+    rows = ROWS if not args.rows else tuple(ROWS[int(i)] for i in args.rows.split(","))
     torch.set_num_threads(1)
     res = run(Path(args.out), tuple(s.strip() for s in args.severities.split(",") if s.strip()), args.limit,
-              args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed)
+              args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed, rows=rows)
     print(markdown(res))
     return 0
 
