@@ -36,7 +36,9 @@ def training_photos(n: int, root=None) -> list[Path]:
 
 
 def tune(n_faces: int = 12, seed: int = 0, severities=None, detector: str = "mtcnn", size: int = 512,
-         log=print) -> dict:
+         log=print, out: Path | None = None) -> dict:
+    """Grid search per severity; with ``out`` the record is merged into that file after each severity
+    (a long run can be stopped and continued with ``--severities``)."""
     import numpy as np
     import torch
 
@@ -55,6 +57,12 @@ def tune(n_faces: int = 12, seed: int = 0, severities=None, detector: str = "mtc
               "grid": {"denoise": DENOISE_GRID, "sharpen (sigma, amount)": SHARPEN_GRID},
               "command": "python -m facerefine.lab.eval.tune_classical " + " ".join(sys.argv[1:]),
               "severities": {}}
+    if out is not None and Path(out).is_file():
+        old = json.loads(Path(out).read_text())
+        same = {k: old.get(k) for k in ("seed", "detector", "size", "faces")} == \
+               {k: record[k] for k in ("seed", "detector", "size", "faces")}
+        if same:  # keep the severities tuned before on the same faces
+            record["severities"] = {k: v for k, v in old.get("severities", {}).items() if k not in severities}
     for sev in severities:
         t0 = time.perf_counter()
         lq = lq_faces(hq, sev, seed, photos)
@@ -76,6 +84,10 @@ def tune(n_faces: int = 12, seed: int = 0, severities=None, detector: str = "mtc
             "all": [{"params": p.to_dict(), "psnr": a, "ssim": b} for a, b, p in scores]}
         log(f"{sev}: LQ {lq_psnr:.2f} dB -> best {best[0]:.2f} dB / SSIM {best[1]:.4f} with {best[2].describe()} "
             f"({time.perf_counter() - t0:.0f} s)")
+        if out is not None:
+            order = [k for k in BENCHMARK_SEVERITIES if k in record["severities"]]
+            record["severities"] = {k: record["severities"][k] for k in order}
+            Path(out).write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
@@ -84,10 +96,12 @@ def main(argv=None) -> int:
     ap.add_argument("--faces", type=int, default=12, help="training photos to tune on (identities in order)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--detector", default="mtcnn")
+    ap.add_argument("--severities", default=None, help="comma-separated (default: all benchmark severities)")
     ap.add_argument("--out", default=str(PARAMS_FILE))
     args = ap.parse_args(argv)
-    record = tune(args.faces, args.seed, detector=args.detector)
-    Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    sevs = [s.strip() for s in args.severities.split(",") if s.strip()] if args.severities else None
+    tune(args.faces, args.seed, severities=sevs, detector=args.detector, out=Path(args.out),
+         log=lambda m: print(m, flush=True))
     print(f"wrote {args.out}")
     return 0
 
