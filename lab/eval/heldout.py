@@ -340,7 +340,7 @@ def run_benchmark(out_dir: str | Path, opts: BenchOptions = BenchOptions(),
                                                                      BENCHMARK_SEVERITIES[s].describe()}
                               for s in severities},
                "classical_params": {s: classical[s].to_dict() | {"description": classical[s].describe()}
-                                    for s in severities} if classical else None,
+                                    for s in severities if s in classical} if classical else None,
                "rows": {}, "checks": {}, "files": {}}
     hq_row = {k: _mean(v) for k, v in measures.per_face(hq, hq, with_ref=False).items()}
     for sev in severities:
