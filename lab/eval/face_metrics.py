@@ -50,8 +50,8 @@ def delta_e_face(x: torch.Tensor, hq: torch.Tensor, masks: torch.Tensor, blur_si
     sigma = blur_sigma * x.shape[-1] / 512
     out = []
     for a, b, m in zip(x, hq, masks):
-        pa, pb = (cv2.GaussianBlur(t.permute(1, 2, 0).float().clamp(0, 1).cpu().numpy(), (0, 0), sigma)
-                  for t in (a, b))
+        pa, pb = (cv2.GaussianBlur(np.ascontiguousarray(t.permute(1, 2, 0).float().clamp(0, 1).cpu().numpy()),
+                                   (0, 0), sigma) for t in (a, b))
         de = deltaE_ciede2000(rgb2lab(pb), rgb2lab(pa))
         w = m.cpu().numpy() > 0.5
         out.append(float(de[w].mean()) if w.any() else float("nan"))
