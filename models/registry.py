@@ -114,6 +114,11 @@ register(WeightSpec(
     "face-niqe", "face_niqe.safetensors", "facerefine", (), None, None,
     "fitted here on the London Face Set (CC BY 4.0); parameters CC BY 4.0", "FaceNIQE",
     "score (offline face-niqe metric; refit with lab/train/fit_face_niqe.py)", embedded=True))
+register(WeightSpec(
+    "face-iqa", "face_iqa.safetensors", "facerefine", (), None, None,
+    "fitted here on the London Face Set (CC BY 4.0); parameters CC BY 4.0", "FaceIQA",
+    "score (default face critic: score node/CLI, lookup steering, training labels; "
+    "refit with lab/train/fit_face_iqa.py)", embedded=True))
 
 # --- refine (core/refine): trained here with `python -m facerefine train`, no public download ---
 for _arch in ("codeformer", "iqpfr"):
@@ -161,11 +166,6 @@ def restorer_candidates() -> list[str]:
             if find_existing(file, spec.folder) is not None:
                 found.append(name if file == spec.file else file)
     return found + [EMBEDDED_RESTORER]
-
-
-def default_restorer() -> str:
-    """'auto' restorer: the first community restorer found on disk, else the embedded compact model."""
-    return restorer_candidates()[0]
 
 
 def get_spec(name: str) -> Optional[WeightSpec]:
