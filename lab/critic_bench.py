@@ -3,8 +3,8 @@
     python -m facerefine.lab.critic_bench [--metrics face-iqa,face-niqe,piqe] [--faces 20] [--size 512]
                                           [--qualityface PATH/last.pth] [--json OUT.json] [--docs docs/quality.md]
 
-Held-out London identities (``lab.datasets.london_split``; never used to fit anything), 512² central
-crops, each degraded at five rising severities of every kind below. Per metric and kind it reports the
+Held-out London identities (``lab.datasets.london_split``; never used to fit anything), aligned to the
+crop step's 5-point template at 512² with their landmark files, each degraded at five rising severities of every kind below. Per metric and kind it reports the
 mean normalised score per level, Spearman rho between severity and quality (falling score = positive),
 whether the clean faces' mean ranks above every level, and the share of faces whose clean version
 scores above all five of its degraded versions. Two ordering checks follow:
@@ -66,14 +66,13 @@ def london_landmarks(image_path: Path) -> Optional[np.ndarray]:
     return pts
 
 
-# the crop step's 512² framing (FFHQ 5-point template): eye centres and mouth centre
-TEMPLATE_512 = np.array([[193.0, 240.0], [319.0, 240.0], [257.0, 371.0]])
-
-
 def load_faces(paths: Sequence[Path], size: int = 512) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Aligned crops [N,3,S,S] in the crop step's framing (similarity from pupils + mouth centre to the
-    5-point template, bicubic) and soft region masks ('face', 'eyes', 'lips' [N,1,S,S]) from the landmarks."""
+    """Aligned crops [N,3,S,S] in the crop step's framing (least-squares similarity from the pupils and mouth
+    corners to the crop step's 5-point template, bicubic) and soft region masks ('face', 'eyes', 'lips'
+    [N,1,S,S]) from the landmarks."""
     import cv2
+
+    from ..core.crop.align import _umeyama_similarity, template
     from PIL import Image
     faces, regions = [], {"face": [], "eyes": [], "lips": []}
     for p in paths:
@@ -85,8 +84,10 @@ def load_faces(paths: Sequence[Path], size: int = 512) -> tuple[torch.Tensor, di
             if im.size != (768, 768):
                 im = im.resize((768, 768), Image.BICUBIC)
             arr = np.asarray(im)
-        src = np.array([pts[0], pts[1], pts[list(A.LONDON_LIPS)].mean(0)], np.float32)
-        mat, _ = cv2.estimateAffinePartial2D(src, (TEMPLATE_512 * size / 512).astype(np.float32))
+        lip = pts[list(A.LONDON_LIPS)]
+        src = np.array([pts[0], pts[1], lip[lip[:, 0].argmin()], lip[lip[:, 0].argmax()]])  # pupils, mouth corners
+        tpl = template(size)[[0, 1, 3, 4]]
+        mat = _umeyama_similarity(src, tpl)
         warped = cv2.warpAffine(arr, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         faces.append(torch.from_numpy(warped.copy()).permute(2, 0, 1).float() / 255)
         q = pts @ mat[:, :2].T + mat[:, 2]
