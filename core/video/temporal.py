@@ -122,6 +122,11 @@ class TemporalLookup:
         """Restore the faces (in frame order; ``track_ids[i]`` is the track of face i)."""
         from ..lookup.detail import carry_detail
         from ..lookup.lookup import _to_model
+        try:
+            from ..lookup.lookup import native_size
+        except ImportError:  # older lookup module: the restorer's own size
+            def native_size(restorer, crop_size):
+                return restorer.img_size
         n = len(face_crops)
         if n == 0:
             return face_crops
@@ -131,11 +136,12 @@ class TemporalLookup:
         size = face_crops.crop_size
         affines = [f.affine for f in face_crops.faces]
         a = self.strength
+        model_size = native_size(r, size)
         priors: list = []   # (previous state or None, relative affine) of each face
         news: list = []     # the state each face leaves for the next frame of its track
         with r.autocast():
             if r.codebook is None:
-                outs = [r.loaded.run_whole(_to_model(face_crops.crops[i:i + self.batch_size], r.img_size,
+                outs = [r.loaded.run_whole(_to_model(face_crops.crops[i:i + self.batch_size], model_size,
                                                      r.device)).float()
                         for i in range(0, n, self.batch_size)]
                 restored = torch.cat(outs)
@@ -147,7 +153,7 @@ class TemporalLookup:
                 model = r.codebook
                 lqs, skips = [], []
                 for i in range(0, n, self.batch_size):
-                    x = _to_model(face_crops.crops[i:i + self.batch_size], r.img_size, r.device)
+                    x = _to_model(face_crops.crops[i:i + self.batch_size], model_size, r.device)
                     lq_b, sk_b = model.encode(x * 2 - 1)
                     lqs.append(lq_b)
                     skips.append(sk_b)
@@ -172,8 +178,8 @@ class TemporalLookup:
                     film = model.film(torch.full((n,), self.quality, device=lq.device))
                 logits = model.logits(lq, film).float()
                 probs = F.softmax(logits, dim=2)
-                groups = getattr(model, "groups", 1)
-                s = model.latent_hw
+                s = lq.shape[-1]                      # latent grid (fully convolutional models: crop / stride)
+                groups = probs.shape[1] // (s * s)    # IQPFR: universal + HQ tokens
                 for i, (st, rel) in enumerate(priors):
                     if st is not None and st.probs is not None and a > 0:
                         prev = st.probs.view(groups, s, s, -1).permute(0, 3, 1, 2)
@@ -188,7 +194,8 @@ class TemporalLookup:
                     outs.append(((model.decode(quantized[i:i + self.batch_size], skb, self.fidelity).float() + 1)
                                  / 2).clamp(0, 1))
                 restored = torch.cat(outs)
-        restored = carry_detail(restored.to(face_crops.crops.device), face_crops.crops, r.img_size, self.fidelity)
+        restored = carry_detail(restored.float().clamp(0, 1).to(face_crops.crops.device), face_crops.crops, model_size,
+                                self.fidelity)
         if restored.shape[-1] != size:
             restored = F.interpolate(restored, size=(size, size), mode="bicubic", align_corners=False,
                                      antialias=True).clamp(0, 1)
