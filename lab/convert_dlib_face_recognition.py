@@ -102,7 +102,7 @@ def read_dat(path: Path) -> dict:
 
 def convert(dat: Path) -> dict[str, torch.Tensor]:
     """The folded state dict of DlibFaceRecognitionResNet (float32)."""
-    from facerefine.models.arch.dlib_resnet import DLIB_RGB_MEAN, DlibFaceRecognitionResNet
+    from ..models.arch.dlib_resnet import DLIB_RGB_MEAN, DlibFaceRecognitionResNet
     raw = read_dat(dat)
     convs, affines, fcs = raw["convs"], raw["affines"], raw["fcs"]
     if len(convs) != 29 or len(affines) != 29 or len(fcs) != 1:
@@ -149,8 +149,8 @@ def find_license(dat: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
-    from facerefine.models.arch.dlib_resnet import DLIB_RESNET_ARCH
-    from facerefine.models.loading import save_safetensors
+    from ..models.arch.dlib_resnet import DLIB_RESNET_ARCH
+    from ..models.loading import save_safetensors
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dat", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=OUT_DEFAULT)

@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     import dlib
     import torch
 
-    from facerefine.core.crop import CropOptions, crop_faces
-    from facerefine.lab.datasets import london_split
+    from ..core.crop import CropOptions, crop_faces
+    from .datasets import london_split
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--size", type=int, default=150)
