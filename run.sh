@@ -11,19 +11,27 @@ setup() {
   # re-install when pyproject.toml changes (new dependencies)
   stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
   [ "$(cat "$VENV/.facerefine-ready" 2>/dev/null)" = "$stamp" ] && return 0
-  [ -x "$PY" ] || python3 -m venv "$VENV"
+  # progress on stderr for the first set-up (minutes, several GB); pip shows its own progress bars
+  say() { echo "run.sh: $*" >&2; }
+  if [ ! -x "$PY" ]; then say "[1/4] creating the virtual environment $VENV"; python3 -m venv "$VENV"; fi
+  say "[2/4] updating pip"
   "$PY" -m pip install -q --upgrade pip
   # torch comes first and explicitly (requirements.txt never pins it; see README "Install").
   if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    say "[3/4] installing torch + torchvision (about 7 GB, a few minutes; progress below)"
     case "$(uname -m)" in
-      aarch64|arm64) "$PY" -m pip install -q "torch==2.9.1" "torchvision==0.24.1" ;;
-      *)             "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" ;;
+      aarch64|arm64) "$PY" -m pip install --progress-bar on "torch==2.9.1" "torchvision==0.24.1" ;;
+      *)             "$PY" -m pip install --progress-bar on "torch==2.14.1" "torchvision==0.29.1" ;;
     esac
+  else
+    say "[3/4] torch + torchvision already installed"
   fi
+  say "[4/4] installing FaceRefine and its dependencies (gradio, pyiqa, facexlib, spandrel...)"
   "$PY" -m pip install -q -e ".[dev]"
   # eval/test extra (dlib itself, for the identity-network parity test); optional: the test skips without it
   "$PY" -m pip install -q -e ".[eval]" || echo "run.sh: the eval extra (dlib-bin) did not install; dlib parity tests will skip"
   echo "$stamp" > "$VENV/.facerefine-ready"
+  say "set-up done"
 }
 
 setup

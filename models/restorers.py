@@ -36,7 +36,9 @@ def install_extra_arches() -> None:
     if _extra_installed:
         return
     from spandrel import MAIN_REGISTRY
-    from spandrel_extra_arches import EXTRA_REGISTRY
+    from .arch.iqpfr import quiet_dependency_warnings
+    with quiet_dependency_warnings():  # its CodeFormer uses @torch.jit.script (FutureWarning on every run)
+        from spandrel_extra_arches import EXTRA_REGISTRY
     MAIN_REGISTRY.add(*EXTRA_REGISTRY, ignore_duplicates=True)
     _extra_installed = True
 

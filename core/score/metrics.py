@@ -211,8 +211,8 @@ def _build(info: MetricInfo, device: torch.device, face_input: bool) -> Metric:
         kwargs.update(backbone_pretrain=False, align_crop_face=False)
     try:
         import pyiqa
-        with pyiqa_weights.pyiqa_sources(found):
-            model = pyiqa.create_metric(info.pyiqa_name, device=device, **kwargs)
+        with pyiqa_weights.pyiqa_sources(found, info.name) as sources:  # never patches torch.load
+            model = pyiqa.create_metric(info.pyiqa_name, device=device, **kwargs, **sources)
     except FaceRefineError:
         raise
     except Exception as err:  # noqa: BLE001 - third-party loader: report, never crash the host

@@ -98,43 +98,70 @@ def require_files(metric: str) -> dict[str, Path]:
     return found
 
 
-@contextlib.contextmanager
-def pyiqa_sources(found: dict[str, Path]) -> Iterator[None]:
-    """Point pyiqa at the folders holding ``found`` and refuse pickled code while it builds a metric.
+# metric -> the pyiqa option that takes a local checkpoint path (pyiqa then reads exactly that file)
+PATH_OPTION: dict[str, str] = {"topiq_nr-face": "pretrained_model_path", "musiq": "pretrained_model_path",
+                               "niqe": "pretrained_model_path", "brisque": "pretrained_model_path"}
 
-    pyiqa calls ``torch.load(weights_only=False)``; inside this block every torch.load is
-    forced to ``weights_only=True`` so a checkpoint can only hold tensors and plain containers.
-    """
+
+def verify_checkpoints(found: dict[str, Path]) -> None:
+    """Refuse, before pyiqa reads them, checkpoints that hold pickled code.
+
+    pyiqa reads checkpoints with ``torch.load(weights_only=False)``. Each pickle is first read here with
+    ``weights_only=True`` (only tensors and plain containers); a file that passes holds no code for pyiqa's
+    own load to run. TorchScript archives (CLIP's RN50.pt, read by torch.jit.load) and .mat files hold no
+    pickled Python code and are left to pyiqa."""
     import torch
+    from ...models.loading import pickle_errors
+    for path in found.values():
+        if path.suffix.lower() not in (".pth", ".pt", ".ckpt", ".bin") or _is_torchscript(path):
+            continue
+        try:
+            torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle_errors() as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+                raise WeightsFormatError(
+                    f"refused the pyiqa checkpoint {path}: it holds pickled Python objects beyond tensors, "
+                    f"which could run code ({first})") from err
+            raise WeightsFormatError(f"{path} is not a readable PyTorch checkpoint ({first}); it may be "
+                                     f"truncated - delete it and download it again") from err
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist()[:200])
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def pyiqa_sources(found: dict[str, Path], metric: Optional[str] = None) -> Iterator[dict]:
+    """Check the checkpoints, then yield the keyword arguments that point pyiqa at them.
+
+    No global is patched for metrics whose pyiqa class takes a checkpoint path (PATH_OPTION): torch.load
+    stays untouched for every thread. Only metrics without such an option (CLIP backbones, MANIQA) get
+    pyiqa's own cache folder pointed at our folder while they are built, under a lock."""
+    verify_checkpoints(found)
+    option = PATH_OPTION.get(metric or "")
+    entries = [entry for entry in PYIQA_FILES.get(metric or "", ()) if entry[0] in found]
+    if option and len(entries) == 1:
+        yield {option: str(found[entries[0][0]])}
+        return
     import pyiqa.archs.clip_model as clip_model
     import pyiqa.utils.download_util as download_util
-
     with _PATCH_LOCK:
         saved_cache = download_util.DEFAULT_CACHE_DIR
         saved_get_dir = clip_model.get_dir
-        saved_load = torch.load
         for path in found.values():
             if path.parent.name == "clip":
                 hub_root = str(path.parent.parent)
                 clip_model.get_dir = lambda root=hub_root: root
             else:
                 download_util.DEFAULT_CACHE_DIR = str(path.parent)
-
-        def safe_load(*args, **kwargs):
-            kwargs["weights_only"] = True
-            try:
-                return saved_load(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - re-raised with a readable message
-                if "weights_only" in str(err) or "Unsupported global" in str(err):
-                    raise WeightsFormatError(
-                        f"refused to load a pyiqa checkpoint that holds pickled Python objects beyond "
-                        f"tensors ({str(err).splitlines()[0]})") from err
-                raise
-
-        torch.load = safe_load
         try:
-            yield
+            yield {}
         finally:
-            torch.load = saved_load
             download_util.DEFAULT_CACHE_DIR = saved_cache
             clip_model.get_dir = saved_get_dir

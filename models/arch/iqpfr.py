@@ -19,10 +19,12 @@ Method surface shared with the CodeFormer adapter (models.restorers.CodeFormerCo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
@@ -39,7 +41,18 @@ FORMAT = "facerefine-iqpfr"
 
 def spandrel_codeformer_blocks():
     """spandrel_extra_arches' CodeFormer module (building blocks live there)."""
-    return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
+    with quiet_dependency_warnings():
+        return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
+
+
+@contextlib.contextmanager
+def quiet_dependency_warnings():
+    """Silence, while a dependency is imported, the warnings users cannot act on: spandrel_extra_arches'
+    CodeFormer module uses ``@torch.jit.script`` at import, which recent torch flags as deprecated
+    (FutureWarning) on every run. Only that message is filtered, only during the import."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        yield
 
 
 # Limits for configs read from files (the largest sensible face model is far inside them).
