@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True,
                    help="folder for the crops (<name>_faceNN.png; a taken name gets a counter, _00001)")
     p.add_argument("--overwrite", action="store_true", help="replace existing crop files (inputs never)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
+    from ..core.controls import add_argument
+    add_argument(p, "device")
     add_crop_arguments(p)
 
 

@@ -109,8 +109,8 @@ def test_comfy_nodes_match_the_table():
             continue
         kind, spec = entry[0], entry[1]
         c = BY_NAME[control_name]
-        if c.kind in ("image", "weights") or (isinstance(kind, str) and kind.startswith(("FACE", "IMAGE"))):
-            continue  # model handles and images are sockets, not widgets
+        if c.kind in ("image", "weights", "text") or (isinstance(kind, str) and kind.startswith(("FACE", "IMAGE"))):
+            continue  # sockets (model handles, images) and free-form names the nodes offer as file dropdowns
         if name == "device":
             continue  # ComfyUI offers its own device list (runtime.DEVICE_CHOICES); 'auto' is models.device's
         checked += 1
@@ -133,8 +133,8 @@ class _Widget:
         self.kind, self.args, self.kwargs = kind, args, kwargs
         self.elem_id = kwargs.get("elem_id")
 
-    def __getattr__(self, name):  # .click/.select/.change...
-        return lambda *a, **k: None
+    def __getattr__(self, name):  # .click(...).then(...), .select, .change...
+        return lambda *a, **k: self
 
     def __enter__(self):
         return self
