@@ -5,7 +5,7 @@ import importlib
 import logging
 
 _MODULES = ("crop_nodes", "score_nodes", "lookup_nodes", "refine_nodes", "paste_nodes", "all_in_one_nodes",
-            "loader_nodes")
+            "loader_nodes", "video_nodes")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
