@@ -28,13 +28,13 @@ def test_table_matches_the_steps_constants():
     from facerefine.core.lookup.lookup import MODES
     from facerefine.core.paste.color import COLOR_MODES
     from facerefine.core.paste.masks import MASK_KINDS
-    from facerefine.core.refine import refine as R
+    from facerefine.core.refine.refine import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH
     from facerefine.core.refine.samplers import SAMPLERS
     assert controls.MODES == tuple(MODES) and controls.SAMPLERS == tuple(SAMPLERS)
     assert controls.DETECTORS == tuple(DETECTORS) and set(controls.CROP_SIZES) == set(CROP_SIZES)
     assert controls.MASK_KINDS == tuple(MASK_KINDS) and set(controls.COLOR_MODES) == set(COLOR_MODES)
     assert (controls.DEFAULT_IDENTITY_STRENGTH, controls.DEFAULT_STRENGTH, controls.DEFAULT_SAMPLER) == (
-        R.DEFAULT_IDENTITY_STRENGTH, R.DEFAULT_STRENGTH, R.DEFAULT_SAMPLER)
+        DEFAULT_IDENTITY_STRENGTH, DEFAULT_STRENGTH, DEFAULT_SAMPLER)
 
 
 def test_every_row_names_a_real_option_and_a_valid_default():
@@ -213,17 +213,7 @@ def test_a1111_settings_and_extras_match_the_table(tmp_path, monkeypatch):
     for name in restorer_script.SETTINGS:
         assert getattr(settings, name) == BY_NAME[name].default, name
 
-    extras = glue.load_script("facerefine_extras.py")
-    widgets = {}
-    gr = extras.gr
-
-    def slider(*args, **kwargs):
-        w = _Widget("Slider", *args, **kwargs)
-        widgets[w.elem_id] = w
-        return w
-    monkeypatch.setattr(gr, "Slider", slider)
-    extras.FaceRefinePostprocessing().ui()
-    assert _check_widgets(widgets, {"extras_facerefine_quality": "quality", "extras_facerefine_fidelity": "fidelity",
-                                    "extras_facerefine_visibility": "visibility",
-                                    "extras_facerefine_refine_steps": "refine_steps",
-                                    "extras_facerefine_identity_strength": "identity_strength"}) == 5
+    _script, sliders = glue.extras_ui(glue.load_script("facerefine_extras.py"))  # real gradio components
+    for name in ("quality", "fidelity", "visibility", "refine_steps", "identity_strength"):
+        w, c = sliders[name], BY_NAME[name]
+        assert (w.minimum, w.maximum, w.step, w.value) == (c.minimum, c.maximum, c.step, c.default), name
