@@ -145,13 +145,22 @@ register(WeightSpec(
     "trained here (same data as facerefine-compact)", "FaceRefine-LatentPrior",
     "refine with facerefine-compact (latent score model over its 2x64-channel 16x16 latent)", embedded=True))
 
+register(WeightSpec(
+    "facerefine-compact-v2", "facerefine_compact_v2.safetensors", "facerefine", (),
+    "fe2c54396a5e51ec7bb65d68a73b260daba4a417b4be91cc0479a7a90a192115", 5106792,
+    "trained here on FFHQ/StyleGAN 256 subsets, UTKFace and London train identities: NON-COMMERCIAL RESEARCH "
+    "use only (FFHQ CC BY-NC-SA 4.0, UTKFace and StyleGAN non-commercial terms)", "IQPFRv2",
+    "lookup (embedded default restorer when no community weights are present; fully convolutional IQPFR v2, "
+    "CPU-trained)",
+    embedded=True, notes="fp16; retrain with `python -m facerefine train compact-v2` (configs/compact_v2.json)"))
+
 
 # Names under which A1111/Forge save the same official files.
 A1111_FILE_NAMES = {"codeformer": ("codeformer-v0.1.0.pth",)}
 
 
 AUTO_RESTORERS = ("codeformer", "gfpgan-1.4", "gfpgan-1.3", "restoreformer++")
-EMBEDDED_RESTORER = "facerefine-compact"
+EMBEDDED_RESTORER = "facerefine-compact-v2"
 
 
 def restorer_candidates() -> list[str]:
