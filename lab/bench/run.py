@@ -81,6 +81,10 @@ def evaluate_targets(report: dict) -> list[dict]:
     ratio_default = nested_get(stages, "lookup", "summary", "defaults_ratio_to_bare_batch1")
     add("CPU: lookup at defaults / bare forward, batch 1", ratio_default, 2.0, "<=", needs=not cuda,
         note="measured on CPU only")
+    default_ratio = nested_get(stages, "default_model", "summary", "default_over_bare_batch1")
+    add("CPU: embedded default restorer at defaults / bare CodeFormer forward, one 512^2 face", default_ratio, 0.3,
+        "<=", needs=not cuda and report["options"].get("restorer") in (None, ""),
+        note="yardstick: random full-size CodeFormer; measured on CPU")
     mem = nested_get(stages, "memory", "summary", "pipeline_over_bare_total")
     add("pipeline peak memory for one 512^2 face / bare forward peak", mem, 1.3, "<=")
     refine_ratio = nested_get(stages, "refine", "summary", "refine_over_lookup")

@@ -49,7 +49,7 @@ class BenchOptions:
                             self.threads, steering, self.log)
 
 
-ALL_STAGES = ("lookup", "detect_align_paste", "score", "refine", "memory", "parity")
+ALL_STAGES = ("lookup", "default_model", "detect_align_paste", "score", "refine", "memory", "parity")
 
 
 

@@ -312,8 +312,31 @@ PARITY_PSNR_DB = 35.0
 
 
 
+def stage_default_model(ctx: BenchContext, report: dict) -> dict:
+    """The embedded default restorer (what `restore` uses with no community weights) at its defaults on one
+    512² face, interleaved with the bare forward of the yardstick model (full-size CodeFormer by default)."""
+    from ...core.lookup.restorer import load_restorer
+    from ...models.registry import EMBEDDED_RESTORER
+    setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
+    try:
+        default = load_restorer(EMBEDDED_RESTORER, device=ctx.device)
+    except Exception as err:  # weights absent in a stripped install
+        raise StageUnavailable(f"embedded default restorer {EMBEDDED_RESTORER} could not load: {err}") from None
+    crops = synthetic_face_crops(1, FULL_CROP, seed=1)
+    crops = crops.__class__(crops.crops.to(ctx.device), crops.faces, crops.crop_size)
+    x = (crops.crops * 2 - 1)
+    ctx.log(f"default model: {EMBEDDED_RESTORER} vs bare {setup.architecture}")
+    res = ctx.measure({"bare": lambda: _inference(setup.bare, x),
+                       "default_model": lambda: lookup(crops, default)}, count_flops=True)
+    ratio = round(res["default_model"].median / res["bare"].median, 4)
+    return {"restorer": EMBEDDED_RESTORER, "yardstick": setup.description,
+            "bare": res["bare"].summary(1), "default_model": res["default_model"].summary(1),
+            "summary": {"default_over_bare_batch1": ratio}}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[BenchContext, dict], dict]] = {
     "lookup": stage_lookup,
+    "default_model": stage_default_model,
     "detect_align_paste": stage_detect_align_paste,
     "score": stage_score,
     "refine": stage_refine,
