@@ -4,11 +4,13 @@ Per-frame restoration flickers because every frame picks its codebook entries (a
 correction) on its own, from a differently noisy input. Here each track keeps a running state:
 
 - ``TemporalLookup``: the encoder latent (and the fidelity skip features) and the lookup's code
-  probabilities of a frame are blended with the previous frame's, warped by the change of the face's
-  affine (the crops are aligned, so this warp is small), before the codes are picked and decoded.
+  probabilities of a frame are blended with the previous frame's before the codes are picked and
+  decoded. The crops are aligned to the (smoothed) landmarks, so the face already sits at the same place
+  in consecutive crops: the previous state needs no warp (``warp_grid`` is there for callers whose crops
+  are not aligned).
   Restorers without a codebook (GFPGAN, RestoreFormer) blend their restored crops the same way.
-- ``TrackColor``: paste-back colour correction with statistics that are running averages over the
-  track instead of per-frame values.
+- ``TrackColor``: paste-back colour correction towards a colour target (the original face's statistics)
+  that is a running average over the track instead of a per-frame value.
 
 A large change between frames (a cut, a fast turn) resets the track's state, so nothing is smeared.
 """
@@ -107,9 +109,11 @@ class TemporalLookup:
         st = self.states.get(tid)
         if st is None:
             return None, None
-        rel = relative_affine(st.affine, affine)
-        if not is_small_motion(rel, crop_size):
-            return None, None
+        if not is_small_motion(relative_affine(st.affine, affine), crop_size):
+            return None, None   # a jump of the crop box (a cut, a detector swap): start afresh
+        # the crops are aligned to the face's landmarks, so the face sits at the same place in consecutive
+        # crops however the frame moved: the previous state is used as it is (identity warp)
+        rel = IDENTITY
         if lq is not None and st.lq is not None:
             prev = warp_grid(st.lq, rel, crop_size)
             sim = F.cosine_similarity(prev.flatten().float(), lq.flatten().float(), dim=0)
@@ -211,9 +215,9 @@ class TemporalLookup:
 class TrackColor:
     """Paste-back colour correction with running statistics per track (no per-frame colour pumping).
 
-    mode 'lab': Reinhard mean/std transfer in CIE-LAB, as core.paste.color.lab_transfer, but with the
-    means and deviations of both the restored and the original face averaged over the track.
-    mode 'lowfreq': the low-frequency offset (original minus restored) averaged over the track.
+    mode 'lab': Reinhard mean/std transfer in CIE-LAB, as core.paste.color.lab_transfer, towards the
+    original face's means and deviations averaged over the track.
+    mode 'lowfreq': the restored details on the original's low frequencies averaged over the track.
     momentum: weight of the running value (0 = per frame).
     """
 
@@ -227,13 +231,11 @@ class TrackColor:
     def reset(self) -> None:
         self.states.clear()
 
-    def _ema(self, tid: int, values: tuple, rel: Optional[np.ndarray], size: int) -> tuple:
+    def _ema(self, tid: int, values: tuple) -> tuple:
         old = self.states.get(tid)
         m = self.momentum
         if old is not None and m > 0:
-            prev = tuple(warp_grid(v, rel, size) if (rel is not None and v.ndim == 4 and v.shape[-1] > 1) else v
-                         for v in old[1])
-            values = tuple(m * p + (1 - m) * v for p, v in zip(prev, values))
+            values = tuple(m * p + (1 - m) * v for p, v in zip(old[1], values))
         return values
 
     @torch.inference_mode()
@@ -249,32 +251,30 @@ class TrackColor:
         out = []
         for i, tid in enumerate(track_ids):
             face = restored.faces[i]
-            rel = None
             old = self.states.get(tid)
-            if old is not None:
-                rel = relative_affine(old[0], face.affine)
-                if not is_small_motion(rel, size):
-                    self.states.pop(tid)
-                    rel = None
+            if old is not None and not is_small_motion(relative_affine(old[0], face.affine), size):
+                self.states.pop(tid)   # a jump: the colour target starts afresh
             x = restored.crops[i:i + 1].float().clamp(0, 1)
             o = original[i:i + 1].float().clamp(0, 1)
             w = masks[i:i + 1, None].float()
+            # the restored face is normalised with its own statistics (its colour cast is removed every
+            # frame); the target, the original face's statistics, is averaged over the track
             if self.mode == "lab":
                 pw = F.avg_pool2d(w, 4)
                 mean_r, std_r = _masked_stats(rgb_to_lab(F.avg_pool2d(x, 4)), pw)
                 mean_o, std_o = _masked_stats(rgb_to_lab(F.avg_pool2d(o, 4)), pw)
-                mean_r, std_r, mean_o, std_o = self._ema(tid, (mean_r, std_r, mean_o, std_o), rel, size)
-                self.states[tid] = (face.affine, (mean_r, std_r, mean_o, std_o))
+                mean_o, std_o = self._ema(tid, (mean_o, std_o))
+                self.states[tid] = (face.affine, (mean_o, std_o))
                 lab = (rgb_to_lab(x) - mean_r) * (std_o / std_r).clamp(0.5, 2.0) + mean_o
                 out.append(lab_to_rgb(lab, clip=True))
             else:
                 sigma = size / 64.0
                 hard = (w > 0.01).float()
                 norm = _blur(hard, sigma).clamp(min=1e-4)
-                offset = (_blur(o * hard, sigma) - _blur(x * hard, sigma)) / norm
-                (offset,) = self._ema(tid, (offset,), rel, size)
-                self.states[tid] = (face.affine, (offset,))
-                out.append((x + offset).clamp(0, 1))
+                low_o = _blur(o * hard, sigma) / norm
+                (low_o,) = self._ema(tid, (low_o,))
+                self.states[tid] = (face.affine, (low_o,))
+                out.append((x - _blur(x * hard, sigma) / norm + low_o).clamp(0, 1))
         corrected = torch.cat(out)
         return FaceCrops(corrected, restored.faces, restored.crop_size, restored.parsing_masks,
                          restored.history + (f"color:{self.mode}:track",))
