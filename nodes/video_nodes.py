@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 
+from ..core import controls
 from . import runtime as rt
-from .crop_nodes import DETECTOR_CHOICES
+
 
 NONE_CHOICE = "none"
 
@@ -25,10 +26,8 @@ class FaceRefineRestoreVideo:
                 "restorer": (rt.restorer_choices(extra=[NONE_CHOICE]), {
                     "default": rt.default_restorer(),
                     "tooltip": "Weights in models/facerestore_models; none = track, crop and paste back only."}),
-                "quality": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
-                                      "tooltip": rt.tooltip("quality")}),
-                "fidelity": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                       "tooltip": rt.tooltip("fidelity")}),
+                "quality": controls.comfy_input("quality", tooltip=rt.tooltip("quality")),
+                "fidelity": controls.comfy_input("fidelity", tooltip=rt.tooltip("fidelity")),
                 "temporal": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 0.95, "step": 0.05,
                                        "tooltip": "How much of the previous frame's lookup (latent and code "
                                                   "choices) each frame keeps, per face track. 0 = every frame "
@@ -39,11 +38,11 @@ class FaceRefineRestoreVideo:
                                   "tooltip": "Frame rate of the clip (tunes the landmark filter)."}),
                 "chunk": ("INT", {"default": 8, "min": 1, "max": 256,
                                   "tooltip": "Frames processed at once (lower = less memory)."}),
-                "detector": (DETECTOR_CHOICES, {"default": "auto"}),
-                "crop_size": ([512, 256, 1024], {"default": 512, "tooltip": "Aligned face size in pixels."}),
-                "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05}),
-                "color_correction": (["lab", "lowfreq", "none"], {
-                    "default": "lab", "tooltip": "Colour matching with statistics averaged along each track."}),
+                "detector": controls.comfy_input("detector"),
+                "crop_size": controls.comfy_input("crop_size"),
+                "visibility": controls.comfy_input("visibility"),
+                "color_correction": controls.comfy_input(
+                    "color_correction", tooltip="Colour matching with statistics averaged along each track."),
                 "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
             },
         }
