@@ -74,8 +74,8 @@ def tune(n_faces: int = 12, seed: int = 0, severities=None, detector: str = "mtc
             denoised = [denoise_u8(img, base, scale) for img in lq_u8]
             for sigma, amount in SHARPEN_GRID:
                 p = ClassicalParams(den, strength, sigma, amount)
-                out = np.stack([unsharp_u8(img, p, scale) for img in denoised])
-                x = torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
+                sharpened = np.stack([unsharp_u8(img, p, scale) for img in denoised])
+                x = torch.from_numpy(sharpened).permute(0, 3, 1, 2).float() / 255
                 scores.append((float(psnr(x, hq).mean()), float(ssim(x, hq).mean()), p))
         best = max(scores, key=lambda s: s[0])
         record["severities"][sev] = {
