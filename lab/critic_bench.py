@@ -229,7 +229,11 @@ def run(metrics: dict, faces: torch.Tensor, regions: dict, kinds: Sequence[str] 
         out = {}
         for name, m in metrics.items():
             t0 = time.perf_counter()
-            out[name] = m.normalized(img).float().cpu()
+            if hasattr(m, "info"):   # core metric: normalised but unclipped, so heavy damage keeps its rank
+                from ..core.score import normalize
+                out[name] = normalize(m.info, m.raw(img), clip=False).float().cpu()
+            else:
+                out[name] = m.normalized(img).float().cpu()
             timing[name] += time.perf_counter() - t0
         return out
 
