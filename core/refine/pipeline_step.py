@@ -38,7 +38,7 @@ def load_prior(name_or_path: Optional[str], architecture: str, device, warnings:
         path = resolve(default_prior_name(architecture, restorer_name), "facerefine", download=False)
     except WeightsNotFoundError:
         msg = (f"no trained latent prior for {architecture} found (train one with `python -m facerefine train "
-               f"latent-prior`); refining with identity guidance only")
+               f"prior --config ...`); refining with identity guidance only")
         log.warning("FaceRefine: %s", msg)
         if warnings is not None:
             warnings.append(msg)
