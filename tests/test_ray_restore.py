@@ -15,7 +15,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    except Exception as err:  # noqa: BLE001 - the local runtime itself did not start (e.g. an overloaded machine)
+        if "timed out during startup" not in str(err):
+            raise
+        pytest.skip(f"the local Ray runtime did not start: {err}")
     yield ray
     ray.shutdown()
 
