@@ -34,10 +34,11 @@ def _slider_bullet() -> str:
 
 
 def test_readme_quality_slider_claim_for_the_compact_model_holds(capsys, tmp_path, portrait):
+    from facerefine.models.registry import EMBEDDED_RESTORER
     images = []
     for quality in ("0", "1"):
         code, res, err = _run(capsys, "restore", portrait, "-o", tmp_path / f"q{quality}.png", "--restorer",
-                              "facerefine-compact", "--quality", quality, "--device", "cpu", "--lookup-mode",
+                              EMBEDDED_RESTORER, "--quality", quality, "--device", "cpu", "--lookup-mode",
                               "trained")
         assert code == 0, err
         images.append(np.asarray(Image.open(res["results"][0]["output"])).astype(np.float64))
