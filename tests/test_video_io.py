@@ -90,7 +90,7 @@ def test_restore_none_round_trip_keeps_frames_size_rate_and_audio(london_dir, tm
 
 def test_writer_keeps_rate_odd_sizes_and_leaves_nothing_on_error(tmp_path):
     rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, size=(5, 45, 63, 3), dtype=np.uint8)
+    frames = rng.integers(0, 255, size=(5, 46, 64, 3), dtype=np.uint8)
     frames = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)[:, :91, :127]   # odd 127x91
     dst = tmp_path / "odd.mkv"
     with VideoWriter(dst, 127, 91, Fraction(30000, 1001)) as w:
