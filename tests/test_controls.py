@@ -32,7 +32,7 @@ def test_table_matches_the_steps_constants():
     from facerefine.core.refine.samplers import SAMPLERS
     assert controls.MODES == tuple(MODES) and controls.SAMPLERS == tuple(SAMPLERS)
     assert controls.DETECTORS == tuple(DETECTORS) and set(controls.CROP_SIZES) == set(CROP_SIZES)
-    assert controls.MASK_KINDS == tuple(MASK_KINDS) and set(controls.COLOR_MODES) == set(COLOR_MODES)
+    assert controls.MASK_KINDS == tuple(MASK_KINDS) and controls.COLOR_MODES == tuple(COLOR_MODES)
     assert (controls.DEFAULT_IDENTITY_STRENGTH, controls.DEFAULT_STRENGTH, controls.DEFAULT_SAMPLER) == (
         DEFAULT_IDENTITY_STRENGTH, DEFAULT_STRENGTH, DEFAULT_SAMPLER)
 

@@ -249,7 +249,7 @@ def concat_latents(latents: list[FaceLatent]) -> FaceLatent:
     return dataclasses.replace(
         first, lq_features=cat([lat.lq_features for lat in latents]),
         quantized=cat([lat.quantized for lat in latents]), indices=cat([lat.indices for lat in latents]),
-        logits=cat([lat.logits for lat in latents]),
+        logits=cat([lat.logits for lat in latents]), lq_crops=cat([lat.lq_crops for lat in latents]),
         skip_features={k: torch.cat([lat.skip_features[k] for lat in latents]) for k in first.skip_features},
         extra=extra)
 
