@@ -47,8 +47,10 @@ def test_8000px_image_bounded_memory(tmp_path):
     tests_dir = str(Path(__file__).resolve().parent)
     portraits = sorted((SHARED_DATA / "london" / "neutral").glob("*.jpg"))
     portrait = str(portraits[0]) if portraits else ""
+    import os
+    env = {**os.environ, "FACEREFINE_MAX_PIXELS": "70000000"}  # 64 MP: above the default limit, which this tests past
     proc = subprocess.run([sys.executable, "-c", SCRIPT, tests_dir, portrait], capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["crop"] == [1, 3, 512, 512] and res["same_outside"]

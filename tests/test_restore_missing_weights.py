@@ -44,13 +44,13 @@ def _restore(*args):
 def test_missing_weights_stop_the_folder_run_before_any_output(folder, tmp_path, missing):
     out = tmp_path / "out"
     args = [a.format(tmp=tmp_path) for a in missing]
+    named = "detection_resnet50" if missing[0] == "--detector" else Path(args[-1]).name  # the missing file
     if "--restorer" not in args:
         args += ["--restorer", "facerefine-compact"]
     run = _restore(str(folder), "-o", str(out), *args)
     assert run.returncode != 0
     errors = [ln for ln in run.stderr.splitlines() if ln.lower().startswith("error")]
     assert len(errors) == 1, run.stderr                  # one message, not one per image
-    named = "detection_resnet50" if missing[0] == "--detector" else Path(args[args.index(missing[0]) + 1]).name
     assert named.lower() in run.stderr.lower(), run.stderr
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert written == []

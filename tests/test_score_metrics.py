@@ -41,7 +41,7 @@ def test_registry_lists_issue_metrics_and_offline_ones():
     names = score.metric_names()
     for name in ("topiq_nr-face", "musiq", "clipiqa", "maniqa", "niqe", "brisque", "piqe", "face-niqe"):
         assert name in names
-    assert set(score.OFFLINE_METRICS) == {"face-niqe", "piqe"}
+    assert set(score.OFFLINE_METRICS) == {"face-iqa", "face-niqe", "piqe"}
     assert score.canonical_name("face_niqe") == "face-niqe"
     assert score.canonical_name("TOPIQ_NR-FACE") == "topiq_nr-face"
     with pytest.raises(FaceRefineError, match="unknown quality metric"):
