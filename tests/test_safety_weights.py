@@ -127,6 +127,7 @@ _HUGE_CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
 from facerefine.models.restorers import load_restorer_file  # imports (torch) are not what is measured
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.monotonic()
 try:
     load_restorer_file(sys.argv[1])
@@ -135,6 +136,7 @@ except Exception as err:
     out = {"ok": False, "type": type(err).__name__, "error": str(err)[:400]}
 out["seconds"] = time.monotonic() - start
 out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # peak growth past the imports
 print(json.dumps(out))
 """
 
@@ -155,7 +157,7 @@ def test_config_asking_for_a_huge_model_fails_fast_with_little_memory(tiny_iqpfr
     assert out["ok"] is False and out["type"] == "WrongArchitectureError", out
     assert "cfg.safetensors" in out["error"]
     assert out["seconds"] < 60, out
-    assert out["maxrss_mb"] < 2500, out
+    assert out["grew_mb"] < 1000, out  # the peak after imports (a fresh venv's import peak alone varies)
 
 
 def test_valid_tiny_iqpfr_still_loads(tiny_iqpfr):
