@@ -39,7 +39,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> dict:
-    import logging
     import warnings
 
     from ..core.batch import BatchReport, expand_inputs
@@ -47,7 +46,6 @@ def run(args) -> dict:
     from ..core.image_io import load_image, save_image
     from ..core.output_paths import OutputNamer, prepare_folder, write_output
     from ..core.pipeline import resolve_device
-    from ..errors import FaceRefineError
 
     device = resolve_device(args.device)
     options = crop_options_from_args(args, device)
@@ -78,8 +76,6 @@ def run(args) -> dict:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
-            if not isinstance(err, FaceRefineError):
-                logging.getLogger("facerefine").debug("FaceRefine: %s failed", path, exc_info=True)
             report.add(path, err)
             if written:
                 print(f"  {len(written)} crop(s) of it were written before the error", file=sys.stderr)

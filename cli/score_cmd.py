@@ -14,9 +14,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    import logging
-    import sys
-
     from ..core.batch import BatchReport, expand_inputs
     from ..core.image_io import load_image
     from ..core.score import get_metric, score_face_crops, score_images
@@ -33,8 +30,6 @@ def run(args) -> dict:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
-            if not isinstance(err, FaceRefineError):
-                logging.getLogger("facerefine").debug("FaceRefine: %s failed", path, exc_info=True)
             report.add(path, err)
             continue
         results.append(entry)

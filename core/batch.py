@@ -6,6 +6,7 @@ prints them once more at the end, so they are not lost in a long run.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ class BatchReport:
     failed: list[dict] = field(default_factory=list)
 
     def add(self, path, err: BaseException | str) -> None:
+        if isinstance(err, BaseException) and not isinstance(err, FaceRefineError):  # a bug: keep its traceback
+            logging.getLogger("facerefine").debug("FaceRefine: %s failed", path, exc_info=err)
         message = err if isinstance(err, str) else error_text(err)
         self.failed.append({"input": str(path), "error": message})
         print(f"{path}: error: {message}", file=sys.stderr)

@@ -42,3 +42,13 @@ def utkface_dir():
     if not d.is_dir():
         pytest.skip("../shared/data/utkface not present")
     return d
+
+
+def run_cli_json(capsys, *argv):
+    """Run ``python -m facerefine ARGV --json`` in-process: (exit code, last JSON line, stderr)."""
+    import json
+
+    from facerefine.cli import main
+    code = main([*map(str, argv), "--json"])
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out.strip().splitlines()[-1]), captured.err

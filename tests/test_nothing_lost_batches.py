@@ -10,15 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerefine.cli import main
+from conftest import run_cli_json
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(capsys, *argv):
-    code = main([*map(str, argv), "--json"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out.strip().splitlines()[-1]), captured.err
+_run = run_cli_json
 
 
 @pytest.fixture

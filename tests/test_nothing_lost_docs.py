@@ -1,6 +1,5 @@
 """Issue 16, item 15: what the README and docs say is what the program does. Each test reads the claim
 from the document and checks it against a real run, so the two cannot drift apart again."""
-import json
 import re
 from pathlib import Path
 
@@ -8,15 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facerefine.cli import main
+from conftest import run_cli_json
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(capsys, *argv):
-    code = main([*map(str, argv), "--json"])
-    captured = capsys.readouterr()
-    return code, json.loads(captured.out.strip().splitlines()[-1]), captured.err
+_run = run_cli_json
 
 
 @pytest.fixture
