@@ -120,15 +120,18 @@ def _snapshot(seq):
     """What a chunk changes in the sequence state (to retry a chunk after out-of-memory)."""
     return (copy.deepcopy(seq.tracker), copy.deepcopy(seq.filters), seq.frame,
             dict(seq.temporal.states) if seq.temporal is not None else None,
-            dict(seq.color.states) if seq.color is not None else None)
+            dict(seq.color.states) if seq.color is not None else None,
+            dict(seq.flow.states) if seq.flow is not None else None)
 
 
 def _restore(seq, saved) -> None:
-    seq.tracker, seq.filters, seq.frame, temporal, color = saved
+    seq.tracker, seq.filters, seq.frame, temporal, color, flow = saved
     if temporal is not None:
         seq.temporal.states = temporal
     if color is not None:
         seq.color.states = color
+    if flow is not None:
+        seq.flow.states = flow
 
 
 NODES = {

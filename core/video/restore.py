@@ -24,18 +24,24 @@ from ..image_io import sanitize_images
 from ..paste import face_masks, paste_back
 from ..types import FaceCrops, FaceInfo
 from .smooth import OneEuroFilter, SmoothOptions, face_scale, smooth_sequence
+from .flow import GUIDES, FlowBlend
 from .temporal import TemporalLookup, TrackColor
 from .track import FaceTracker, TrackedFace, TrackOptions, appearance_embedding
 
 log = logging.getLogger("facerefine")
 
 EMBED_SIZE = 64
+TEMPORAL_MODES = ("flow", "latent", "flow+latent")
 
 
 @dataclass(frozen=True)
 class VideoOptions:
     chunk: int = 8                     # frames per batch (bounded memory)
     temporal: float = 0.6              # 0 = per-frame restoration; else blend weight of the previous frame
+    temporal_mode: str = "flow"        # flow: previous restored face warped by optical flow, blended by confidence;
+    #                                    latent: previous latent/codes blended unwarped; flow+latent: both
+    flow_tolerance: float = 0.06       # flow mode: colour difference where the blend weight falls to 1/e
+    flow_guide: str = "input"          # flow mode: the flow is estimated on the input crops or the restored ones
     output_blend: Optional[float] = None  # blend of the restored crops (None: 0 with a codebook, else temporal)
     color_momentum: float = 0.8        # running colour statistics per track (0 = per frame)
     smooth: bool = True                # One-Euro smoothing of the landmarks
@@ -52,6 +58,12 @@ class VideoOptions:
             raise FaceRefineError(f"chunk must be >= 1, got {self.chunk}")
         if not 0.0 <= self.temporal < 1.0:
             raise FaceRefineError(f"temporal must be within 0..1 (0 = per frame), got {self.temporal}")
+        if self.temporal_mode not in TEMPORAL_MODES:
+            raise FaceRefineError(f"temporal_mode must be one of {TEMPORAL_MODES}, got '{self.temporal_mode}'")
+        if self.flow_guide not in GUIDES:
+            raise FaceRefineError(f"flow_guide must be one of {GUIDES}, got '{self.flow_guide}'")
+        if self.flow_tolerance <= 0:
+            raise FaceRefineError(f"flow_tolerance must be > 0, got {self.flow_tolerance}")
         if not 0.0 <= self.color_momentum < 1.0:
             raise FaceRefineError(f"color_momentum must be within 0..1, got {self.color_momentum}")
 
@@ -87,6 +99,7 @@ class SequenceRestorer:
         self.timings: dict = {}
         self.notes: list[str] = []
         self.temporal = None
+        self.flow = None
         self.steps = None
         if options.wants_restorer:
             if video.temporal > 0:
@@ -94,8 +107,12 @@ class SequenceRestorer:
                     from ..lookup.restorer import load_restorer
                     restorer = load_restorer(options.lookup.restorer, self.device,
                                              quality_condition=options.lookup.quality_condition or None)
+                mode = video.temporal_mode
+                latent = video.temporal if "latent" in mode else 0.0
                 self.temporal = TemporalLookup(restorer, options.lookup.quality, options.lookup.fidelity,
-                                               video.temporal, video.output_blend, options.lookup.mode)
+                                               latent, video.output_blend, options.lookup.mode)
+                if "flow" in mode:
+                    self.flow = FlowBlend(video.temporal, video.flow_tolerance, video.flow_guide)
                 if self.temporal.note:
                     self.notes.append(self.temporal.note)
                 if options.refine.wanted:
@@ -127,6 +144,8 @@ class SequenceRestorer:
                 del self.filters[tid]
             if self.temporal is not None:
                 self.temporal.forget(active)
+            if self.flow is not None:
+                self.flow.forget(active)
             if self.video.smooth:
                 faces = [self._smoothed(f) for f in faces]
             out.append(faces)
@@ -161,6 +180,8 @@ class SequenceRestorer:
         if not crops.is_empty:
             if self.temporal is not None:
                 restored = self.temporal(crops, ids)
+                if self.flow is not None:
+                    restored = self.flow(restored, crops.crops, ids)
             elif self.steps:
                 from ..pipeline import restore_faces
                 restored, _latent = restore_faces(crops, self.steps, self.notes, self.timings)
