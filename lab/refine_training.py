@@ -46,6 +46,27 @@ def score_matching_step(model, optimizer: Optional[torch.optim.Optimizer], clean
     return float(loss.detach())
 
 
+def identity_recovery_embedding_step(recovery, optimizer: Optional[torch.optim.Optimizer], lq_emb: torch.Tensor,
+                                     hq_emb: torch.Tensor, lq_latent: torch.Tensor) -> dict:
+    """One IRN step on precomputed unit embeddings (a cache of the guide's embeddings of LQ/HQ faces):
+    1 - cos(IRN(lq_emb, lq_latent), hq_emb). ``optimizer=None`` only evaluates."""
+    device = next(recovery.parameters()).device
+    lq_emb = F.normalize(lq_emb.float().to(device), dim=1)
+    hq_emb = F.normalize(hq_emb.float().to(device), dim=1)
+    train = optimizer is not None
+    recovery.train(train)
+    with torch.set_grad_enabled(train):
+        pred = recovery(lq_emb, lq_latent.float().to(device))
+        loss = 1 - (pred * hq_emb).sum(1).mean()
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    recovery.eval()
+    return {"identity_recovery": float(loss.detach()), "lq_similarity": float((lq_emb * hq_emb).sum(1).mean()),
+            "loss": float(loss.detach())}
+
+
 def identity_recovery_step(id_model, optimizer: Optional[torch.optim.Optimizer], lq_crops: torch.Tensor,
                            hq_crops: torch.Tensor, lq_latent: torch.Tensor, *,
                            restored_latent: Optional[torch.Tensor] = None,

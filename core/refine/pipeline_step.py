@@ -16,7 +16,18 @@ log = logging.getLogger("facerefine")
 
 # Restorers shipped with a prior trained on their own latent.
 PAIRED_PRIORS = {"facerefine-compact": "facerefine-compact-prior",
-                 "facerefine_compact.safetensors": "facerefine-compact-prior"}
+                 "facerefine_compact.safetensors": "facerefine-compact-prior",
+                 "facerefine-compact-v2": "facerefine-compact-v2-prior",
+                 "facerefine_compact_v2.safetensors": "facerefine-compact-v2-prior"}
+# Restorers shipped with an Identity Recovery Network trained on their latent, per identity network
+# (the IRN predicts that network's embedding of the clean face).
+PAIRED_IDENTITY = {"facerefine-compact-v2": {"dlib": "facerefine-compact-v2-identity-dlib"},
+                   "facerefine_compact_v2.safetensors": {"dlib": "facerefine-compact-v2-identity-dlib"}}
+
+
+def default_identity_recovery(restorer_name: Optional[str], network: str) -> Optional[str]:
+    """The registry name of the IRN shipped for this restorer and identity network, if any."""
+    return PAIRED_IDENTITY.get(str(restorer_name or ""), {}).get(network)
 
 
 def default_prior_name(architecture: str, restorer_name: Optional[str] = None) -> str:
@@ -80,13 +91,37 @@ class RefineStep:
         self.prior = load_prior(o.latent_prior, restorer.architecture, self.device, notes,
                                 restorer_name=restorer.name)
         if float(o.identity_strength) != 0:
-            from ...models.arch.identity import load_id_model
-            self.id_model = load_id_model(o.id_model or "auto", o.identity_recovery or None, self.device)
+            from ...models.arch.identity import load_id_model, resolve_id_model
+            recovery = o.identity_recovery or None
+            if recovery is not None and str(recovery).lower() in ("none", "(none)"):
+                recovery = None
+            elif recovery is None:  # the IRN shipped for this restorer and network, when there is one
+                recovery = default_identity_recovery(restorer.name, resolve_id_model(o.id_model or "auto"))
+                if recovery is not None:
+                    from ...models.locate import resolve
+                    try:
+                        resolve(recovery, "facerefine", download=False)
+                    except WeightsNotFoundError:
+                        msg = (f"the Identity Recovery Network shipped for {restorer.name} ({recovery}) is missing; "
+                               f"the identity target is the degraded face")
+                        log.warning("FaceRefine: %s", msg)
+                        notes.append(msg)
+                        recovery = None
+            self.id_model = load_id_model(o.id_model or "auto", recovery, self.device)
         self._pending_notes += notes
         self._prior_loaded = True
 
     def _check(self, latent: FaceLatent, warnings: list) -> None:
-        """The registry default prior may model another latent size: checked once, on the first latent."""
+        """The registry default prior may model another latent size: checked once, on the first latent.
+        A prior the user chose that does not fit is an error naming its file."""
+        explicit = self.options.latent_prior and str(self.options.latent_prior).lower() not in ("none", "(none)")
+        if self.prior is not None and explicit:
+            try:
+                self.prior.check_latent(latent.quantized, latent.lq_features)
+            except ValueError as err:
+                raise FaceRefineError(f"latent prior {self.options.latent_prior} does not fit the restorer "
+                                      f"{getattr(latent, 'restorer', '')}: {err}; load the prior trained for "
+                                      f"this restorer, or none") from None
         if self.prior is not None and not self.options.latent_prior:
             try:
                 self.prior.check_latent(latent.quantized, latent.lq_features)
@@ -125,4 +160,5 @@ def prepare_refine(options: RefineOptions, device: str, seed: int = 0) -> Option
 
 
 __all__ = ["RefineStep", "prepare_refine", "load_prior", "load_reference", "default_prior_name",
+           "default_identity_recovery",
            "DEFAULT_IDENTITY_STRENGTH"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURE = "FaceRefine-LatentPrior"
+POSITION_MODES = ("learned", "interpolate")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class LatentPriorConfig:
     sigma_max: float = 80.0
     sigma_data: float = 1.0
     restorer_arch: str = "CodeFormer"  # which restorer's latent this prior models
+    # "learned": a learned absolute position per cell of the fixed latent_size grid (older files);
+    # "interpolate": the same learned grid, resized (bicubic) to the latent's own grid, so a prior trained
+    # at one crop size runs at others (fully convolutional restorers such as IQPFRv2: grid = crop / 16)
+    position: str = "learned"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -76,6 +81,8 @@ class LatentScoreModel(nn.Module):
         super().__init__()
         if config.hidden % config.heads:
             raise ValueError(f"hidden ({config.hidden}) must be divisible by heads ({config.heads})")
+        if config.position not in POSITION_MODES:
+            raise ValueError(f"position must be one of {POSITION_MODES}, got {config.position!r}")
         self.config = config
         c, d = config.latent_channels, config.hidden
         self.register_buffer("latent_mean", torch.zeros(1, c, 1, 1))
@@ -111,12 +118,28 @@ class LatentScoreModel(nn.Module):
 
     def check_latent(self, z: torch.Tensor, cond: torch.Tensor) -> None:
         cfg = self.config
-        if z.ndim != 4 or z.shape[1] != cfg.latent_channels or z.shape[-1] * z.shape[-2] != cfg.latent_size ** 2:
+        if cfg.position == "interpolate":
+            if z.ndim != 4 or z.shape[1] != cfg.latent_channels:
+                raise ValueError(f"latent prior expects [N,{cfg.latent_channels},h,w] latents of "
+                                 f"{cfg.restorer_arch}, got {tuple(z.shape)}")
+        elif z.ndim != 4 or z.shape[1] != cfg.latent_channels or z.shape[-1] * z.shape[-2] != cfg.latent_size ** 2:
             raise ValueError(f"latent prior expects [N,{cfg.latent_channels},{cfg.latent_size},{cfg.latent_size}] "
                              f"latents of {cfg.restorer_arch}, got {tuple(z.shape)}")
         if cond.shape[1] != cfg.cond_channels:
             raise ValueError(f"latent prior expects {cfg.cond_channels}-channel degraded latents, "
                              f"got {cond.shape[1]}")
+
+    def position_for(self, h: int, w: int) -> torch.Tensor:
+        """[1, h*w, hidden] position embedding of an h x w grid (resized from the learned one if allowed)."""
+        size = self.config.latent_size
+        if (h, w) == (size, size):
+            return self.position
+        if self.config.position != "interpolate":
+            raise ValueError(f"this latent prior has learned positions for a {size}x{size} grid only, "
+                             f"got {h}x{w}")
+        grid = self.position.transpose(1, 2).reshape(1, -1, size, size)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: noisy standardised latent; sigma: [N] or scalar; cond: standardised degraded latent."""
@@ -131,7 +154,7 @@ class LatentScoreModel(nn.Module):
         if cond.shape[-2:] != (h, w):
             cond = F.interpolate(cond, size=(h, w), mode="area" if cond.shape[-1] > w else "bilinear")
         tokens = torch.cat([(c_in * x), cond.to(x.dtype)], dim=1).flatten(2).transpose(1, 2)
-        tokens = self.embed_in(tokens) + self.position
+        tokens = self.embed_in(tokens) + self.position_for(h, w).to(tokens.dtype)
         angles = (sigma.log() / 4).unsqueeze(1) * self.fourier_freqs.unsqueeze(0) * (2 * math.pi)
         emb = self.noise_mlp(torch.cat([angles.cos(), angles.sin()], dim=1).to(tokens.dtype))
         for block in self.blocks:
