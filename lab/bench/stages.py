@@ -175,12 +175,45 @@ def _refine_models(ctx: BenchContext, latent):
     return prior, id_model
 
 
+def _shipped_refine_models(ctx: BenchContext, handle, latent):
+    """The prior and identity network refine itself loads for a restorer shipped with a paired prior
+    (facerefine-compact, -v2): the shipped prior, the `auto` guide (ArcFace if on disk, else the embedded
+    dlib ResNet) and the paired IRN. None when the restorer has no paired prior or it does not fit."""
+    from ...core.refine.pipeline_step import PAIRED_PRIORS, default_identity_recovery, load_prior
+    from ...errors import WeightsNotFoundError
+    from ...models.arch.identity import load_id_model, resolve_id_model
+    from pathlib import Path
+    name = str(getattr(handle, "name", ""))
+    name = name if name in PAIRED_PRIORS else Path(name).name  # bench loads registry files by path
+    if ctx.opts.tiny or name not in PAIRED_PRIORS:
+        return None
+    try:
+        prior = load_prior(None, handle.architecture, ctx.device, [], restorer_name=name)
+        if prior is None:
+            return None
+        prior.check_latent(latent.quantized, latent.lq_features)
+        network = resolve_id_model("auto")
+        id_model = load_id_model("auto", default_identity_recovery(name, network), ctx.device)
+    except (ValueError, WeightsNotFoundError):
+        return None
+    for p in list(prior.parameters()) + list(id_model.parameters()):
+        p.requires_grad_(False)
+    return prior, id_model, f"shipped {PAIRED_PRIORS[name]}", \
+        f"{network} (auto){' + IRN' if id_model.recovery is not None else ''}"
+
+
 def stage_refine(ctx: BenchContext, report: dict) -> dict:
     """Refine cost per face at the default steps, next to the lookup cost of the same run."""
     setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
     crops = synthetic_face_crops(1, setup.input_size, seed=11)
     restored, latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
-    prior, id_model = _refine_models(ctx, latent)
+    shipped = _shipped_refine_models(ctx, setup.handle, latent)
+    if shipped is not None:
+        prior, id_model, prior_label, id_label = shipped
+    else:
+        prior, id_model = _refine_models(ctx, latent)
+        prior_label = "random LatentScoreModel"
+        id_label = "random ArcFace IR-SE" + (" (1 unit per stage)" if ctx.opts.tiny else "50")
     default_steps = refine_mod.DEFAULT_STEPS
     steps = ctx.opts.refine_steps if ctx.opts.refine_steps is not None else default_steps
     cpu = ctx.device.type == "cpu"
@@ -198,8 +231,7 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
     out = {"steps": steps, "default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
            "identity_strength": refine_mod.DEFAULT_IDENTITY_STRENGTH,
            "guidance_steps": getattr(refine_mod, "DEFAULT_GUIDANCE_STEPS", None),
-           "sampler": refine_mod.DEFAULT_SAMPLER, "prior": "random LatentScoreModel",
-           "id_model": "random ArcFace IR-SE" + (" (1 unit per stage)" if ctx.opts.tiny else "50"),
+           "sampler": refine_mod.DEFAULT_SAMPLER, "prior": prior_label, "id_model": id_label,
            "runs": {k: m.summary(1) for k, m in res.items()},
            "note": "CPU: one timed run each, FLOPs counted during it" if cpu else ""}
     guided, unguided = res["guided"], res["unguided"]

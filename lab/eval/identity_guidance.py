@@ -5,7 +5,8 @@
 Faces: the held-out London identities (``heldout.heldout_photos``): the neutral photo is the HQ face, the
 same person's smiling photo is the reference. Both are aligned by the crop step (embedded MTCNN, 512²).
 LQ: ``degrade.degrade_fixed`` at each severity (the benchmark's seeded presets).
-Restorer: the embedded default (``facerefine-compact``) with its paired latent prior; guide: the identity
+Restorer: the embedded default (registry ``EMBEDDED_RESTORER``, now ``facerefine-compact-v2``) with its paired
+latent prior and, for the dlib guide, its paired Identity Recovery Network; guide: the identity
 network the refine step loads (``--id-model``, default dlib's embedded ResNet); judge: FaceNet
 (``facenet_judge``), which guidance never sees.
 
@@ -60,12 +61,12 @@ def _pairs(limit: Optional[int]):
 
 
 def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = None, steps: int = 8,
-        restorer_name: str = "facerefine-compact", id_model_name: str = "dlib", irn: Optional[str] = None,
-        seed: int = 0, log=print, rows=ROWS) -> dict:
+        restorer_name: Optional[str] = None, id_model_name: str = "dlib", irn: Optional[str] = None,
+        seed: int = 0, log=print, rows=ROWS, guidance_steps: Optional[int] = None) -> dict:
     from ...core.lookup import load_restorer, lookup
     from ...core.refine import refine_latent
     from ...core.refine.guidance import crop_landmarks
-    from ...core.refine.pipeline_step import load_prior
+    from ...core.refine.pipeline_step import default_identity_recovery, load_prior
     from ...core.score import get_metric
     from ...core.types import FaceCrops
     from ...errors import FaceRefineError
@@ -82,8 +83,15 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
     if [p.stem.split("_")[0] for p in kept] != [p.stem.split("_")[0] for p in ref_kept]:
         raise FaceRefineError("a neutral or smiling photo lost its face in the crop step; pairs do not match")
     n = len(kept)
+    from ...models.registry import EMBEDDED_RESTORER
+    restorer_name = restorer_name or EMBEDDED_RESTORER
     restorer = load_restorer(restorer_name, "cpu")
     prior = load_prior(None, restorer.architecture, "cpu", notes, restorer_name=restorer.name)
+    if irn is None:  # the IRN shipped for this restorer and guide, as the refine step picks it
+        from ...models.arch.identity import resolve_id_model
+        irn = default_identity_recovery(restorer.name, resolve_id_model(id_model_name))
+    elif str(irn).lower() == "none":
+        irn = None
     guide = load_id_model(id_model_name, irn, "cpu")
     judge = FaceNetJudge()
     niqe = get_metric("face-niqe", "cpu")
@@ -109,8 +117,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
         checks[name] = {"same_person_distance": float(np.diag(d).mean()),
                         "other_person_distance": float(d[off].mean()) if n > 1 else float("nan"),
                         "rank1_identification": float(np.mean(d.argmin(1) == np.arange(n)))}
-    result = {"faces": n, "restorer": restorer_name, "identity_check": checks, "prior": prior is not None, "guide": guide.network,
-              "judge": judge.name, "refine_steps": steps, "seed": seed, "severities": {}, "notes": notes}
+    result = {"faces": n, "restorer": restorer_name, "identity_check": checks, "prior": prior is not None, "guide": guide.network, "irn": irn,
+              "judge": judge.name, "refine_steps": steps, "guidance_steps": guidance_steps or 1, "seed": seed, "severities": {}, "notes": notes}
     for sev in severities:
         lq = lq_faces(hq, sev, seed, kept)
         lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
@@ -132,7 +140,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                                  if row.target == "reference" else None)
                     res = refine_latent(restored, latent, restorer, prior, guide if row.identity_strength else None,
                                         steps=steps, identity_strength=row.identity_strength, reference=reference,
-                                        target=row.target, seed=seed + i, lq_crops=lq[i:i + 1])
+                                        target=row.target, seed=seed + i, lq_crops=lq[i:i + 1],
+                                        guidance_steps=guidance_steps)
                     restored = res.crops
                 t2 = time.perf_counter()
                 outs.append(restored.crops.float().cpu().clamp(0, 1))
@@ -167,7 +176,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
 def markdown(res: dict) -> str:
     lines = [f"{res['faces']} held-out London identities (neutral = HQ, smiling = reference photo), 512², "
              f"restorer `{res['restorer']}` (latent prior: {'yes' if res['prior'] else 'no'}), "
-             f"{res['refine_steps']} refine steps, guide: {res['guide']}, judge: {res['judge']}.", ""]
+             f"{res['refine_steps']} refine steps ({res.get('guidance_steps', 1)} fresh identity gradient(s)), "
+             f"guide: {res['guide']}, IRN: {res.get('irn') or 'none'}, judge: {res['judge']}.", ""]
     for name, c in res.get("identity_check", {}).items():
         lines.append(f"- {name}: neutral HQ vs smiling photo of the same person {c['same_person_distance']:.3f}, "
                      f"of the other people {c['other_person_distance']:.3f} (unit-vector distance); rank-1 "
@@ -218,16 +228,20 @@ def main(argv=None) -> int:
     ap.add_argument("--severities", default="medium,heavy")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--restorer", default="facerefine-compact")
+    ap.add_argument("--restorer", default=None, help="default: the embedded default restorer")
     ap.add_argument("--id-model", default="dlib")
-    ap.add_argument("--identity-recovery", default=None)
+    ap.add_argument("--identity-recovery", default=None,
+                    help="IRN file or registry name; default: the one shipped for the restorer and guide; none = off")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--guidance-steps", type=int, default=None,
+                    help="fresh identity gradients per refine (default: the refine step's, 1; = --steps for every step)")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (0-based) of ROWS to run")
     args = ap.parse_args(argv)
     rows = ROWS if not args.rows else tuple(ROWS[int(i)] for i in args.rows.split(","))
     torch.set_num_threads(1)
     res = run(Path(args.out), tuple(s.strip() for s in args.severities.split(",") if s.strip()), args.limit,
-              args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed, rows=rows)
+              args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed, rows=rows,
+              guidance_steps=args.guidance_steps)
     print(markdown(res))
     return 0
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 OUT = Path("runs/refine_v2")
 PRIOR_FILE = "facerefine_compact_v2_prior.safetensors"
