@@ -13,8 +13,12 @@ from ..errors import FaceRefineError
 
 def add_arguments(p) -> None:
     g = p.add_argument_group("video (PyAV: pip install facerefine[video])")
-    g.add_argument("--temporal", type=float, default=0.6,
-                   help="video: share the lookup across frames of a face track, 0..1 (0 = every frame on its own)")
+    g.add_argument("--temporal", type=float, default=0.7,
+                   help="video: how much of the previous frame's result each frame of a face track keeps, 0..1 "
+                        "(0 = every frame on its own)")
+    g.add_argument("--temporal-mode", default="flow", choices=("flow", "latent", "flow+latent"),
+                   help="video: flow = the previous restored face warped by optical flow and blended where it agrees "
+                        "(default); latent = the previous latent/codes blended without a warp; flow+latent = both")
     g.add_argument("--lookahead", action="store_true",
                    help="video: offline landmark smoothing with look-ahead (decodes the clip twice)")
     g.add_argument("--no-smooth", action="store_true", help="video: no landmark smoothing")
@@ -120,7 +124,8 @@ def run_videos(args, options, videos: list[Path], report) -> dict:
     targets, namer = _video_targets(videos, out, getattr(args, "overwrite", False))
     for note in namer.notes:
         print(f"note: {note}", file=sys.stderr)
-    video = VideoOptions(chunk=args.video_chunk, temporal=args.temporal, smooth=not args.no_smooth,
+    video = VideoOptions(chunk=args.video_chunk, temporal=args.temporal, temporal_mode=args.temporal_mode,
+                         smooth=not args.no_smooth,
                          lookahead=args.lookahead, crf=args.crf, audio=not args.no_audio)
     results = []
     restorer = None

@@ -157,3 +157,66 @@ def make_crossing(photo_a: torch.Tensor, marks_a: np.ndarray, photo_b: torch.Ten
 def london_photos(root, count: int = 2, start: int = 0) -> list[Path]:
     files = sorted(Path(root, "neutral").glob("*.jpg"))
     return files[start:start + count]
+
+
+def write_clip_file(path, photo: torch.Tensor, seconds: float = 30.0, width: int = 1280, height: int = 720,
+                    fps: int = 25, seed: int = 0, face_height: float = 0.8, noise: float = 6 / 255,
+                    jpeg_quality: int = 60, chunk: int = 25, crf: int = 20) -> dict:
+    """A synthetic video file: ``photo`` moved along a smooth random path in a ``width`` x ``height`` frame
+    (low motion: a few cycles over the clip), degraded per frame, written chunk by chunk with PyAV (H.264),
+    so memory does not depend on the length. For the memory/throughput check of ``restore clip.mp4``."""
+    import av
+    frames = int(round(seconds * fps))
+    params = smooth_path(frames, seed, rotation_deg=4.0, scale=0.05, shift=0.06)
+    src = photo.permute(2, 0, 1)[None]
+    gen_seed = seed + 1
+    with av.open(str(path), mode="w") as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(int(crf)), "preset": "veryfast"}
+        for start in range(0, frames, chunk):
+            mats = []
+            for p in params[start:start + chunk]:
+                m = motion_matrix(p, tuple(photo.shape[:2]), height, face_height)
+                m[0, 2] += (width - height) / 2          # centred in the wide frame
+                mats.append(m)
+            clean = torch.cat([warp(src, m, height, width, mode="bilinear", padding="border") for m in mats])
+            clean = clean.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+            degraded = degrade_frames(clean, gen_seed + start, noise, jpeg_quality)
+            for f in (degraded * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).numpy():
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return {"path": str(path), "frames": frames, "fps": fps, "size": [width, height]}
+
+
+def main(argv=None) -> dict:
+    """python -m facerefine.lab.video_clip --out clip.mp4 [--seconds 30] [--width 1280] [--height 720] [--photo P]"""
+    import argparse
+    import json
+    p = argparse.ArgumentParser(description="write a synthetic face clip (a London portrait moving in a frame)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--photo", default=None, help="default: the first London set portrait (../shared/data/london)")
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    out = Path(a.out)
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose another name")
+    photo_path = a.photo
+    if photo_path is None:
+        photos = london_photos(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "london", 1)
+        if not photos:
+            raise SystemExit("no London portrait found; pass --photo")
+        photo_path = photos[0]
+    res = write_clip_file(out, load_photo(photo_path, 512), a.seconds, a.width, a.height, a.fps, a.seed)
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

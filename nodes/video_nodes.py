@@ -28,10 +28,10 @@ class FaceRefineRestoreVideo:
                     "tooltip": "Weights in models/facerestore_models; none = track, crop and paste back only."}),
                 "quality": controls.comfy_input("quality", tooltip=rt.tooltip("quality")),
                 "fidelity": controls.comfy_input("fidelity", tooltip=rt.tooltip("fidelity")),
-                "temporal": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 0.95, "step": 0.05,
-                                       "tooltip": "How much of the previous frame's lookup (latent and code "
-                                                  "choices) each frame keeps, per face track. 0 = every frame "
-                                                  "on its own (flickers)."}),
+                "temporal": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 0.95, "step": 0.05,
+                                       "tooltip": "How much of the previous frame's result each frame keeps, "
+                                                  "per face track (see temporal_mode). 0 = every frame on its "
+                                                  "own (flickers)."}),
                 "smooth_landmarks": ("BOOLEAN", {"default": True,
                                                  "tooltip": "Steady crop boxes: One-Euro filter on the landmarks."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
@@ -44,6 +44,11 @@ class FaceRefineRestoreVideo:
                 "color_correction": controls.comfy_input(
                     "color_correction", tooltip="Colour matching with statistics averaged along each track."),
                 "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
+                "temporal_mode": (["flow", "latent", "flow+latent"], {
+                    "default": "flow",
+                    "tooltip": "flow: the previous frame's restored face, warped onto this frame by optical flow, "
+                               "is blended in where it agrees (no smearing). latent: the previous lookup latent "
+                               "and code choices are blended without a warp. flow+latent: both."}),
             },
         }
 
@@ -58,9 +63,9 @@ class FaceRefineRestoreVideo:
                    "(face 0 stays the same person), crop boxes are steadied and the restorer's choices are "
                    "shared along each track, so faces do not flicker. Runs in chunks of frames.")
 
-    def restore(self, images, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, temporal=0.6, smooth_landmarks=True,
+    def restore(self, images, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, temporal=0.7, smooth_landmarks=True,
                 fps=25.0, chunk=8, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
-                device="auto"):
+                device="auto", temporal_mode="flow"):
         import torch
 
         from ..core.pipeline import RestoreOptions
@@ -78,7 +83,8 @@ class FaceRefineRestoreVideo:
         options = RestoreOptions.from_values(restorer=restorer_arg, quality=quality, fidelity=fidelity,
                                              device=str(dev), crop_size=crop_size, detector=detector,
                                              visibility=visibility, color_correction=color_correction)
-        video = VideoOptions(chunk=int(chunk), temporal=float(temporal), smooth=bool(smooth_landmarks))
+        video = VideoOptions(chunk=int(chunk), temporal=float(temporal), temporal_mode=str(temporal_mode),
+                             smooth=bool(smooth_landmarks))
         seq = SequenceRestorer(options, video, fps=float(fps), restorer=handle)
         total = int(images.shape[0])
         progress = rt.Progress(total)
@@ -109,7 +115,7 @@ class FaceRefineRestoreVideo:
         out = torch.cat(outs) if outs else images
         mask = torch.cat(masks) if masks else torch.zeros(images.shape[:3])
         lines = [f"frames: {total}", f"face tracks: {len(tracks)} ({faces} faces restored)",
-                 f"restorer: {restorer}, temporal {float(temporal):g}"]
+                 f"restorer: {restorer}, temporal {float(temporal):g} ({temporal_mode})"]
         if seq.timings:
             lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in seq.timings.items()))
         lines += [f"warning: {w}" for w in dict.fromkeys(seq.notes)]

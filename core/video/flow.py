@@ -54,7 +54,7 @@ class FlowBlend:
     min_confidence: below this mean weight (relative to ``strength``) over the crop, the track starts afresh.
     """
 
-    def __init__(self, strength: float = 0.6, tolerance: float = 0.06, guide: str = "input",
+    def __init__(self, strength: float = 0.7, tolerance: float = 0.08, guide: str = "input",
                  flow_size: int = 256, sigma: float = 1.5, min_confidence: float = 0.15):
         import cv2
         if not 0.0 <= strength < 1.0:

@@ -23,8 +23,8 @@ from ..crop.warp import invert_affine, mapped_box
 from ..image_io import sanitize_images
 from ..paste import face_masks, paste_back
 from ..types import FaceCrops, FaceInfo
-from .smooth import OneEuroFilter, SmoothOptions, face_scale, smooth_sequence
 from .flow import GUIDES, FlowBlend
+from .smooth import OneEuroFilter, SmoothOptions, face_scale, smooth_sequence
 from .temporal import TemporalLookup, TrackColor
 from .track import FaceTracker, TrackedFace, TrackOptions, appearance_embedding
 
@@ -37,10 +37,10 @@ TEMPORAL_MODES = ("flow", "latent", "flow+latent")
 @dataclass(frozen=True)
 class VideoOptions:
     chunk: int = 8                     # frames per batch (bounded memory)
-    temporal: float = 0.6              # 0 = per-frame restoration; else blend weight of the previous frame
+    temporal: float = 0.7              # 0 = per-frame restoration; else blend weight of the previous frame
     temporal_mode: str = "flow"        # flow: previous restored face warped by optical flow, blended by confidence;
     #                                    latent: previous latent/codes blended unwarped; flow+latent: both
-    flow_tolerance: float = 0.06       # flow mode: colour difference where the blend weight falls to 1/e
+    flow_tolerance: float = 0.08       # flow mode: colour difference where the blend weight falls to 1/e
     flow_guide: str = "input"          # flow mode: the flow is estimated on the input crops or the restored ones
     output_blend: Optional[float] = None  # blend of the restored crops (None: 0 with a codebook, else temporal)
     color_momentum: float = 0.8        # running colour statistics per track (0 = per frame)
@@ -263,6 +263,7 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
     return {"input": str(src), "output": str(dst), "frames": done, "fps": float(info.fps),
             "size": [info.width, info.height], "audio": info.has_audio and video.audio, "faces": faces,
             "tracks": seq.tracker.next_id if planned is None else len({f.track_id for fr in planned for f in fr}),
-            "temporal": video.temporal, "lookahead": video.lookahead, "warnings": list(dict.fromkeys(seq.notes)),
+            "temporal": video.temporal, "temporal_mode": video.temporal_mode if video.temporal > 0 else None,
+            "lookahead": video.lookahead, "warnings": list(dict.fromkeys(seq.notes)),
             "seconds": round(time.perf_counter() - start, 3),
             "timings": {k: round(v, 4) for k, v in seq.timings.items()}}
