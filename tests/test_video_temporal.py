@@ -107,7 +107,8 @@ def test_track_colour_is_steadier_than_per_frame(clip):
     assert step(tracked.crops) <= step(per_frame.crops) + 1e-4
 
 
-def test_sequence_restorer_chunks_equal_one_pass(tiny_restorer, clip, tmp_path):
+@pytest.mark.parametrize("mode", ["flow", "latent"])
+def test_sequence_restorer_chunks_equal_one_pass(tiny_restorer, clip, tmp_path, mode):
     """Planned tracks (no detector): 3 chunks of 4 frames give the same frames as one chunk of 12."""
     from facerefine.core.pipeline import RestoreOptions
     from facerefine.core.video import SequenceRestorer, TrackedFace, VideoOptions
@@ -116,8 +117,9 @@ def test_sequence_restorer_chunks_equal_one_pass(tiny_restorer, clip, tmp_path):
     options = RestoreOptions.from_values(restorer="tiny", crop_size=256, device="cpu")
     outs = []
     for chunk in (4, 12):
-        seq = SequenceRestorer(options, VideoOptions(chunk=chunk, temporal=0.6), restorer=tiny_restorer,
-                               planned=planned)
+        seq = SequenceRestorer(options, VideoOptions(chunk=chunk, temporal=0.6, temporal_mode=mode),
+                               restorer=tiny_restorer, planned=planned)
+        assert (seq.flow is not None) == (mode == "flow") and seq.temporal.strength == (0.6 if mode == "latent" else 0)
         outs.append(torch.cat([seq.process(frames[i:i + chunk]).images for i in range(0, len(frames), chunk)]))
     assert torch.allclose(outs[0], outs[1], atol=1e-5)
     assert (outs[0] - frames).abs().max() > 0.01   # faces really were restored and pasted
@@ -209,3 +211,12 @@ def test_flow_blend_resets_on_a_cut_and_spares_an_occlusion(clip):
     hidden = (out - occluded)[..., 8:-8, 8: size // 2 - 12].abs().mean()
     seen = (out - occluded)[..., 8:-8, size // 2 + 12: -8].abs().mean()
     assert hidden < 0.005 and seen > 2 * hidden, (float(hidden), float(seen))
+
+
+def test_video_options_reject_an_unknown_mode():
+    from facerefine.core.video import VideoOptions
+    from facerefine.errors import FaceRefineError
+    with pytest.raises(FaceRefineError, match="temporal_mode"):
+        VideoOptions(temporal_mode="optical")
+    with pytest.raises(FaceRefineError, match="flow_tolerance"):
+        VideoOptions(flow_tolerance=0)
