@@ -1,6 +1,6 @@
 """Write example_workflows/*.json (ComfyUI UI format) from the node definitions of a live server.
 
-    python tests/make_example_workflows.py
+    python tests/make_example_workflows.py [--no-thumbnails] [--only=09_restore_video]
 
 Starts the test ComfyUI engine (tests/comfy_engine.py), reads /object_info, and lays out each
 workflow from the compact specs below: widget values are filled in INPUT_TYPES order (the way
@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = REPO / "example_workflows"
 EXAMPLE_IMAGE = "facerefine_example.png"   # put your own photo in ComfyUI/input and pick it
+EXAMPLE_VIDEO = "facerefine_example.mp4"   # put your own clip in ComfyUI/input and pick it
 RESTORER_FILE = "facerefine_compact.safetensors"  # the embedded default restorer
 COL = 360
 
@@ -100,12 +101,25 @@ SPECS = {
         nodes=[_load(1), (2, "FaceRefineRestore", 1, 0, {}),
                (3, "SaveImage", 2, 0, {"filename_prefix": "facerefine/restore"}), (4, "PreviewAny", 2, 1, {})],
         links=[(1, "IMAGE", 2, "image"), (2, "image", 3, "images"), (2, "report", 4, "source")]),
+    "09_restore_video": dict(
+        note="Video: ComfyUI's own Load Video -> Get Video Components gives the frames (an IMAGE batch), the "
+             "audio and the frame rate. FaceRefine Restore Video tracks each face across the frames and "
+             "restores it with the previous frames' result carried along the track (no flicker), a chunk of "
+             "frames at a time; Create Video + Save Video write the clip with the source's fps and audio. "
+             "The whole clip is held in memory as frames: for long clips, load and restore it in segments.",
+        nodes=[(1, "LoadVideo", 0, 0, {"file": EXAMPLE_VIDEO}), (2, "GetVideoComponents", 1, 0, {}),
+               (3, "FaceRefineRestoreVideo", 2, 0, {}), (4, "CreateVideo", 3, 0, {}),
+               (5, "SaveVideo", 4, 0, {"filename_prefix": "facerefine/video"}), (6, "PreviewAny", 3, 1, {})],
+        links=[(1, "VIDEO", 2, "video"), (2, "images", 3, "images"), (2, "fps", 3, "fps"),
+               (3, "images", 4, "images"), (2, "audio", 4, "audio"), (2, "fps", 4, "fps"),
+               (4, "VIDEO", 5, "video"), (3, "report", 6, "source")]),
 }
 
 # Widget values that differ from the node defaults (per node type, all workflows).
 OVERRIDES = {
     "FaceRefineRestorerLoader": {"restorer_name": RESTORER_FILE},
     "FaceRefineRestore": {"restorer": RESTORER_FILE},
+    "FaceRefineRestoreVideo": {"restorer": RESTORER_FILE},
 }
 
 
@@ -144,11 +158,13 @@ def build(name: str, spec: dict, object_info: dict) -> dict:
                 widgets.append("fixed")
             if opts.get("image_upload"):
                 widgets.append("image")
+            if opts.get("video_upload"):
+                widgets.append("video")
         sockets = [(n, s[0]) for sec in ("required", "optional") for n, s in (info["input"].get(sec) or {}).items()
                    if not (isinstance(s[0], list) or s[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"))]
         outputs = list(zip(info.get("output_name") or info["output"], info["output"]))
         height = 46 + 24 * len(widgets) + 22 * max(len(sockets), len(outputs))
-        if ntype == "LoadImage":
+        if ntype in ("LoadImage", "LoadVideo"):
             height = 330
         column_rows = [n for n in spec["nodes"] if n[2] == col and n[3] < row]
         y = 40 + sum(by_id[n[0]]["size"][1] + 60 for n in column_rows)
@@ -163,8 +179,11 @@ def build(name: str, spec: dict, object_info: dict) -> dict:
     for lid, (src, out_name, dst, in_name) in enumerate(spec["links"], start=1):
         s, d = by_id[src], by_id[dst]
         slot = next(k for k, o in enumerate(s["outputs"]) if o["name"] == out_name)
-        dslot = next(k for k, i in enumerate(d["inputs"]) if i["name"] == in_name)
         s["outputs"][slot]["links"].append(lid)
+        if all(i["name"] != in_name for i in d["inputs"]):  # a widget driven by a link (e.g. fps): the front-end adds an input socket for it
+            d["inputs"].append({"name": in_name, "type": s["outputs"][slot]["type"], "widget": {"name": in_name},
+                                "link": None})
+        dslot = next(k for k, i in enumerate(d["inputs"]) if i["name"] == in_name)
         d["inputs"][dslot]["link"] = lid
         links_out.append([lid, src, slot, dst, dslot, s["outputs"][slot]["type"]])
     note_id = max(by_id) + 1
@@ -212,7 +231,10 @@ def main() -> None:
         info = server.object_info()
         OUT.mkdir(exist_ok=True)
         written = []
+        only = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--only=")]
         for name, spec in SPECS.items():
+            if only and name not in only:
+                continue
             missing = {n[1] for n in spec["nodes"]} - set(info)
             if missing:
                 print(f"skip {name}: nodes not registered: {sorted(missing)}")

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOW_DIR = REPO / "example_workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
 EXAMPLE_IMAGE = "facerefine_example.png"
+EXAMPLE_VIDEO = "facerefine_example.mp4"
+VIDEO_FRAMES, VIDEO_FPS = 6, 12
 RESTORER_FILE = "facerefine_compact.safetensors"
 # CPU-sized settings for the tests (the templates keep the user-facing defaults)
 TEST_WIDGETS = {"FaceRefineIdentityLatentRefine": {"steps": 2, "sampler": "euler"},
@@ -43,9 +45,30 @@ def prepare_server():
     if "done" not in _PREPARED:
         from PIL import Image
         Image.fromarray(_astronaut()).save(server.input_dir / EXAMPLE_IMAGE)
+        _write_example_video(server.input_dir / EXAMPLE_VIDEO)
         _place_tiny_weights(server.models)
         _PREPARED["done"] = True
     return server
+
+
+def _video_frames() -> np.ndarray:
+    """The astronaut panning slowly (a few pixels a frame): [T,512,512,3] uint8."""
+    img = _astronaut()
+    return np.stack([np.roll(img, (2 * t, 3 * t), axis=(0, 1)) for t in range(VIDEO_FRAMES)])
+
+
+def _write_example_video(path: Path) -> None:
+    """A short H.264 clip for the video workflow (PyAV, which ComfyUI's video nodes use too)."""
+    import av
+    with av.open(str(path), mode="w") as c:
+        stream = c.add_stream("libx264", rate=VIDEO_FPS)
+        stream.width, stream.height, stream.pix_fmt = 512, 512, "yuv420p"
+        stream.options = {"crf": "12"}
+        for frame in _video_frames():
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
 
 
 def _place_tiny_weights(models: Path) -> None:
@@ -179,6 +202,24 @@ def _check_all_in_one(server, prompt, outputs):
     _check_compare(server, outputs[node_id(prompt, "FaceRefineRestore")]["facerefine_compare"], (512, 512))
 
 
+def _check_video(server, prompt, outputs):
+    """The restored clip keeps frame count, size and frame rate; faces change, the background does not."""
+    import av
+    saved = outputs[node_id(prompt, "SaveVideo")]["images"]
+    assert len(saved) == 1
+    with av.open(str(server.output_file(saved[0]))) as c:
+        stream = c.streams.video[0]
+        assert abs(float(stream.average_rate) - VIDEO_FPS) < 1e-3
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(stream)]).astype(np.float64) / 255.0
+    source = _video_frames().astype(np.float64) / 255.0
+    assert frames.shape == source.shape, (frames.shape, source.shape)
+    changed = np.abs(frames - source).max(axis=-1) > 24 / 255    # above the codec's noise
+    per_frame = changed.reshape(len(frames), -1).mean(axis=1)
+    assert (per_frame > 0.002).all() and (per_frame < 0.25).all(), per_frame
+    report = "".join(outputs[node_id(prompt, "PreviewAny")]["text"])
+    assert f"frames: {VIDEO_FRAMES}" in report and "face tracks: 1 " in report, report
+
+
 CHECKS = {
     "01_face_crop": _check_face_crop,
     "02_quality_score": _check_quality_score,
@@ -188,13 +229,14 @@ CHECKS = {
     "06_edit_crops": _check_edit_crops,
     "07_full_chain": _check_restored_image,
     "08_restore_all_in_one": _check_all_in_one,
+    "09_restore_video": _check_video,
 }
 
 
 def test_every_workflow_has_a_check():
     assert WORKFLOWS, "example_workflows/ is empty"
     assert {p.stem for p in WORKFLOWS} <= set(CHECKS)
-    for required in ("05_paste_back", "07_full_chain", "08_restore_all_in_one"):
+    for required in ("05_paste_back", "07_full_chain", "08_restore_all_in_one", "09_restore_video"):
         assert (WORKFLOW_DIR / f"{required}.json").is_file(), required
 
 
