@@ -378,8 +378,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     metrics = load_metrics([m.strip() for m in args.metrics.split(",") if m.strip()], args.device, args.qualityface)
     report = run(metrics, faces, regions, [k for k in args.kinds.split(",") if k], seed=args.seed,
                  log=lambda m: print(m, file=sys.stderr, flush=True))
-    command = "python -m facerefine.lab.critic_bench " + " ".join(a for a in (argv if argv is not None else sys.argv[1:])
-                                                                  if not a.startswith("--json"))
+    given = list(argv if argv is not None else sys.argv[1:])
+    kept = [a for i, a in enumerate(given)      # the --json destination is not part of the measurement
+            if not a.startswith("--json") and not (i > 0 and given[i - 1] == "--json")]
+    command = "python -m facerefine.lab.critic_bench " + " ".join(kept)
     report["command"] = command
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -48,10 +48,21 @@ def test_registry_lists_issue_metrics_and_offline_ones():
         score.canonical_name("psnr")
 
 
-def test_auto_is_face_niqe_without_learned_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+def test_auto_is_the_shipped_face_iqa_and_falls_back_to_face_niqe(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))   # no pyiqa weights change nothing
+    assert score.default_metric() == "face-iqa"
+    assert score.canonical_name("auto") == "face-iqa"
+    # a checkout that lost weights/face_iqa.safetensors: auto is the older offline face-niqe
+    from facerefine.errors import WeightsNotFoundError
+    from facerefine.models import locate
+    real = locate.resolve
+
+    def without_face_iqa(name, *args, **kwargs):
+        if name == "face-iqa":
+            raise WeightsNotFoundError("face_iqa.safetensors not found")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(locate, "resolve", without_face_iqa)
     assert score.default_metric() == "face-niqe"
-    assert score.canonical_name("auto") == "face-niqe"
 
 
 def test_normalize_orientation_and_range():

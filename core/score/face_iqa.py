@@ -9,17 +9,21 @@ resized to 512²). It measures the damages a restorer makes and face-niqe missed
  0-3   log energy of 4 luminance bands (Y-G1, G1-G2, G2-G4, G4-G8) in the face   blur, downscale, noise, ringing
  4-5   log energy of the two finest bands outside the face (hair, background)   (reference for 6-7)
  6-7   face minus outside of the two finest bands                               over-smoothing inside the face
- 8     log median |Y-G1| in the face (robust noise level)                       noise
+ 8     log (mean sqrt|Y-G1|)² in the face (robust noise level)                  noise
  9     kurtosis of the G1-G2 band in the face                                   ringing, mosaic, blur
  10-11 peak/mean of the spectrum of the column/row profile of |dY|              mosaic, JPEG blocks (any period)
  12    log chroma band energy (G2-G12 of Cb, Cr) in eyes and lips               colour blotches
  13    the same relative to the cheeks                                          colour blotches
  14    largest normalised autocorrelation of Y-G2 at 6..20 px lags in the face   ghosting, double edges
  15    log luminance contrast of the face (G8)                                  (exposure reference)
+ 16-18 log ratios of neighbouring face bands (0/1, 1/2, 2/3): the spectral slope    sharpening (too steep up) and
+                                                                                blur (too steep down)
+ 19    overshoot past the local range of a smoother copy, relative to the band    ringing, halos (a blurred
+       energy (natural edges are monotone steps; sharpening makes them ripple)  edge stays monotone)
 =====  ======================================================================  ==============================
 
 Every feature is standardised by clean training faces (z). The score is a linear function of
-[z, relu(z)², relu(-z)²] (one-sided features 12-14 only use their upper side, so a grayscale face is not
+[z, |z|, relu(z)², relu(-z)²] (one-sided features 12-14 only use their upper side, so a grayscale face is not
 punished for having no chroma). The weights are fitted on pairwise orderings (clean > degraded; milder >
 stronger of the same kind; NL-means+unsharp > its LQ) of synthetic degradations of the *training*
 London identities only (lab/train/fit_face_iqa.py). Raw = higher is better, about 10 for clean studio
@@ -39,8 +43,9 @@ WORK = 512
 _EYES = ((193.0, 240.0), (319.0, 240.0))
 _MOUTH = (257.0, 371.0)
 FEATURES = ("band0", "band1", "band2", "band3", "out_band0", "out_band1", "rel_band0", "rel_band1",
-            "noise_median", "band1_kurtosis", "period_x", "period_y", "chroma_eyes_lips", "chroma_rel_skin",
-            "ghost_autocorr", "contrast")
+            "noise_level", "band1_kurtosis", "period_x", "period_y", "chroma_eyes_lips", "chroma_rel_skin",
+            "ghost_autocorr", "contrast", "slope01", "slope12", "slope23",
+            "overshoot")
 ONE_SIDED = (12, 13, 14)
 _RGB2YCC = ((0.299, 0.587, 0.114), (-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
 
@@ -107,7 +112,7 @@ def _ghost(band: torch.Tensor, mask: torch.Tensor, r_min: int = 6, r_max: int = 
 
 
 def features(x: torch.Tensor, masks: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-    """x [N,3,H,W] RGB 0..1 -> [N, 16] raw features (differentiable; see the module table)."""
+    """x [N,3,H,W] RGB 0..1 -> [N, 20] raw features (differentiable; see the module table)."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected [N,3,H,W], got {tuple(x.shape)}")
     x = x.float().clamp(0, 1)
@@ -134,9 +139,9 @@ def features(x: torch.Tensor, masks: Optional[dict[str, torch.Tensor]] = None) -
     e_face = [torch.log(_wmean(b * b, mk) + eps).flatten() for b, mk in zip(bands, band_masks)]
     e_out = [torch.log(_wmean(b * b, outside) + eps).flatten() for b in bands[:2]]
     rel = [e_face[0] - e_out[0], e_face[1] - e_out[1]]
-    sel = face[0, 0] > 0.5
-    b0 = bands[0][:, 0][:, sel].abs()
-    noise = torch.log(b0.median(dim=-1).values + 1e-5)
+    # robust noise level: a fractional moment weighs the many small (noise) values over the few edges, and
+    # unlike a median its gradient reaches every pixel
+    noise = 2.0 * torch.log(_wmean((bands[0].abs() + 1e-6).sqrt(), face) + 1e-5).flatten()
     b1 = bands[1]
     m2 = _wmean(b1 * b1, face)
     kurt = torch.log(_wmean(b1 ** 4, face) / (m2 * m2).clamp_min(1e-20) + eps).flatten()
@@ -153,17 +158,27 @@ def features(x: torch.Tensor, masks: Optional[dict[str, torch.Tensor]] = None) -
     ghost = _ghost(y - g2, face)
     fq = quarter["face"]
     contrast = torch.log(_wmean((yq2 - _wmean(yq2, fq)[..., None, None]) ** 2, fq) + eps).flatten()
-    return torch.stack(e_face + e_out + rel + [noise, kurt, px, py, chroma, chroma_rel, ghost, contrast], dim=-1)
+    slopes = [e_face[0] - e_face[1], e_face[1] - e_face[2], e_face[2] - e_face[3]]
+    g3 = _g(y, 3.0)
+    hi, lo = F.max_pool2d(g3, 13, 1, 6), -F.max_pool2d(-g3, 13, 1, 6)
+    over = F.relu(g1 - hi) + F.relu(lo - g1)
+    overshoot = (torch.log(_wmean(over * over, face) + 1e-10)
+                 - torch.log(_wmean((g1 - g3) ** 2, face) + 1e-10)).flatten()
+    return torch.stack(e_face + e_out + rel + [noise, kurt, px, py, chroma, chroma_rel, ghost, contrast] + slopes
+                       + [overshoot], dim=-1)
 
 
 def expand(z: torch.Tensor) -> torch.Tensor:
-    """[N, F] standardised features -> [N, 3F] model inputs [z, relu(z)², relu(-z)²] (one-sided: upper side only)."""
+    """[N, F] standardised features -> [N, 4F] model inputs [z, |z|, relu(z)², relu(-z)²] (one-sided: upper
+    side only). |z| lets a feature peak at the clean faces' mean (e.g. the spectral slope: blur and
+    sharpening both move away from it), the squares let heavy damage weigh more."""
     one = torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
     one[list(ONE_SIDED)] = True
     lin = torch.where(one, F.relu(z), z)
+    absolute = torch.where(one, F.relu(z), z.abs())
     up = F.relu(z) ** 2
     down = torch.where(one, torch.zeros_like(z), F.relu(-z) ** 2)
-    return torch.cat([lin, up, down], dim=-1)
+    return torch.cat([lin, absolute, up, down], dim=-1)
 
 
 class FaceIQA(torch.nn.Module):
@@ -174,9 +189,9 @@ class FaceIQA(torch.nn.Module):
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__()
         nf = len(FEATURES)
-        if mean.shape != (nf,) or std.shape != (nf,) or weight.shape != (3 * nf,):
+        if mean.shape != (nf,) or std.shape != (nf,) or weight.shape != (4 * nf,):
             raise ValueError(f"face-iqa parameters have shapes {tuple(mean.shape)}/{tuple(std.shape)}/"
-                             f"{tuple(weight.shape)}, expected ({nf},)/({nf},)/({3 * nf},)")
+                             f"{tuple(weight.shape)}, expected ({nf},)/({nf},)/({4 * nf},)")
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
         self.register_buffer("weight", weight.float())

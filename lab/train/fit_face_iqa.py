@@ -1,6 +1,6 @@
 """Fit the face-iqa critic (core/score/face_iqa.py) on the London set's training identities only.
 
-    python -m facerefine.lab.train.fit_face_iqa [--faces 0] [--per-kind 3] [--out weights/face_iqa.safetensors]
+    python -m facerefine.lab.train.fit_face_iqa [--faces 0] [--per-kind 4] [--mild-weight 4] [--out weights/face_iqa.safetensors]
 
 For every training identity (``lab.datasets.london_split()['train_neutral']``; the held-out fifth is
 never touched) the aligned 512² crop is degraded with random continuous severities of every bench
@@ -57,7 +57,9 @@ def samples_for(face: torch.Tensor, regions: dict, rng: np.random.Generator, see
     out = [("clean", 0.0, face, None)]
     for kind in B.KINDS:
         lo, hi = _range(kind)
-        for t in np.sort(rng.uniform(0, 1, per_kind)):
+        # stratified severities: every face gets a mild, a middle and a strong version of each kind, so the
+        # orderings near the clean face (the hardest ones) are always in the fit
+        for t in (np.arange(per_kind) + rng.uniform(0, 1, per_kind)) / per_kind:
             v = lo + (hi - lo) * t
             if kind == "mosaic":
                 v = round(v)
@@ -94,17 +96,25 @@ def make_pairs(meta: list[dict]) -> list[tuple[int, int]]:
     return pairs
 
 
-def fit_weights(z: torch.Tensor, pairs: list[tuple[int, int]], l2: float = 1e-3, steps: int = 200) -> torch.Tensor:
+def pair_weights(meta: list[dict], pairs: list[tuple[int, int]], per_kind: int, mild_weight: float) -> torch.Tensor:
+    """``mild_weight`` for clean > its mildest version of a kind (the orderings that fail first on new faces)."""
+    return torch.tensor([mild_weight if meta[a]["kind"] == "clean" and meta[b]["kind"] in B.KINDS
+                         and meta[b]["t"] < 1.0 / per_kind else 1.0 for a, b in pairs], dtype=torch.float64)
+
+
+def fit_weights(z: torch.Tensor, pairs: list[tuple[int, int]], l2: float = 1e-3, steps: int = 300,
+                weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     phi = expand(z.double())
     a = torch.tensor([p[0] for p in pairs])
     b = torch.tensor([p[1] for p in pairs])
     diff = phi[a] - phi[b]
+    wp = torch.ones(len(pairs), dtype=torch.float64) if weights is None else weights
     w = torch.zeros(phi.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.softplus(1.0 - diff @ w).mean() + l2 * (w * w).sum()
+        loss = (torch.nn.functional.softplus(1.0 - diff @ w) * wp).sum() / wp.sum() + l2 * (w * w).sum()
         loss.backward()
         return loss
 
@@ -116,7 +126,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="London set folder (default ../shared/data/london)")
     parser.add_argument("--faces", type=int, default=0, help="use the first N training identities (0 = all)")
-    parser.add_argument("--per-kind", type=int, default=3, help="random severities per distortion and face")
+    parser.add_argument("--per-kind", type=int, default=4, help="random severities per distortion and face")
+    parser.add_argument("--mild-weight", type=float, default=4.0,
+                        help="weight of the clean > mildest-version pairs in the ranking loss")
     parser.add_argument("--cache", default=None, help="features .pt, written after every face; a rerun resumes")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -151,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     mean, std = clean.mean(0), clean.std(0).clamp_min(1e-3)
     z = (feats - mean) / std
     pairs = make_pairs(meta)
-    w = fit_weights(z, pairs)
+    w = fit_weights(z, pairs, weights=pair_weights(meta, pairs, args.per_kind, args.mild_weight))
     s = expand(z) @ w
     kinds = np.array([m["kind"] for m in meta])
     ts = np.array([m["t"] for m in meta])
