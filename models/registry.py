@@ -153,6 +153,22 @@ register(WeightSpec(
     "lookup (embedded default restorer when no community weights are present; fully convolutional IQPFR v2, "
     "CPU-trained)",
     embedded=True, notes="fp16; retrain with `python -m facerefine train compact-v2` (configs/compact_v2.json)"))
+register(WeightSpec(
+    "facerefine-compact-v2-prior", "facerefine_compact_v2_prior.safetensors", "facerefine", (),
+    "9f14b2036073a443b65dc60184952e592cb2aea649b52a92c2f70d7eb1e7faa2", 1564448,
+    "trained here on latents of FFHQ/StyleGAN 256 subsets and London train identities: NON-COMMERCIAL RESEARCH "
+    "use only (same data terms as facerefine-compact-v2)", "FaceRefine-LatentPrior",
+    "refine with facerefine-compact-v2 (latent score model over its 64-channel crop/16 latent; positions "
+    "resized to the grid, so 256 and 512 crops)", embedded=True,
+    notes="fp16; retrain with `python -m facerefine.lab.train.refine_v2 cache|prior` (docs/refine.md)"))
+register(WeightSpec(
+    "facerefine-compact-v2-identity-dlib", "facerefine_compact_v2_identity_dlib.safetensors", "facerefine", (),
+    "cf714e3e9b48de2059c4116dd2fb2e0431b8d598ee84ca6268d392822a467dc8", 1386888,
+    "trained here (same data terms as facerefine-compact-v2: NON-COMMERCIAL RESEARCH use only); targets are "
+    "embeddings of dlib's CC0 face-recognition ResNet", "FaceRefine-IdentityRecovery",
+    "refine with facerefine-compact-v2 and the dlib guide: Identity Recovery Network (predicts the clean face's "
+    "dlib embedding; no learned mask, the landmark region mask is used)", embedded=True,
+    notes="fp16; retrain with `python -m facerefine.lab.train.refine_v2 cache|identity` (docs/refine.md)"))
 
 
 # Names under which A1111/Forge save the same official files.

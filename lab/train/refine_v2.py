@@ -13,7 +13,8 @@ degradation (``lab.train_v2.degrade_patch``, seeded per face).
 
 What is cached per face (v2's latent grid is crop/16: 16² at 256, 32² at 512):
 
-- ``cond``: the degraded latent (v2's encoder output for the LQ face) [32,h,w];
+- ``cond``: the degraded latent (v2's encoder output for the LQ face) [32,h,w], float32: its values are
+  heavy-tailed (|x| up to ~1e5), so both models read it through ``asinh`` (``cond_transform``);
 - ``lookup``: the lookup latent of the LQ face [64,h,w] (what refine starts from);
 - ``clean``: the clean latent. v2 decodes from the *input's* skips (``out = x + correction``), so the HQ
   face's own lookup latent, decoded with the degraded face's skips, is no clean target (measured on 8 London
@@ -88,7 +89,8 @@ def encode_batch(model, embedder, hq: torch.Tensor, lq: torch.Tensor, invert_ste
             err.sum().backward()
             opt.step()
     psnr = lambda e: (10 * torch.log10(4 / e.clamp_min(1e-10))).tolist()  # range [-1,1]: peak 2
-    return {"cond": cond.half(), "lookup": z_lookup.half(), "clean": best.half(), "hq_emb": hq_emb.half(),
+    # cond stays float32: v2's encoder output reaches 1e5 in places, beyond fp16
+    return {"cond": cond.float(), "lookup": z_lookup.half(), "clean": best.half(), "hq_emb": hq_emb.half(),
             "lq_emb": lq_emb.half(), "psnr_lookup": psnr(first_err), "psnr_clean": psnr(best_err)}
 
 
@@ -160,7 +162,7 @@ def cmd_prior(args) -> None:
     sizes = [s for s in cache if s != "meta"]
     cfg = LatentPriorConfig(latent_channels=64, cond_channels=32, latent_size=args.latent_size,
                             hidden=args.hidden, depth=args.depth, heads=4, restorer_arch="IQPFRv2",
-                            position="interpolate")
+                            position="interpolate", cond_transform="asinh")
     model = LatentScoreModel(cfg)
     def pooled(key):  # every cell of every face, whatever its grid: [1, C, cells, 1]
         return torch.cat([cache[s][key].float().transpose(0, 1).flatten(1) for s in sizes], dim=1)[None, :, :, None]
@@ -219,7 +221,7 @@ def cmd_identity(args) -> None:
     cache = torch.load(Path(args.out) / "cache.pt", weights_only=True)
     sizes = [s for s in cache if s != "meta"]
     irn = IdentityRecoveryNetwork(RecoveryConfig(cond_channels=32, latent_size=32, hidden=args.hidden,
-                                                 embed_dim=128))
+                                                 embed_dim=128, cond_transform="asinh"))
     opt = torch.optim.AdamW(irn.parameters(), lr=args.lr, weight_decay=1e-3)
     splits = {s: _split(len(cache[s]["hq_emb"])) for s in sizes}
     gen = torch.Generator().manual_seed(args.seed)

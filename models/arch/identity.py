@@ -152,6 +152,7 @@ class RecoveryConfig:
     hidden: int = 1024
     mask_init: float = 0.0     # initial mask logit where no region prior is given
     embed_dim: int = EMBED_DIM  # 512 for ArcFace, 128 for dlib
+    cond_transform: str = "none"  # "asinh": read heavy-tailed degraded latents (IQPFRv2's) through asinh
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -177,7 +178,10 @@ class IdentityRecoveryNetwork(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, lq_embedding: torch.Tensor, lq_latent: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([lq_embedding.float(), self.cond(lq_latent.float())], dim=1)
+        lq_latent = lq_latent.float()
+        if self.config.cond_transform == "asinh":
+            lq_latent = torch.asinh(lq_latent)
+        h = torch.cat([lq_embedding.float(), self.cond(lq_latent)], dim=1)
         return F.normalize(lq_embedding.float() + self.mlp(h), dim=1)
 
 

@@ -36,6 +36,9 @@ class LatentPriorConfig:
     # "interpolate": the same learned grid, resized (bicubic) to the latent's own grid, so a prior trained
     # at one crop size runs at others (fully convolutional restorers such as IQPFRv2: grid = crop / 16)
     position: str = "learned"
+    # how the degraded latent is read before standardisation: "none", or "asinh" for heavy-tailed encoder
+    # outputs (IQPFRv2's reach |x| ~ 1e5), which keeps their sign and order but compresses the tails
+    cond_transform: str = "none"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -81,6 +84,8 @@ class LatentScoreModel(nn.Module):
         super().__init__()
         if config.hidden % config.heads:
             raise ValueError(f"hidden ({config.hidden}) must be divisible by heads ({config.heads})")
+        if config.cond_transform not in ("none", "asinh"):
+            raise ValueError(f"cond_transform must be 'none' or 'asinh', got {config.cond_transform!r}")
         if config.position not in POSITION_MODES:
             raise ValueError(f"position must be one of {POSITION_MODES}, got {config.position!r}")
         self.config = config
@@ -106,12 +111,16 @@ class LatentScoreModel(nn.Module):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.latent_std + self.latent_mean
 
+    def transform_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(cond) if self.config.cond_transform == "asinh" else cond
+
     def normalize_cond(self, cond: torch.Tensor) -> torch.Tensor:
-        return (cond - self.cond_mean) / self.cond_std
+        return (self.transform_cond(cond) - self.cond_mean) / self.cond_std
 
     @torch.no_grad()
     def fit_statistics(self, latents: torch.Tensor, cond: torch.Tensor) -> None:
         """Per-channel mean/std of clean and degraded latents [N, C, h, w]."""
+        cond = self.transform_cond(cond.float())
         for mean, std, z in ((self.latent_mean, self.latent_std, latents), (self.cond_mean, self.cond_std, cond)):
             mean.copy_(z.float().mean(dim=(0, 2, 3), keepdim=True))
             std.copy_(z.float().std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-4))
