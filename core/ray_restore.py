@@ -45,8 +45,10 @@ class RestoreActor:
         from .image_io import load_image, save_image
         from .output_paths import write_output
         from .pipeline import restore_images
-        rows = {"input": [], "output": [], "faces": [], "error": [], "seconds": [], "worker": []}
+        rows = {"input": [], "output": [], "faces": [], "error": [], "seconds": [], "worker": [], "started": [],
+                "finished": []}
         for src, dst in zip(batch["input"], batch["output"]):
+            started = time.time()   # wall clock, comparable across actors on one machine (throughput bench)
             start = time.perf_counter()
             faces, error = 0, ""
             try:
@@ -62,6 +64,8 @@ class RestoreActor:
             rows["error"].append(error)
             rows["seconds"].append(time.perf_counter() - start)
             rows["worker"].append(self.pid)
+            rows["started"].append(started)
+            rows["finished"].append(time.time())
         return rows
 
 
