@@ -139,3 +139,15 @@ def test_default_critic_follows_the_shipped_quality_slider(faces, critic):
         out, _ = lookup(crops, restorer, quality=q, fidelity=0.0)
         means.append(float(critic.normalized(out.crops).mean()))
     assert means[0] < means[1] < means[2], means
+
+
+def test_fit_orders_restoration_outcomes_by_ssim_only_past_the_gap():
+    from facerefine.lab.train.fit_face_iqa import SSIM_GAP, restored_pairs
+    meta = [{"face": 0, "kind": "clean", "t": 0.0, "source": None},
+            {"face": 0, "kind": "restored:lq", "severity": "medium", "ssim": 0.84},
+            {"face": 0, "kind": "restored:v2_q1", "severity": "medium", "ssim": 0.87},
+            {"face": 0, "kind": "restored:classical", "severity": "medium", "ssim": 0.84 + SSIM_GAP / 2},
+            {"face": 0, "kind": "restored:lq", "severity": "heavy", "ssim": 0.80},
+            {"face": 1, "kind": "restored:v2_q1", "severity": "medium", "ssim": 0.99}]
+    # within (face 0, medium): v2 beats both; LQ vs classical is inside the gap; other groups never mix
+    assert sorted(restored_pairs(meta)) == [(2, 1), (2, 3)]

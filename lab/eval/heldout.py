@@ -15,8 +15,8 @@ Rows (``--rows``, comma-separated tokens):
     MODEL@q0.5  the same restorer at quality 0.5;  MODEL@w1: at fidelity 1;  MODEL@q0w1: both
 A restorer whose weights are absent is left out of the tables with a note (v2 rows appear once it ships).
 
-Columns: PSNR and SSIM (RGB, whole 512² crop), NR-IQA (normalised 0..1, higher = better: face-niqe, piqe, and
-the default critic when it differs), identity distance to the HQ face (dlib, lower = better), mean face-region
+Columns: PSNR and SSIM (RGB, whole 512² crop), NR-IQA (normalised 0..1, higher = better: face-iqa, the default
+critic, then face-niqe and piqe), identity distance to the HQ face (dlib, lower = better), mean face-region
 colour error ΔE2000 to the HQ face, mean absolute difference to the LQ input over the face (grey levels) and
 seconds per face (one face per call, after one untimed warm-up call per restorer).
 Writes ``report.md``, ``results.json`` and ``grid_<severity>.png`` (HQ | LQ | classical | v1 | v2, 8 faces).
@@ -56,7 +56,7 @@ class BenchOptions:
     limit: Optional[int] = None
     size: int = 512
     detector: str = "mtcnn"             # embedded: the same crops on every machine
-    metrics: tuple = ("face-niqe", "piqe")
+    metrics: tuple = ("face-iqa", "face-niqe", "piqe")   # the first is the critic of the slider checks
     default_critic: bool = True         # add the registered default critic's column when it is another metric
     identity: bool = True
     device: str = "cpu"
@@ -407,12 +407,15 @@ def slider_checks(rows: list[RowSpec], outputs: dict, lq: torch.Tensor, masks: t
         if q0 and q1:
             c["quality_0_vs_1_grey_levels"] = _mean(face_mad(outputs[q0].float() / 255, outputs[q1].float() / 255,
                                                              masks).tolist())
-        qs = sorted((q, means[t]["face-niqe"]) for (q, w), t in toks.items()
-                    if w == fidelity and "face-niqe" in means.get(t, {}))
+        critic = next((k for k in ("face-iqa", "face-niqe") if any(k in means.get(t, {}) for t in toks.values())),
+                      None)
+        qs = sorted((q, means[t][critic]) for (q, w), t in toks.items()
+                    if critic and w == fidelity and critic in means.get(t, {}))
         if len(qs) >= 3:
             vals = [v for _, v in qs]
-            c["face_niqe_over_quality"] = qs
-            c["face_niqe_rises_with_quality"] = all(b >= a for a, b in zip(vals, vals[1:]))
+            c["slider_critic"] = critic
+            c["critic_over_quality"] = qs
+            c["critic_rises_with_quality"] = all(b >= a for a, b in zip(vals, vals[1:]))
         w1 = toks.get((quality, 1.0))
         if w1:
             c["fidelity_1_vs_input_grey_levels"] = means[w1]["mad_lq"]
@@ -443,9 +446,11 @@ def evaluate_targets(results: dict) -> list[dict]:
             add("identity distance <= LQ", v2["identity"] - lq["identity"], v2["identity"] <= lq["identity"])
         add("ΔE <= LQ + 0.5", v2["delta_e"] - lq["delta_e"], v2["delta_e"] <= lq["delta_e"] + 0.5)
         chk = results["checks"].get(sev, {}).get("v2", {})
-        if sev == "medium" and "face_niqe_rises_with_quality" in chk:
-            add("face-niqe (normalised) rises monotonically over quality 0 -> 0.5 -> 1", None,
-                chk["face_niqe_rises_with_quality"])
+        if "face-iqa" in v2 and "face-iqa" in lq:
+            add("face-iqa (default critic) >= LQ", v2["face-iqa"] - lq["face-iqa"], v2["face-iqa"] >= lq["face-iqa"])
+        if sev == "medium" and "critic_rises_with_quality" in chk:
+            add(f"{chk['slider_critic']} (normalised) rises monotonically over quality 0 -> 0.5 -> 1", None,
+                chk["critic_rises_with_quality"])
         if sev == "medium" and "quality_0_vs_1_grey_levels" in chk:
             v = chk["quality_0_vs_1_grey_levels"]
             add("quality 0 vs 1 differ >= 1.5 grey levels (face)", v, v >= 1.5)
@@ -457,7 +462,8 @@ def evaluate_targets(results: dict) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------- outputs
 
-COLUMNS = (("psnr", "PSNR dB ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.4f}"), ("face-niqe", "face-niqe ↑", "{:.3f}"),
+COLUMNS = (("psnr", "PSNR dB ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.4f}"), ("face-iqa", "face-iqa ↑", "{:.3f}"),
+           ("face-niqe", "face-niqe ↑", "{:.3f}"),
            ("piqe", "piqe ↑", "{:.3f}"), ("identity", "ID dist ↓", "{:.3f}"), ("delta_e", "ΔE00 face ↓", "{:.2f}"),
            ("mad_lq", "Δ to LQ (grey, face)", "{:.2f}"), ("seconds", "s / face", "{:.3f}"))
 
@@ -466,7 +472,7 @@ def _columns(rows: list[dict]) -> list[tuple]:
     keys = list(dict.fromkeys(k for r in rows for k in r["mean"]))
     known = [c for c in COLUMNS if c[0] in keys]
     extra = [(k, f"{k} ↑", "{:.3f}") for k in keys if k not in {c[0] for c in COLUMNS}]
-    cols = known[:4] + extra + known[4:] if len(known) >= 4 else known + extra
+    cols = known[:5] + extra + known[5:] if len(known) >= 5 else known + extra
     return cols
 
 
@@ -500,10 +506,10 @@ def markdown_report(res: dict) -> str:
             bits = []
             if "quality_0_vs_1_grey_levels" in c:
                 bits.append(f"quality 0 vs 1 differ by {c['quality_0_vs_1_grey_levels']:.2f} grey levels over the face")
-            if "face_niqe_over_quality" in c:
-                bits.append("face-niqe over quality " + " → ".join(f"{q:g}: {v:.3f}" for q, v in
-                                                                    c["face_niqe_over_quality"]) +
-                            (" (rises monotonically)" if c["face_niqe_rises_with_quality"] else
+            if "critic_over_quality" in c:
+                bits.append(f"{c['slider_critic']} over quality " + " → ".join(f"{q:g}: {v:.3f}" for q, v in
+                                                                             c["critic_over_quality"]) +
+                            (" (rises monotonically)" if c["critic_rises_with_quality"] else
                              " (does not rise monotonically)"))
             if "fidelity_1_vs_input_grey_levels" in c:
                 bits.append(f"fidelity 1 is {c['fidelity_1_vs_input_grey_levels']:.2f} grey levels from the input")

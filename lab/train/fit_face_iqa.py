@@ -1,6 +1,6 @@
 """Fit the face-iqa critic (core/score/face_iqa.py) on the London set's training identities only.
 
-    python -m facerefine.lab.train.fit_face_iqa [--faces 0] [--per-kind 4] [--mild-weight 4] [--out weights/face_iqa.safetensors]
+    python -m facerefine.lab.train.fit_face_iqa [--faces 0] [--per-kind 4] [--mild-weight 8] [--out weights/face_iqa.safetensors]
 
 For every training identity (``lab.datasets.london_split()['train_neutral']``; the held-out fifth is
 never touched) the aligned 512² crop is degraded with random continuous severities of every bench
@@ -73,6 +73,56 @@ def samples_for(face: torch.Tensor, regions: dict, rng: np.random.Generator, see
     return out
 
 
+RESTORED_SEVERITIES = ("mild", "medium", "heavy")     # lab.degrade benchmark presets (degrade at low resolution)
+SSIM_GAP = 0.01                                        # restored pairs are ordered only past this SSIM gap
+
+
+def restored_samples(face: torch.Tensor, regions: dict, fi: int, restorer, classical: dict) -> list[dict]:
+    """Real restoration outcomes for one training face: for each benchmark severity, the LQ (degraded at low
+    resolution, then upscaled: blocks and noise are blown up, unlike the in-place bench kinds), the classical
+    NL-means + unsharp result, and the embedded default restorer at quality 1 and 0. Each gets its face-region
+    SSIM to the clean face, which orders them (a full-reference truth, not an opinion)."""
+    import numpy as np
+    from kornia.metrics import ssim as kssim
+
+    from ...core.lookup.lookup import lookup
+    from ...core.types import FaceCrops, FaceInfo
+    from ..degrade import degrade_fixed
+    from ..eval.classical import classical_restore
+    eye = np.eye(2, 3)
+    info = [FaceInfo(affine=eye, inverse_affine=eye, landmarks=np.zeros((5, 2)), bbox=(0.0, 0.0, 512.0, 512.0),
+                     score=1.0, image_index=0, image_size=(512, 512))]
+    mask = regions["face"]
+    out = []
+    for sev in RESTORED_SEVERITIES:
+        lq = degrade_fixed(face, sev, seed=SEED_OFFSET, keys=[fi])
+        crops = FaceCrops(crops=lq, faces=info, crop_size=512)
+        cands = {"lq": lq, "classical": classical_restore(lq, classical[sev])}
+        for q in (1.0, 0.0):
+            cands[f"v2_q{q:g}"] = lookup(crops, restorer, quality=q, fidelity=0.5)[0].crops.float().clamp(0, 1)
+        for name, img in cands.items():
+            img = (img * 255).round() / 255
+            smap = kssim(img, face, 11).mean(1, keepdim=True)
+            out.append({"kind": f"restored:{name}", "severity": sev, "image": img,
+                        "ssim": float((smap * mask).sum() / mask.sum())})
+    return out
+
+
+def restored_pairs(meta: list[dict]) -> list[tuple[int, int]]:
+    """Within one (face, severity): the candidate with the clearly higher face SSIM is the better one."""
+    groups: dict = {}
+    for i, m in enumerate(meta):
+        if str(m["kind"]).startswith("restored:"):
+            groups.setdefault((m["face"], m["severity"]), []).append(i)
+    pairs = []
+    for idx in groups.values():
+        for i in idx:
+            for j in idx:
+                if meta[i]["ssim"] > meta[j]["ssim"] + SSIM_GAP:
+                    pairs.append((i, j))
+    return pairs
+
+
 def make_pairs(meta: list[dict]) -> list[tuple[int, int]]:
     """(better, worse) index pairs within each identity."""
     pairs = []
@@ -122,13 +172,42 @@ def fit_weights(z: torch.Tensor, pairs: list[tuple[int, int]], l2: float = 1e-3,
     return w.detach()
 
 
+def restored_features(paths: list[Path], cache: Optional[str], t0: float) -> tuple[torch.Tensor, list[dict]]:
+    """Features and meta of ``restored_samples`` for every training face (own cache: ``<cache>.restored``)."""
+    from ...core.lookup.restorer import load_restorer
+    from ...models.registry import EMBEDDED_RESTORER
+    from ..eval.classical import load_params
+    store = Path(str(cache) + ".restored") if cache else None
+    rows, meta = [], []
+    if store and store.is_file():
+        blob = torch.load(store, weights_only=True)
+        rows, meta = [blob["features"]], json.loads(blob["meta"])
+    done = len({m["face"] for m in meta})
+    restorer, classical = load_restorer(EMBEDDED_RESTORER), load_params()
+    for fi, p in enumerate(paths):
+        if fi < done:
+            continue
+        face, regions = B.load_faces([p], 512)
+        samples = restored_samples(face, regions, fi, restorer, classical)
+        with torch.inference_mode():
+            rows.append(features(torch.cat([s_["image"] for s_ in samples])).double())
+        meta += [{"face": fi, "kind": s_["kind"], "t": 0.0, "source": None, "severity": s_["severity"],
+                  "ssim": s_["ssim"]} for s_ in samples]
+        if store:
+            torch.save({"features": torch.cat(rows), "meta": json.dumps(meta)}, store)
+        print(f"  restored {fi + 1}/{len(paths)} faces, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    return torch.cat(rows).double(), meta
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="London set folder (default ../shared/data/london)")
     parser.add_argument("--faces", type=int, default=0, help="use the first N training identities (0 = all)")
     parser.add_argument("--per-kind", type=int, default=4, help="random severities per distortion and face")
-    parser.add_argument("--mild-weight", type=float, default=4.0,
+    parser.add_argument("--mild-weight", type=float, default=8.0,
                         help="weight of the clean > mildest-version pairs in the ranking loss")
+    parser.add_argument("--no-restored", dest="restored", action="store_false",
+                        help="leave out the real restoration outcomes (LQ / classical / default restorer by SSIM)")
     parser.add_argument("--cache", default=None, help="features .pt, written after every face; a rerun resumes")
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
@@ -156,13 +235,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.cache:
             torch.save({"features": torch.cat(rows), "meta": json.dumps(meta)}, args.cache)
         print(f"  {fi + 1}/{len(paths)} faces, {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    if args.restored:
+        r_rows, r_meta = restored_features(paths, args.cache, t0)
+        rows, meta = rows + [r_rows], meta + r_meta
     feats = torch.cat(rows).double()
     keep = [i for i, m in enumerate(meta) if m["face"] < len(paths)]
     feats, meta = feats[keep], [meta[i] for i in keep]
     clean = feats[[i for i, m in enumerate(meta) if m["kind"] == "clean"]]
     mean, std = clean.mean(0), clean.std(0).clamp_min(1e-3)
     z = (feats - mean) / std
-    pairs = make_pairs(meta)
+    pairs = make_pairs(meta) + restored_pairs(meta)
     w = fit_weights(z, pairs, weights=pair_weights(meta, pairs, args.per_kind, args.mild_weight))
     s = expand(z) @ w
     kinds = np.array([m["kind"] for m in meta])
