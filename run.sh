@@ -30,6 +30,8 @@ setup() {
   "$PY" -m pip install -q -e ".[dev]"
   # eval/test extra (dlib itself, for the identity-network parity test); optional: the test skips without it
   "$PY" -m pip install -q -e ".[eval]" || echo "run.sh: the eval extra (dlib-bin) did not install; dlib parity tests will skip"
+  # the optional Ray extra, so the Ray folder-restore tests run (never needed by ComfyUI, A1111 or the app)
+  "$PY" -m pip install -q -e ".[ray]" || echo "run.sh: the ray extra did not install; Ray tests will skip"
   echo "$stamp" > "$VENV/.facerefine-ready"
   say "set-up done"
 }
