@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..types import FaceCrops
-from .temporal import is_small_motion, relative_affine
+from .temporal import TrackStates, is_small_motion, relative_affine
 
 GUIDES = ("input", "restored")
 
@@ -44,7 +44,7 @@ def _grey(crop: np.ndarray, size: int) -> np.ndarray:
     return (grey.clip(0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
-class FlowBlend:
+class FlowBlend(TrackStates):
     """Per-track recursive blend of restored crops with the previous output, warped by dense optical flow.
 
     strength: the blend weight where the warped previous output agrees with the current frame (0 = off).
@@ -69,13 +69,6 @@ class FlowBlend:
         self.states: dict[int, _FlowState] = {}
         self.last_confidence: list[float] = []   # mean weight / strength of each face of the last call
 
-    def reset(self) -> None:
-        self.states.clear()
-
-    def forget(self, keep_ids) -> None:
-        keep = set(keep_ids)
-        for tid in [t for t in self.states if t not in keep]:
-            del self.states[tid]
 
     def _blend(self, st: _FlowState, cur: np.ndarray, guide: np.ndarray) -> tuple[np.ndarray, float]:
         """The previous output warped onto ``cur`` and blended by confidence; (output, mean confidence)."""

@@ -64,7 +64,21 @@ class _TrackState:
     out: Optional[torch.Tensor] = None
 
 
-class TemporalLookup:
+class TrackStates:
+    """``states``: track id -> that track's latest state; tracks that ended are forgotten."""
+
+    states: dict
+
+    def reset(self) -> None:
+        self.states.clear()
+
+    def forget(self, keep_ids) -> None:
+        keep = set(keep_ids)
+        for tid in [t for t in self.states if t not in keep]:
+            del self.states[tid]
+
+
+class TemporalLookup(TrackStates):
     """Restore the faces of consecutive frames with a running, motion-compensated lookup state per track.
 
     strength: 0 = per-frame restoration (exactly ``lookup`` with mode off/trained); 0.6 keeps 60 % of the
@@ -96,13 +110,6 @@ class TemporalLookup:
         self.reset_similarity = reset_similarity
         self.states: dict[int, _TrackState] = {}
 
-    def reset(self) -> None:
-        self.states.clear()
-
-    def forget(self, keep_ids) -> None:
-        keep = set(keep_ids)
-        for tid in [t for t in self.states if t not in keep]:
-            del self.states[tid]
 
     def _prior(self, tid: int, affine: np.ndarray, crop_size: int, lq: Optional[torch.Tensor]):
         """The track's state and the relative affine, or None when the state must not be used."""
