@@ -82,7 +82,6 @@ def restored_samples(face: torch.Tensor, regions: dict, fi: int, restorer, class
     resolution, then upscaled: blocks and noise are blown up, unlike the in-place bench kinds), the classical
     NL-means + unsharp result, and the embedded default restorer at quality 1 and 0. Each gets its face-region
     SSIM to the clean face, which orders them (a full-reference truth, not an opinion)."""
-    import numpy as np
     from kornia.metrics import ssim as kssim
 
     from ...core.lookup.lookup import lookup
