@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
         add(p, name)
     g = p.add_argument_group("refine")
     for name in ("refine_strength", "sampler", "latent_prior", "id_model", "identity_recovery", "identity_target",
-                 "guidance_steps"):
+                 "guidance_steps", "identity_views"):
         add(g, name)
     add(p, "device")
     add(p, "seed")

@@ -109,6 +109,10 @@ CONTROLS: tuple[Control, ...] = (
             label="Identity target"),
     Control("guidance_steps", "int", None, "refine steps that compute a fresh identity gradient (default 1; = "
             "refine steps for every step, slower)", "refine.guidance_steps", 1, 200, 1),
+    Control("identity_views", "int", None, "augmented views of the decoded face averaged into each identity "
+            "gradient (default 1; more views = changes that survive re-framing and blur, i.e. identity rather than "
+            "patterns only the guide network sees; each view adds one identity-network pass)",
+            "refine.identity_views", 1, 16, 1),
     Control("reference", "image", None, "reference photo of the same person (identity target of refine)",
             "refine.reference", label="Reference photo"),
     # --- crop

@@ -19,7 +19,7 @@ def _with_default(names: list, default: str) -> list:
 class FaceRefineIdentityLatentRefine:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..core.refine.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_STEPS
+        from ..core.refine.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, DEFAULT_STEPS
         return {
             "required": {
                 "face_crops": ("FACE_CROPS", {"tooltip": rt.tooltip("face_crops")}),
@@ -46,6 +46,10 @@ class FaceRefineIdentityLatentRefine:
                             "= steps for every step."),
             },
             "optional": {
+                "identity_views": controls.comfy_input(
+                    "identity_views", default=DEFAULT_IDENTITY_VIEWS,
+                    tooltip="Augmented views (re-framed, blurred) of the face averaged into each identity gradient; "
+                            "more views keep what is identity and drop patterns only the guide network sees."),
                 "reference": ("IMAGE", {"tooltip": "Photo of the same person; its face is aligned like the crops "
                                                    "and becomes the identity target."}),
             },
@@ -60,7 +64,7 @@ class FaceRefineIdentityLatentRefine:
 
     def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, steps, strength,
                identity_strength, sampler, seed, identity_target="auto", device="auto", face_batch=8,
-               guidance_steps=1, reference=None):
+               guidance_steps=1, reference=None, identity_views=None):
         from ..core.refine import refine, select_latent
         from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
         if face_crops.is_empty or steps <= 0 or strength <= 0:
@@ -83,7 +87,8 @@ class FaceRefineIdentityLatentRefine:
                           reference=reference, sampler=sampler, seed=seed, progress=report,
                           should_stop=rt.should_stop, target=identity_target, device=dev,
                           lq_crops=None if lq_crops is None else lq_crops[start:stop],
-                          batch_size=stop - start, index_offset=start, guidance_steps=guidance_steps)
+                          batch_size=stop - start, index_offset=start, guidance_steps=guidance_steps,
+                          identity_views=identity_views)
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(rt.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode

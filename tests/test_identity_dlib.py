@@ -218,3 +218,39 @@ def test_corrupt_or_wrong_identity_weights_name_the_file(tmp_path):
         load_id_model(str(partial))
     # the CLI reports it as one clear error (exit 1), not a traceback
     assert issubclass(WrongArchitectureError, FaceRefineError)
+
+
+def test_augmented_views_keep_the_face_as_view_zero_and_pass_gradients():
+    from facerefine.core.refine.guidance import augmented_views
+    faces = torch.rand(2, 3, 64, 64, requires_grad=True)
+    views = augmented_views(faces, 4, torch.Generator().manual_seed(0))
+    assert views.shape == (8, 3, 64, 64)
+    assert torch.equal(views[0], faces[0]) and torch.equal(views[4], faces[1])
+    assert not torch.allclose(views[1], faces[0], atol=1e-3)  # a real re-framing, not a copy
+    again = augmented_views(faces, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(views, again)  # seeded: the same views for the same seed
+    views[1:4].sum().backward()  # the augmented views alone reach the face
+    assert faces.grad is not None and float(faces.grad[0].abs().sum()) > 0 and float(faces.grad[1].abs().sum()) == 0
+    assert augmented_views(faces, 1) is faces
+
+
+def test_identity_views_guidance_moves_toward_the_target_and_keeps_the_mask(setup):
+    """Averaging the gradient over augmented views still raises the guide's similarity, is reproducible,
+    and still leaves positions outside the latent mask untouched."""
+    from facerefine.core.refine.guidance import align_reference_with_landmarks
+    s = setup
+    ref_crop, ref_lm = align_reference_with_landmarks(s["other"], 512)
+    with torch.no_grad():
+        target = s["id_model"].embed(ref_crop, ref_lm)
+    plain = _run(s, identity_strength=0.0)
+    guided = _run(s, identity_strength=2.0, reference=s["other"], identity_views=4)
+    again = _run(s, identity_strength=2.0, reference=s["other"], identity_views=4)
+    assert torch.equal(guided.latent, again.latent)
+    outside = ~guided.mask.bool().expand_as(guided.latent)
+    assert torch.equal(guided.latent[outside], plain.latent[outside])
+    with torch.no_grad():
+        sims = [float((s["id_model"].embed(r.crops.crops, _landmarks(r.crops)) * target).sum(1).mean())
+                for r in (plain, guided)]
+    assert sims[1] > sims[0] + 0.005, sims
+    with pytest.raises(Exception, match="identity_views"):
+        _run(s, identity_strength=1.0, reference=s["other"], identity_views=0)

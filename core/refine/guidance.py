@@ -140,16 +140,53 @@ def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[t
     return F.normalize(emb.float(), dim=1), target
 
 
+def augmented_views(faces: torch.Tensor, views: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """[N,3,S,S] -> [N*views,3,S,S]: view 0 is the face itself, the others are differentiable random
+    re-framings (shift <= 3 %, scale 0.95-1.05, rotation <= 4 degrees), resolution losses (down to 45-100 %
+    of the side and back) and gains (+-6 %). Averaging the identity gradient over them keeps what survives
+    such changes (identity) and drops what does not (pixel patterns that fool only the guide network)."""
+    if views <= 1:
+        return faces
+    n, c, s, _ = faces.shape
+    k = views - 1
+    rnd = torch.rand(n * k, 6, generator=generator).to(faces.device, torch.float32)
+    angle = (rnd[:, 0] * 2 - 1) * (4 * np.pi / 180)
+    scale = 0.95 + 0.10 * rnd[:, 1]
+    shift = (rnd[:, 2:4] * 2 - 1) * 0.06  # normalised coordinates: 0.06 = 3 % of the side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    src = faces.repeat_interleave(k, dim=0)
+    grid = F.affine_grid(theta.to(src.dtype), [n * k, c, s, s], align_corners=False)
+    moved = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = []
+    for j in range(n * k):  # each view its own resolution loss
+        side = max(16, int(round(s * (0.45 + 0.55 * float(rnd[j, 4])))))
+        v = moved[j:j + 1]
+        if side < s:
+            v = F.interpolate(F.interpolate(v, size=(side, side), mode="bilinear", antialias=True,
+                                            align_corners=False), size=(s, s), mode="bilinear", align_corners=False)
+        out.append(v * (0.94 + 0.12 * float(rnd[j, 5])))
+    aug = torch.cat(out).reshape(n, k, c, s, s)
+    return torch.cat([faces.unsqueeze(1), aug], 1).reshape(n * views, c, s, s)
+
+
 def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
                       target: torch.Tensor, mask: torch.Tensor,
-                      landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      landmarks: Optional[torch.Tensor] = None, views: int = 1,
+                      generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), target) w.r.t. z0,
-    plus the similarities. Positions where mask == 0 get exactly 0. ``landmarks``: crop fractions [N,5,2]."""
+    plus the similarities (of the face itself). Positions where mask == 0 get exactly 0.
+    ``landmarks``: crop fractions [N,5,2]. ``views`` > 1 averages the similarity over that many
+    augmented views of each decoded face (``augmented_views``); one decoder pass serves them all."""
+    views = max(1, int(views))
     with torch.enable_grad():
         z = z0.detach().float().requires_grad_(True)
         faces = decode(z)
-        sim = (embed(id_model, faces, landmarks) * target).sum(dim=1)
-        (grad,) = torch.autograd.grad(sim.sum(), z)
+        lm = None if landmarks is None else landmarks.repeat_interleave(views, dim=0)
+        emb = embed(id_model, augmented_views(faces, views, generator), lm)
+        sims = (emb * target.repeat_interleave(views, dim=0)).sum(dim=1).reshape(-1, views)
+        (grad,) = torch.autograd.grad(sims.mean(dim=1).sum(), z)
+    sim = sims[:, 0]
     grad = torch.nan_to_num(grad.float()) * mask
     count = mask.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * grad.shape[1]
     rms = (grad.pow(2).sum(dim=(1, 2, 3), keepdim=True) / count).sqrt()

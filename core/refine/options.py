@@ -18,6 +18,7 @@ class RefineOptions:
     identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
     target: str = "auto"                   # identity target: auto | reference | recovery | lq
     guidance_steps: Optional[int] = None   # fresh identity gradients per refine (None = refine default, 1)
+    identity_views: Optional[int] = None   # augmented views per identity gradient (None = refine default)
     reference: Optional[Any] = None        # reference photo: path or [1,H,W,3] tensor
 
     @property

@@ -150,7 +150,8 @@ class RefineStep:
         return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
                       strength=float(o.strength), identity_strength=float(o.identity_strength),
                       reference=self.reference, sampler=o.sampler, seed=self.seed, device=self.device,
-                      target=o.target or "auto", guidance_steps=o.guidance_steps, should_stop=should_stop,
+                      target=o.target or "auto", guidance_steps=o.guidance_steps,
+                      identity_views=o.identity_views, should_stop=should_stop,
                       lq_crops=lq_crops)
 
 

@@ -28,6 +28,8 @@ DEFAULT_IDENTITY_STRENGTH = 0.5
 DEFAULT_SAMPLER = "dpmpp_2m"
 # Each fresh identity gradient costs a decoder forward + backward (~1.6x a CodeFormer lookup): one by default.
 DEFAULT_GUIDANCE_STEPS = 1
+# Augmented views of the decoded face per identity gradient (1 = the face alone).
+DEFAULT_IDENTITY_VIEWS = 1
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,7 +89,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
                   identity_strength: float = DEFAULT_IDENTITY_STRENGTH, reference=None,
                   sampler: str = DEFAULT_SAMPLER, seed: int = 0, target: str = "auto",
                   lq_crops: Optional[torch.Tensor] = None, decoder: Optional[Callable] = None,
-                  guidance_steps: Optional[int] = None, batch_size: int = 8, device=None, index_offset: int = 0,
+                  guidance_steps: Optional[int] = None, identity_views: Optional[int] = None, batch_size: int = 8, device=None, index_offset: int = 0,
                   progress: Optional[Callable[[int, int], None]] = None,
                   should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refine every face; see ``refine`` for the arguments. ``decoder(restorer, latent, index)`` overrides
@@ -114,6 +116,9 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     guidance_steps = DEFAULT_GUIDANCE_STEPS if guidance_steps is None else int(guidance_steps)
     if guidance_steps < 1:
         raise FaceRefineError("guidance_steps must be >= 1 (use identity_strength 0 to turn guidance off)")
+    views = DEFAULT_IDENTITY_VIEWS if identity_views is None else int(identity_views)
+    if views < 1:
+        raise FaceRefineError("identity_views must be >= 1 (1 = the decoded face alone)")
     fresh = {k * n_steps // min(guidance_steps, n_steps) for k in range(min(guidance_steps, n_steps))}
     device = torch.device(device) if device is not None else _module_device(prior, id_model)
     sample = get_sampler(sampler)
@@ -155,7 +160,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         chunk = _refine_chunk(
             z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
             identity_strength, guided, None if target_emb is None else target_emb[idx],
-            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx])
+            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx], views)
         outs.append(chunk)
     z_final = torch.cat([o[0] for o in outs])
     with torch.inference_mode(), _autocast(device):
@@ -195,7 +200,8 @@ def _similarity(id_model, crops, target, device, batch_size, landmarks=None) -> 
 
 
 def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
-                  identity_strength, guided, target, mask, fresh, device, tick, index_offset=0, landmarks=None):
+                  identity_strength, guided, target, mask, fresh, device, tick, index_offset=0, landmarks=None,
+                  views=1):
     z0 = z0.to(device)
     if prior is not None:
         x_anchor = prior.normalize(z0)
@@ -236,6 +242,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
 
     cache: dict = {}
     first_sim: list = []
+    view_generator = torch.Generator().manual_seed(int(seed) * 7919 + first + 1)
 
     def guided_denoise(x, sigma, i):
         tick()
@@ -243,7 +250,8 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
         if i not in cache:
             if i in fresh or "last" not in cache:
                 with _autocast(device):
-                    grad, sim = identity_gradient(x0, decode, id_model, target, mask, landmarks)
+                    grad, sim = identity_gradient(x0, decode, id_model, target, mask, landmarks, views,
+                                                  view_generator)
                 cache["last"] = grad
                 if not first_sim:
                     first_sim.append(sim.float().cpu())

@@ -46,7 +46,8 @@ ROWS = (Row("no refine"),
         Row("refine, identity 2 → LQ face", True, 2.0),
         Row("refine, identity 1 → IRN", True, 1.0, "recovery"),
         Row("refine, identity 1 → reference photo", True, 1.0, "reference"),
-        Row("refine, identity 2 → reference photo", True, 2.0, "reference"))
+        Row("refine, identity 2 → reference photo", True, 2.0, "reference"),
+        Row("refine, identity 0.5 → IRN (the no-reference default)", True, 0.5, "recovery"))
 GRID_ROWS = ("no refine", "refine, identity 1 → reference photo", "refine, identity 2 → reference photo")
 
 
@@ -62,7 +63,8 @@ def _pairs(limit: Optional[int]):
 
 def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = None, steps: int = 8,
         restorer_name: Optional[str] = None, id_model_name: str = "dlib", irn: Optional[str] = None,
-        seed: int = 0, log=print, rows=ROWS, guidance_steps: Optional[int] = None) -> dict:
+        seed: int = 0, log=print, rows=ROWS, guidance_steps: Optional[int] = None,
+        identity_views: Optional[int] = None) -> dict:
     from ...core.lookup import load_restorer, lookup
     from ...core.refine import refine_latent
     from ...core.refine.guidance import crop_landmarks
@@ -118,7 +120,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                         "other_person_distance": float(d[off].mean()) if n > 1 else float("nan"),
                         "rank1_identification": float(np.mean(d.argmin(1) == np.arange(n)))}
     result = {"faces": n, "restorer": restorer_name, "identity_check": checks, "prior": prior is not None, "guide": guide.network, "irn": irn,
-              "judge": judge.name, "refine_steps": steps, "guidance_steps": guidance_steps or 1, "seed": seed, "severities": {}, "notes": notes}
+              "judge": judge.name, "refine_steps": steps, "guidance_steps": guidance_steps or 1,
+              "identity_views": identity_views or 1, "seed": seed, "severities": {}, "notes": notes}
     for sev in severities:
         lq = lq_faces(hq, sev, seed, kept)
         lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
@@ -141,7 +144,7 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                     res = refine_latent(restored, latent, restorer, prior, guide if row.identity_strength else None,
                                         steps=steps, identity_strength=row.identity_strength, reference=reference,
                                         target=row.target, seed=seed + i, lq_crops=lq[i:i + 1],
-                                        guidance_steps=guidance_steps)
+                                        guidance_steps=guidance_steps, identity_views=identity_views)
                     restored = res.crops
                 t2 = time.perf_counter()
                 outs.append(restored.crops.float().cpu().clamp(0, 1))
@@ -152,8 +155,10 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
             outputs[row.label] = x
             with torch.no_grad():
                 g = guide.embed(x, landmarks)
+            per_face = judge.distance(judge.embed(x, boxes), hq_judge)
             entry = {"row": row.label,
-                     "judge_distance": float(judge.distance(judge.embed(x, boxes), hq_judge).mean()),
+                     "judge_distance": float(per_face.mean()),
+                     "judge_distance_per_face": [round(float(d), 5) for d in per_face],
                      "guide_similarity": float((g * hq_guide).sum(1).mean()),
                      "psnr": float(psnr(x, hq).mean()), "ssim": float(ssim(x, hq).mean()),
                      "face_niqe": float(niqe.normalized(x).float().mean()),
@@ -186,7 +191,7 @@ def markdown(res: dict) -> str:
     for sev, table in res["severities"].items():
         base = next((r for r in table if r["row"] == "no refine"), None)
         lines += [f"**{sev}**", "",
-                  "| row | judge dist ↓ | vs no refine | guide sim ↑ | PSNR | SSIM | face-niqe | s/face | refine s/face |",
+                  "| row | judge dist ↓ | vs no refine [95 % interval] | guide sim ↑ | PSNR | SSIM | face-niqe | s/face | refine s/face |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in table:
             if r.get("skipped"):
@@ -195,6 +200,9 @@ def markdown(res: dict) -> str:
             rel = ""
             if base and r is not base and r["row"] != "LQ input":
                 rel = f"{100 * (r['judge_distance'] / base['judge_distance'] - 1):+.1f} %"
+                low, high = paired_interval(r.get("judge_distance_per_face"), base.get("judge_distance_per_face"))
+                if low is not None:
+                    rel += f" [{100 * low / base['judge_distance']:+.1f}, {100 * high / base['judge_distance']:+.1f}]"
 
             def f(key, fmt):
                 v = r.get(key)
@@ -206,6 +214,16 @@ def markdown(res: dict) -> str:
     if res["notes"]:
         lines += ["Notes:"] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def paired_interval(rows, base, z: float = 1.96):
+    """95 % interval of the mean per-face change (row - no refine), normal approximation; (None, None)
+    without per-face numbers."""
+    if not rows or not base or len(rows) != len(base) or len(rows) < 3:
+        return None, None
+    d = np.asarray(rows, np.float64) - np.asarray(base, np.float64)
+    half = z * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean() - half), float(d.mean() + half)
 
 
 def write_grid(path: Path, hq, lq, refs, columns: dict, faces: int = 6, tile: int = 192) -> Path:
@@ -235,13 +253,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance-steps", type=int, default=None,
                     help="fresh identity gradients per refine (default: the refine step's, 1; = --steps for every step)")
+    ap.add_argument("--identity-views", type=int, default=None,
+                    help="augmented views per identity gradient (default: the refine step's)")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (0-based) of ROWS to run")
     args = ap.parse_args(argv)
     rows = ROWS if not args.rows else tuple(ROWS[int(i)] for i in args.rows.split(","))
     torch.set_num_threads(1)
     res = run(Path(args.out), tuple(s.strip() for s in args.severities.split(",") if s.strip()), args.limit,
               args.steps, args.restorer, args.id_model, args.identity_recovery, args.seed, rows=rows,
-              guidance_steps=args.guidance_steps)
+              guidance_steps=args.guidance_steps, identity_views=args.identity_views)
     print(markdown(res))
     return 0
 
