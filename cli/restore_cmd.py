@@ -25,7 +25,7 @@ def add_arguments(p) -> None:
                    help="replace existing output files (inputs are still never written)")
     add = controls.add_argument  # type, default, range/choices and help come from core/controls.py
     for name in ("restorer", "quality", "fidelity", "lookup_mode", "quality_condition", "critic", "refine_steps",
-                 "identity_strength", "reference"):
+                 "identity_strength", "reference", "reference_detail"):
         add(p, name)
     g = p.add_argument_group("refine")
     for name in ("refine_strength", "sampler", "latent_prior", "id_model", "identity_recovery", "identity_target",

@@ -104,15 +104,20 @@ CONTROLS: tuple[Control, ...] = (
             choices=ID_MODELS, label="Identity network"),
     Control("identity_recovery", "text", None, "trained Identity Recovery Network + mask file",
             "refine.identity_recovery"),
-    Control("identity_target", "choice", "auto", "auto = reference if given, else the IRN if trained, else the "
-            "degraded face", "refine.target", choices=("auto", "reference", "recovery", "lq"),
+    Control("identity_target", "choice", "auto", "auto = reference if given, else an Identity Recovery Network you "
+            "load, else the degraded face; recovery = the IRN (the one shipped for the restorer if none is named)", "refine.target", choices=("auto", "reference", "recovery", "lq"),
             label="Identity target"),
-    Control("guidance_steps", "int", None, "refine steps that compute a fresh identity gradient (default 1; = "
-            "refine steps for every step, slower)", "refine.guidance_steps", 1, 200, 1),
+    Control("guidance_steps", "int", None, "refine steps that compute a fresh identity gradient (default 8: every "
+            "step at the default 8 refine steps; fewer = faster, the others reuse the last gradient)",
+            "refine.guidance_steps", 1, 200, 1),
     Control("identity_views", "int", None, "augmented views of the decoded face averaged into each identity "
-            "gradient (default 1; more views = changes that survive re-framing and blur, i.e. identity rather than "
-            "patterns only the guide network sees; each view adds one identity-network pass)",
+            "gradient (default 4; 1 = the face alone). More views keep changes that survive re-framing and blur "
+            "(identity) and drop patterns only the guide network sees; each adds one identity-network pass",
             "refine.identity_views", 1, 16, 1),
+    Control("reference_detail", "float", 1.0, "with a reference photo: how much of its fine detail (eyes, brows, "
+            "lips) goes into restored faces that lost theirs, registered by optical flow; sharp faces and other "
+            "people are left alone; 0 = off. Works without refine steps", "refine.reference_detail", 0.0, 1.0, 0.05,
+            label="Reference detail"),
     Control("reference", "image", None, "reference photo of the same person (identity target of refine)",
             "refine.reference", label="Reference photo"),
     # --- crop

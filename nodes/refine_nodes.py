@@ -46,6 +46,10 @@ class FaceRefineIdentityLatentRefine:
                             "= steps for every step."),
             },
             "optional": {
+                "reference_detail": controls.comfy_input(
+                    "reference_detail", tooltip="With a reference photo: how much of its fine detail (eyes, brows, "
+                                                "lips) goes into faces that lost theirs; sharp faces are left alone. "
+                                                "Works with refine steps 0 as well."),
                 "identity_views": controls.comfy_input(
                     "identity_views", default=DEFAULT_IDENTITY_VIEWS,
                     tooltip="Augmented views (re-framed, blurred) of the face averaged into each identity gradient; "
@@ -64,11 +68,15 @@ class FaceRefineIdentityLatentRefine:
 
     def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, steps, strength,
                identity_strength, sampler, seed, identity_target="auto", device="auto", face_batch=8,
-               guidance_steps=1, reference=None, identity_views=None):
+               guidance_steps=1, reference=None, identity_views=None, reference_detail=None):
         from ..core.refine import refine, select_latent
         from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
-        if face_crops.is_empty or steps <= 0 or strength <= 0:
+        from ..core.refine.refine import DEFAULT_REFERENCE_DETAIL
+        detail = DEFAULT_REFERENCE_DETAIL if reference_detail is None else float(reference_detail)
+        if face_crops.is_empty or ((steps <= 0 or strength <= 0) and (reference is None or detail <= 0)):
             return (face_crops,)
+        if steps <= 0 or strength <= 0:
+            steps = 0  # only the reference photo's detail
         dev = rt.get_device(device)
         sigmas = sdedit_sigmas(steps, strength)
         per_face = denoiser_steps(sampler, sigmas) * (2 if identity_strength and id_model is not None else 1)
@@ -88,7 +96,7 @@ class FaceRefineIdentityLatentRefine:
                           should_stop=rt.should_stop, target=identity_target, device=dev,
                           lq_crops=None if lq_crops is None else lq_crops[start:stop],
                           batch_size=stop - start, index_offset=start, guidance_steps=guidance_steps,
-                          identity_views=identity_views)
+                          identity_views=identity_views, reference_detail=detail)
 
         with contextlib.ExitStack() as stack:
             stack.enter_context(rt.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode

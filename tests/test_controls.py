@@ -16,8 +16,8 @@ from facerefine.core.controls import BY_NAME, CONTROLS
 NODE_ALIASES = {"mode": "lookup_mode", "steps": "refine_steps", "strength": "refine_strength"}
 # (node, input) whose default differs from the table on purpose
 NODE_DEFAULT_EXCEPTIONS = {
-    ("FaceRefineIdentityLatentRefine", "steps"),           # the refine node is the step itself: refine's 12 steps
-    ("FaceRefineIdentityLatentRefine", "guidance_steps"),  # refine's default (1); the table's None means "default"
+    ("FaceRefineIdentityLatentRefine", "steps"),           # the refine node is the step itself: refine's 8 steps
+    ("FaceRefineIdentityLatentRefine", "guidance_steps"),  # refine's default (8); the table's None means "default"
     ("FaceRefineIdentityLatentRefine", "identity_views"),  # refine's default; the table's None means "default"
     ("FaceRefineRestore", "restorer"),                     # a file on disk (ComfyUI lists files), not "auto"
 }

@@ -223,12 +223,15 @@ def test_corrupt_or_wrong_identity_weights_name_the_file(tmp_path):
 def test_augmented_views_keep_the_face_as_view_zero_and_pass_gradients():
     from facerefine.core.refine.guidance import augmented_views
     faces = torch.rand(2, 3, 64, 64, requires_grad=True)
-    views = augmented_views(faces, 4, torch.Generator().manual_seed(0))
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
+    views = augmented_views(faces, 4, gens())
     assert views.shape == (8, 3, 64, 64)
     assert torch.equal(views[0], faces[0]) and torch.equal(views[4], faces[1])
     assert not torch.allclose(views[1], faces[0], atol=1e-3)  # a real re-framing, not a copy
-    again = augmented_views(faces, 4, torch.Generator().manual_seed(0))
+    again = augmented_views(faces, 4, gens())
     assert torch.equal(views, again)  # seeded: the same views for the same seed
+    alone = augmented_views(faces[1:], 4, gens()[1:])
+    assert torch.equal(alone, views[4:])  # a face's views do not depend on its batch
     views[1:4].sum().backward()  # the augmented views alone reach the face
     assert faces.grad is not None and float(faces.grad[0].abs().sum()) > 0 and float(faces.grad[1].abs().sum()) == 0
     assert augmented_views(faces, 1) is faces

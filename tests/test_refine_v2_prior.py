@@ -109,8 +109,9 @@ def test_corrupt_or_wrong_prior_file_names_the_file(tmp_path):
 
 @pytest.mark.skipif(not all((WEIGHTS / f).is_file() for f in V2_FILES), reason="shipped v2 weights absent")
 def test_refine_with_v2_loads_the_shipped_prior_and_irn_without_a_warning(monkeypatch):
-    """The default restorer + `--refine-steps` with no options: the paired prior and dlib IRN are found in
-    the registry, nothing is downloaded, no 'no trained latent prior' note, and the face changes."""
+    """The default restorer + `--refine-steps` (target recovery): the paired prior and dlib IRN are found in
+    the registry, nothing is downloaded, no 'no trained latent prior' note, and the face changes. With the
+    `auto` target and no reference the IRN is not loaded (the degraded face is the target)."""
     monkeypatch.setenv("FACEREFINE_OFFLINE", "1")
     from facerefine.core.lookup.restorer import load_restorer
     from facerefine.core.refine.options import RefineOptions
@@ -119,7 +120,10 @@ def test_refine_with_v2_loads_the_shipped_prior_and_irn_without_a_warning(monkey
     assert restorer.architecture == "IQPFRv2"
     faces = fx.make_faces(1, 256, seed=3)
     restored, latent = fx.lookup_latent(faces, restorer)
-    step = RefineStep(RefineOptions(steps=3, identity_strength=1.0, id_model="dlib"), "cpu")
+    auto = RefineStep(RefineOptions(steps=3, identity_strength=1.0, id_model="dlib"), "cpu")
+    auto.prepare(restorer)
+    assert auto.prior is not None and auto.id_model.network == "dlib" and auto.id_model.recovery is None
+    step = RefineStep(RefineOptions(steps=3, identity_strength=1.0, id_model="dlib", target="recovery"), "cpu")
     step.prepare(restorer)
     assert step.prior is not None and step.prior.config.restorer_arch == "IQPFRv2"
     assert step.id_model.network == "dlib" and step.id_model.recovery is not None

@@ -1,7 +1,7 @@
 """Identity guidance: targets, the latent mask and the masked gradient of ArcFace cosine similarity."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -140,16 +140,19 @@ def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[t
     return F.normalize(emb.float(), dim=1), target
 
 
-def augmented_views(faces: torch.Tensor, views: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def augmented_views(faces: torch.Tensor, views: int, generators: Optional[Sequence[torch.Generator]] = None
+                    ) -> torch.Tensor:
     """[N,3,S,S] -> [N*views,3,S,S]: view 0 is the face itself, the others are differentiable random
     re-framings (shift <= 3 %, scale 0.95-1.05, rotation <= 4 degrees), resolution losses (down to 45-100 %
     of the side and back) and gains (+-6 %). Averaging the identity gradient over them keeps what survives
-    such changes (identity) and drops what does not (pixel patterns that fool only the guide network)."""
+    such changes (identity) and drops what does not (pixel patterns that fool only the guide network).
+    ``generators``: one per face, so a face's views do not depend on the batch it is in."""
     if views <= 1:
         return faces
     n, c, s, _ = faces.shape
     k = views - 1
-    rnd = torch.rand(n * k, 6, generator=generator).to(faces.device, torch.float32)
+    gens = list(generators) if generators is not None else [None] * n
+    rnd = torch.cat([torch.rand(k, 6, generator=g) for g in gens]).to(faces.device, torch.float32)
     angle = (rnd[:, 0] * 2 - 1) * (4 * np.pi / 180)
     scale = 0.95 + 0.10 * rnd[:, 1]
     shift = (rnd[:, 2:4] * 2 - 1) * 0.06  # normalised coordinates: 0.06 = 3 % of the side
@@ -173,7 +176,7 @@ def augmented_views(faces: torch.Tensor, views: int, generator: Optional[torch.G
 def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
                       target: torch.Tensor, mask: torch.Tensor,
                       landmarks: Optional[torch.Tensor] = None, views: int = 1,
-                      generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generators: Optional[Sequence[torch.Generator]] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), target) w.r.t. z0,
     plus the similarities (of the face itself). Positions where mask == 0 get exactly 0.
     ``landmarks``: crop fractions [N,5,2]. ``views`` > 1 averages the similarity over that many
@@ -183,7 +186,7 @@ def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.T
         z = z0.detach().float().requires_grad_(True)
         faces = decode(z)
         lm = None if landmarks is None else landmarks.repeat_interleave(views, dim=0)
-        emb = embed(id_model, augmented_views(faces, views, generator), lm)
+        emb = embed(id_model, augmented_views(faces, views, generators), lm)
         sims = (emb * target.repeat_interleave(views, dim=0)).sum(dim=1).reshape(-1, views)
         (grad,) = torch.autograd.grad(sims.mean(dim=1).sum(), z)
     sim = sims[:, 0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .refine import DEFAULT_SAMPLER, DEFAULT_STRENGTH
+from .refine import DEFAULT_REFERENCE_DETAIL, DEFAULT_SAMPLER, DEFAULT_STRENGTH
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,13 @@ class RefineOptions:
     guidance_steps: Optional[int] = None   # fresh identity gradients per refine (None = refine default, 1)
     identity_views: Optional[int] = None   # augmented views per identity gradient (None = refine default)
     reference: Optional[Any] = None        # reference photo: path or [1,H,W,3] tensor
+    reference_detail: float = DEFAULT_REFERENCE_DETAIL  # the reference's fine detail into blurred faces (0 = off)
+
+    @property
+    def detail_only(self) -> bool:
+        """No refine steps, but a reference photo whose detail is transferred (works with any restorer)."""
+        return int(self.steps or 0) <= 0 and self.reference is not None and float(self.reference_detail) > 0
 
     @property
     def wanted(self) -> bool:
-        return int(self.steps or 0) > 0
+        return int(self.steps or 0) > 0 or self.detail_only

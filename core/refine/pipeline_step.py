@@ -88,14 +88,21 @@ class RefineStep:
         identity network now. Raises the loaders' errors (missing file, wrong architecture)."""
         o = self.options
         notes: list = []
+        if o.detail_only:  # only the identity check of the reference detail: no prior, no IRN
+            from ...models.arch.identity import load_id_model
+            self.id_model = load_id_model(o.id_model or "auto", None, self.device)
+            self._prior_loaded = True
+            return
         self.prior = load_prior(o.latent_prior, restorer.architecture, self.device, notes,
                                 restorer_name=restorer.name)
-        if float(o.identity_strength) != 0:
+        if float(o.identity_strength) != 0 or (self.reference is not None and float(o.reference_detail) > 0):
             from ...models.arch.identity import load_id_model, resolve_id_model
             recovery = o.identity_recovery or None
             if recovery is not None and str(recovery).lower() in ("none", "(none)"):
                 recovery = None
-            elif recovery is None:  # the IRN shipped for this restorer and network, when there is one
+            elif recovery is None and o.target == "recovery":
+                # the IRN shipped for this restorer and network, when asked for: on held-out faces its target
+                # did not beat the degraded face's own (docs/identity_eval.md), so `auto` does not load it
                 recovery = default_identity_recovery(restorer.name, resolve_id_model(o.id_model or "auto"))
                 if recovery is not None:
                     from ...models.locate import resolve
@@ -135,6 +142,8 @@ class RefineStep:
     def __call__(self, face_crops: FaceCrops, latent: Optional[FaceLatent], restorer,
                  lq_crops: Optional[torch.Tensor] = None, warnings: Optional[list] = None,
                  should_stop: Optional[Callable[[], bool]] = None) -> FaceCrops:
+        if self.options.detail_only:
+            return self._detail_only(face_crops)
         if latent is None or restorer is None:
             raise FaceRefineError("the refine step needs the lookup step's FACE_LATENT and restorer; it runs after "
                                   "lookup with a codebook restorer (CodeFormer or IQPFR)")
@@ -149,10 +158,26 @@ class RefineStep:
         o = self.options
         return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
                       strength=float(o.strength), identity_strength=float(o.identity_strength),
+                      reference_detail=float(o.reference_detail),
                       reference=self.reference, sampler=o.sampler, seed=self.seed, device=self.device,
                       target=o.target or "auto", guidance_steps=o.guidance_steps,
                       identity_views=o.identity_views, should_stop=should_stop,
                       lq_crops=lq_crops)
+
+
+    def _detail_only(self, face_crops: FaceCrops) -> FaceCrops:
+        """Refine steps 0 with a reference photo: only its fine detail, for the faces that are its person."""
+        from .refine import RefineResult, _reference_detail
+        from .guidance import align_reference_with_landmarks
+        if face_crops.is_empty:
+            return face_crops
+        if not self._prior_loaded:
+            self.prepare(None)
+        ref_crop, ref_landmarks = align_reference_with_landmarks(self.reference, face_crops.crop_size)
+        result = RefineResult(face_crops, torch.zeros(0))
+        _reference_detail(result, ref_crop, ref_landmarks, self.id_model, float(self.options.reference_detail),
+                          self.device)
+        return result.crops
 
 
 def prepare_refine(options: RefineOptions, device: str, seed: int = 0) -> Optional[RefineStep]:

@@ -18,18 +18,21 @@ from ...errors import FaceRefineError
 from ..lookup.detail import carry_detail
 from ..lookup.lookup import decode
 from ..types import FaceCrops, FaceLatent
-from .guidance import (align_reference, align_reference_with_landmarks, crop_landmarks, embed, guidance_mask,
+from .guidance import (align_reference_with_landmarks, crop_landmarks, embed, guidance_mask,
                        identity_gradient, identity_target)
 from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
 
-DEFAULT_STEPS = 12
+DEFAULT_STEPS = 8
 DEFAULT_STRENGTH = 0.4
 DEFAULT_IDENTITY_STRENGTH = 0.5
 DEFAULT_SAMPLER = "dpmpp_2m"
-# Each fresh identity gradient costs a decoder forward + backward (~1.6x a CodeFormer lookup): one by default.
-DEFAULT_GUIDANCE_STEPS = 1
-# Augmented views of the decoded face per identity gradient (1 = the face alone).
-DEFAULT_IDENTITY_VIEWS = 1
+# Fresh identity gradients per refine (each costs a decoder forward + backward): one at every default step. One
+# gradient reused for all steps overshoots in v2's latent (coloured blocks at strength >= 1, docs/identity_eval.md).
+DEFAULT_GUIDANCE_STEPS = DEFAULT_STEPS
+# Augmented views of the decoded face averaged into each identity gradient (1 = the face alone).
+DEFAULT_IDENTITY_VIEWS = 4
+# With a reference photo: how much of its fine detail a blurred restored face takes (0 = off).
+DEFAULT_REFERENCE_DETAIL = 1.0
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -89,7 +92,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
                   identity_strength: float = DEFAULT_IDENTITY_STRENGTH, reference=None,
                   sampler: str = DEFAULT_SAMPLER, seed: int = 0, target: str = "auto",
                   lq_crops: Optional[torch.Tensor] = None, decoder: Optional[Callable] = None,
-                  guidance_steps: Optional[int] = None, identity_views: Optional[int] = None, batch_size: int = 8, device=None, index_offset: int = 0,
+                  guidance_steps: Optional[int] = None, identity_views: Optional[int] = None,
+                  reference_detail: float = DEFAULT_REFERENCE_DETAIL, batch_size: int = 8, device=None, index_offset: int = 0,
                   progress: Optional[Callable[[int, int], None]] = None,
                   should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refine every face; see ``refine`` for the arguments. ``decoder(restorer, latent, index)`` overrides
@@ -103,7 +107,11 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     sigmas = sdedit_sigmas(int(steps), float(strength), *sigmas_cfg)
     guided = identity_strength != 0 and id_model is not None
     if n == 0 or len(sigmas) < 2:
-        return RefineResult(face_crops, z_lookup, info={"skipped": True})
+        result = RefineResult(face_crops, z_lookup, info={"skipped": True})
+        if n and reference is not None and reference_detail > 0:
+            ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
+            _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
+        return result
     if z_lookup.numel() == 0 or (hasattr(restorer, "codebook") and restorer.codebook is None):
         raise FaceRefineError(f"refine needs a codebook latent (CodeFormer or IQPFR restorer); "
                               f"{latent.architecture} has none to refine - set refine steps to 0")
@@ -125,11 +133,10 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     make_decoder = decoder or restorer_decoder
     h, w = z_lookup.shape[-2:]
 
-    target_emb = mask = None
+    target_emb = mask = ref_crop = ref_landmarks = None
     target_source = mask_source = ""
     landmarks = torch.from_numpy(crop_landmarks(face_crops)).float()  # [N,5,2] crop fractions
     if guided:
-        ref_crop = ref_landmarks = None
         if reference is not None:
             ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
         if lq_crops is None:
@@ -141,8 +148,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             lq_latent=plain_tensor(latent.lq_features.float()), device=device, landmarks=landmarks,
             reference_landmarks=ref_landmarks)
         mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
-    elif reference is not None:
-        align_reference(reference, face_crops.crop_size)  # still report a reference with no face
+    elif reference is not None:  # (reports a reference with no face before any work)
+        ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
 
     total_calls = denoiser_steps(sampler, sigmas) * (2 if guided else 1) * -(-n // batch_size)
     done = [0]
@@ -174,11 +181,26 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     refined = carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity)
     result = RefineResult(face_crops.with_crops(refined, step), z_final, mask, mask_source,
                           target_source)
+    if ref_crop is not None and reference_detail > 0:
+        _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
     if guided:
         result.similarity_before = torch.cat([o[1] for o in outs])
         result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size, landmarks)
         result.info["identity_network"] = getattr(id_model, "network", "arcface")
     return result
+
+
+def _reference_detail(result: RefineResult, ref_crop, ref_landmarks, id_model, amount: float, device) -> None:
+    """The reference photo's fine detail into ``result.crops`` (faces of another person are left alone)."""
+    from .reference_detail import same_person, transfer_reference_detail
+    landmarks = crop_landmarks(result.crops)
+    match = None
+    if id_model is not None:
+        device = torch.device(device) if device is not None else _module_device(id_model)
+        match = same_person(id_model, result.crops, torch.from_numpy(landmarks).float(), ref_crop,
+                            ref_landmarks, device)
+    result.crops, report = transfer_reference_detail(result.crops, ref_crop, amount, landmarks, match)
+    result.info["reference_detail"] = report
 
 
 def _module_device(*modules) -> torch.device:
@@ -242,7 +264,8 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
 
     cache: dict = {}
     first_sim: list = []
-    view_generator = torch.Generator().manual_seed(int(seed) * 7919 + first + 1)
+    view_generators = [torch.Generator().manual_seed((int(seed) * 7919 + first + i + 1) % (2 ** 63))
+                       for i in range(len(idx))]
 
     def guided_denoise(x, sigma, i):
         tick()
@@ -251,7 +274,7 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
             if i in fresh or "last" not in cache:
                 with _autocast(device):
                     grad, sim = identity_gradient(x0, decode, id_model, target, mask, landmarks, views,
-                                                  view_generator)
+                                                  view_generators)
                 cache["last"] = grad
                 if not first_sim:
                     first_sim.append(sim.float().cpu())

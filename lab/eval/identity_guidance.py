@@ -37,6 +37,8 @@ class Row:
     refine: bool = False
     identity_strength: float = 0.0
     target: str = "lq"          # lq | recovery | reference
+    reference_detail: float = 0.0  # the reference photo's fine detail (core/refine/reference_detail.py)
+    steps: Optional[int] = None    # refine steps (None = the run's; 0 = reference detail only)
 
 
 ROWS = (Row("no refine"),
@@ -47,8 +49,13 @@ ROWS = (Row("no refine"),
         Row("refine, identity 1 → IRN", True, 1.0, "recovery"),
         Row("refine, identity 1 → reference photo", True, 1.0, "reference"),
         Row("refine, identity 2 → reference photo", True, 2.0, "reference"),
-        Row("refine, identity 0.5 → IRN (the no-reference default)", True, 0.5, "recovery"))
-GRID_ROWS = ("no refine", "refine, identity 1 → reference photo", "refine, identity 2 → reference photo")
+        Row("refine, identity 0.5 → IRN", True, 0.5, "recovery"),
+        Row("refine, identity 0.5 → reference photo", True, 0.5, "reference"),
+        Row("reference detail only (no refine steps)", True, 0.0, "reference", 1.0, 0),
+        Row("refine, identity 1 → reference photo + reference detail", True, 1.0, "reference", 1.0),
+        Row("refine, identity 0.5 → reference photo + reference detail (the defaults)", True, 0.5, "reference", 1.0))
+GRID_ROWS = ("no refine", "refine, identity 1 → reference photo", "reference detail only (no refine steps)",
+             "refine, identity 0.5 → reference photo + reference detail (the defaults)")
 
 
 def _pairs(limit: Optional[int]):
@@ -67,6 +74,7 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
         identity_views: Optional[int] = None) -> dict:
     from ...core.lookup import load_restorer, lookup
     from ...core.refine import refine_latent
+    from ...core.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS
     from ...core.refine.guidance import crop_landmarks
     from ...core.refine.pipeline_step import default_identity_recovery, load_prior
     from ...core.score import get_metric
@@ -120,8 +128,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                         "other_person_distance": float(d[off].mean()) if n > 1 else float("nan"),
                         "rank1_identification": float(np.mean(d.argmin(1) == np.arange(n)))}
     result = {"faces": n, "restorer": restorer_name, "identity_check": checks, "prior": prior is not None, "guide": guide.network, "irn": irn,
-              "judge": judge.name, "refine_steps": steps, "guidance_steps": guidance_steps or 1,
-              "identity_views": identity_views or 1, "seed": seed, "severities": {}, "notes": notes}
+              "judge": judge.name, "refine_steps": steps, "guidance_steps": guidance_steps or DEFAULT_GUIDANCE_STEPS,
+              "identity_views": identity_views or DEFAULT_IDENTITY_VIEWS, "seed": seed, "severities": {}, "notes": notes}
     for sev in severities:
         lq = lq_faces(hq, sev, seed, kept)
         lq_entry = {"row": "LQ input", "judge_distance": float(judge.distance(judge.embed(lq, boxes), hq_judge).mean()),
@@ -141,8 +149,11 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
                 if row.refine:
                     reference = (FaceCrops(ref_imgs[i:i + 1], (ref_faces[i],), 512, history=("crop",))
                                  if row.target == "reference" else None)
-                    res = refine_latent(restored, latent, restorer, prior, guide if row.identity_strength else None,
-                                        steps=steps, identity_strength=row.identity_strength, reference=reference,
+                    use_guide = row.identity_strength or (reference is not None and row.reference_detail)
+                    res = refine_latent(restored, latent, restorer, prior, guide if use_guide else None,
+                                        steps=steps if row.steps is None else row.steps,
+                                        identity_strength=row.identity_strength, reference=reference,
+                                        reference_detail=row.reference_detail,
                                         target=row.target, seed=seed + i, lq_crops=lq[i:i + 1],
                                         guidance_steps=guidance_steps, identity_views=identity_views)
                     restored = res.crops
@@ -181,7 +192,8 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
 def markdown(res: dict) -> str:
     lines = [f"{res['faces']} held-out London identities (neutral = HQ, smiling = reference photo), 512², "
              f"restorer `{res['restorer']}` (latent prior: {'yes' if res['prior'] else 'no'}), "
-             f"{res['refine_steps']} refine steps ({res.get('guidance_steps', 1)} fresh identity gradient(s)), "
+             f"{res['refine_steps']} refine steps ({res.get('guidance_steps', 1)} fresh identity gradient(s), "
+             f"{res.get('identity_views', 1)} view(s) each), "
              f"guide: {res['guide']}, IRN: {res.get('irn') or 'none'}, judge: {res['judge']}.", ""]
     for name, c in res.get("identity_check", {}).items():
         lines.append(f"- {name}: neutral HQ vs smiling photo of the same person {c['same_person_distance']:.3f}, "
@@ -252,7 +264,7 @@ def main(argv=None) -> int:
                     help="IRN file or registry name; default: the one shipped for the restorer and guide; none = off")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--guidance-steps", type=int, default=None,
-                    help="fresh identity gradients per refine (default: the refine step's, 1; = --steps for every step)")
+                    help="fresh identity gradients per refine (default: the refine step's; = --steps for every step)")
     ap.add_argument("--identity-views", type=int, default=None,
                     help="augmented views per identity gradient (default: the refine step's)")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (0-based) of ROWS to run")
