@@ -81,6 +81,17 @@ def align_reference(reference, crop_size: int) -> torch.Tensor:
 
 def align_reference_with_landmarks(reference, crop_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``align_reference`` plus that face's 5 landmarks in crop fractions [1,5,2]."""
+    best = reference_face(reference, crop_size)
+    crop = best.crops
+    landmarks = torch.from_numpy(crop_landmarks(best)).float()
+    if crop.shape[-1] != crop_size:
+        crop = F.interpolate(crop, size=(crop_size, crop_size), mode="bicubic", antialias=True).clamp(0, 1)
+    return crop, landmarks
+
+
+def reference_face(reference, crop_size: int) -> FaceCrops:
+    """The reference photo's most confident face through the crop step, as a one-face FaceCrops (an already
+    aligned FaceCrops is used as it is)."""
     if isinstance(reference, FaceCrops):
         crops = reference
     else:
@@ -96,11 +107,7 @@ def align_reference_with_landmarks(reference, crop_size: int) -> tuple[torch.Ten
         raise NoFaceError("no face found in the reference photo; use a clear, front-facing photo of the same "
                           "person (or leave the reference empty to use the face's own identity)")
     best = max(range(len(crops)), key=lambda i: crops.faces[i].score)
-    crop = crops.crops[best:best + 1]
-    landmarks = torch.from_numpy(crop_landmarks(crops.select([best]))).float()
-    if crop.shape[-1] != crop_size:
-        crop = F.interpolate(crop, size=(crop_size, crop_size), mode="bicubic", antialias=True).clamp(0, 1)
-    return crop, landmarks
+    return crops if len(crops) == 1 else crops.select([best])
 
 
 def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[torch.Tensor] = None,

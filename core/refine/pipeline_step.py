@@ -77,6 +77,7 @@ class RefineStep:
     def __init__(self, options: RefineOptions, device: str, seed: int = 0):
         self.options, self.device, self.seed = options, torch.device(device), int(seed)
         self.reference = load_reference(options.reference)
+        self._aligned: dict = {}  # crop size -> the reference aligned once (FaceCrops)
         self._prior_loaded = False
         self._checked = False
         self._pending_notes: list = []
@@ -159,11 +160,20 @@ class RefineStep:
         return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
                       strength=float(o.strength), identity_strength=float(o.identity_strength),
                       reference_detail=float(o.reference_detail),
-                      reference=self.reference, sampler=o.sampler, seed=self.seed, device=self.device,
+                      reference=self.aligned_reference(face_crops.crop_size), sampler=o.sampler, seed=self.seed, device=self.device,
                       target=o.target or "auto", guidance_steps=o.guidance_steps,
                       identity_views=o.identity_views, should_stop=should_stop,
                       lq_crops=lq_crops)
 
+
+    def aligned_reference(self, crop_size: int):
+        """The reference photo through the crop step once per crop size (the same for every image of a run)."""
+        if self.reference is None or isinstance(self.reference, FaceCrops):
+            return self.reference
+        if crop_size not in self._aligned:
+            from .guidance import reference_face
+            self._aligned[crop_size] = reference_face(self.reference, crop_size)  # raises: no face in it
+        return self._aligned[crop_size]
 
     def _detail_only(self, face_crops: FaceCrops) -> FaceCrops:
         """Refine steps 0 with a reference photo: only its fine detail, for the faces that are its person."""
@@ -173,7 +183,8 @@ class RefineStep:
             return face_crops
         if not self._prior_loaded:
             self.prepare(None)
-        ref_crop, ref_landmarks = align_reference_with_landmarks(self.reference, face_crops.crop_size)
+        ref_crop, ref_landmarks = align_reference_with_landmarks(self.aligned_reference(face_crops.crop_size),
+                                                                 face_crops.crop_size)
         result = RefineResult(face_crops, torch.zeros(0))
         _reference_detail(result, ref_crop, ref_landmarks, self.id_model, float(self.options.reference_detail),
                           self.device)

@@ -224,13 +224,19 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
             return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=steps,
                                      identity_strength=identity_strength, seed=0)
 
-    fns = {"guided": lambda: run_refine(refine_mod.DEFAULT_IDENTITY_STRENGTH), "unguided": lambda: run_refine(0.0)}
+    def reference_detail():  # refine steps 0 + a reference photo (already aligned): identity check + transfer
+        return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=0, identity_strength=0.0,
+                                 reference=crops)
+
+    fns = {"guided": lambda: run_refine(refine_mod.DEFAULT_IDENTITY_STRENGTH), "unguided": lambda: run_refine(0.0),
+           "reference_detail": reference_detail}
     with torch.inference_mode(False):
         res = measure_interleaved(fns, ctx.device, 0 if cpu else ctx.opts.warmup, 1 if cpu else ctx.opts.repeats,
                                   count_flops=True, log=ctx.log)
     out = {"steps": steps, "default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
            "identity_strength": refine_mod.DEFAULT_IDENTITY_STRENGTH,
            "guidance_steps": getattr(refine_mod, "DEFAULT_GUIDANCE_STEPS", None),
+           "identity_views": getattr(refine_mod, "DEFAULT_IDENTITY_VIEWS", None),
            "sampler": refine_mod.DEFAULT_SAMPLER, "prior": prior_label, "id_model": id_label,
            "runs": {k: m.summary(1) for k, m in res.items()},
            "note": "CPU: one timed run each, FLOPs counted during it" if cpu else ""}
@@ -240,11 +246,13 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
     summary = {"refine_s_per_face": round(guided.median, 4), "refine_gflop_per_face": round((guided.flops or 0) / 1e9, 2),
                "unguided_s_per_face": round(unguided.median, 4),
                "unguided_gflop_per_face": round((unguided.flops or 0) / 1e9, 2),
-               "guided_peak_increment_mib": round(guided.peak_increment / 2 ** 20, 1)}
+               "guided_peak_increment_mib": round(guided.peak_increment / 2 ** 20, 1),
+               "reference_detail_s_per_face": round(res["reference_detail"].median, 4)}
     if lookup_face:
         summary["lookup_s_per_face"] = lookup_face
         summary["refine_over_lookup"] = round(guided.median / lookup_face, 3)
         summary["unguided_over_lookup"] = round(unguided.median / lookup_face, 3)
+        summary["reference_detail_over_lookup"] = round(res["reference_detail"].median / lookup_face, 3)
     if lookup_gflop:
         summary["refine_over_lookup_flops"] = round((guided.flops or 0) / 1e9 / lookup_gflop, 3)
         summary["unguided_over_lookup_flops"] = round((unguided.flops or 0) / 1e9 / lookup_gflop, 3)
