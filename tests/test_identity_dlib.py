@@ -114,7 +114,9 @@ def setup():
 
 
 def _run(s, **kw):
-    args = dict(steps=6, strength=0.4, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops, guidance_steps=6)
+    # guidance mechanics: the full strength for every face (no detail gating), no reference detail on top
+    args = dict(steps=6, strength=0.4, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops, guidance_steps=6,
+                gate_by_detail=False, reference_detail=0.0)
     args.update(kw)
     return refine_latent(s["restored"], s["latent"], s["restorer"], s["prior"], s["id_model"], **args)
 
@@ -257,3 +259,15 @@ def test_identity_views_guidance_moves_toward_the_target_and_keeps_the_mask(setu
     assert sims[1] > sims[0] + 0.005, sims
     with pytest.raises(Exception, match="identity_views"):
         _run(s, identity_strength=1.0, reference=s["other"], identity_views=0)
+
+
+def test_guidance_toward_a_reference_stops_at_same_person_similarity(setup):
+    """A face that already matches the reference as closely as two photos of one person do gets no
+    identity gradient (the hinge), so guidance cannot pull it toward the reference's expression."""
+    s = setup
+    plain = _run(s, identity_strength=0.0, reference_detail=0.0)
+    own = _run(s, identity_strength=2.0, reference=s["restored"], reference_detail=0.0)  # itself as reference
+    assert float(own.similarity_before.min()) >= 0.988
+    assert torch.equal(own.latent, plain.latent)
+    other = _run(s, identity_strength=2.0, reference=s["other"], reference_detail=0.0)
+    assert not torch.equal(other.latent, plain.latent)

@@ -159,3 +159,22 @@ def test_refine_node_with_zero_steps_and_a_reference_transfers_detail(pair):
     assert off is restored
     (none,) = FaceRefineIdentityLatentRefine().refine(**kw)
     assert none is restored
+
+
+def test_guidance_toward_a_reference_is_scaled_by_the_detail_a_face_lacks(pair):
+    """A sharp face (its own photo restored: no deficit) gets no identity guidance toward the reference;
+    a blurred one gets it."""
+    from facerefine.core.lookup import load_restorer, lookup
+    from facerefine.core.refine import refine_latent
+    from facerefine.models.arch.identity import load_id_model
+    hq, ref = pair
+    restorer = load_restorer("facerefine-compact-v2", "cpu")
+    guide = load_id_model("dlib")
+    small = torch.nn.functional.interpolate(hq.crops, size=(48, 48), mode="bilinear", antialias=True)
+    blurred = hq.with_crops(torch.nn.functional.interpolate(small, size=(512, 512), mode="bicubic"), "degrade")
+    for lq, expect_guided in ((hq, False), (blurred, True)):
+        restored, latent = lookup(lq, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
+        res = refine_latent(restored, latent, restorer, None, guide, steps=2, identity_strength=1.0,
+                            reference=ref, reference_detail=0.0, guidance_steps=1, identity_views=1)
+        weight = res.info["identity_strength_per_face"][0]
+        assert (weight > 0.5) if expect_guided else (weight == 0.0), weight

@@ -31,7 +31,9 @@ def setup(tmp_path_factory):
 
 
 def run(s, **kw):
-    args = dict(steps=4, strength=0.5, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops)
+    # guidance mechanics: the full strength for every face, and no reference detail on top
+    args = dict(steps=4, strength=0.5, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops, reference_detail=0.0,
+                gate_by_detail=False)
     args.update(kw)
     return refine_latent(s["restored"], s["latent"], s["restorer"], s["prior"], s["id_model"], **args)
 

@@ -69,7 +69,8 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                                            label="Identity network",
                                            info="auto: ArcFace if its file is present, else dlib's embedded "
                                                 "ResNet (CC0, no download)", elem_id="fr-id-model")
-                    reference = gr.Image(label="Reference photo of the same person (optional)", type="filepath",
+                    reference = gr.Image(label="Reference photo of the same person (optional; its fine detail "
+                                               "goes into blurred faces, also with Steps 0)", type="filepath",
                                          sources=["upload"], height=160, elem_id="fr-reference")
                 with gr.Accordion("Paste-back", open=False):
                     visibility = _slider("visibility", "Visibility", "fr-visibility")

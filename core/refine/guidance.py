@@ -183,11 +183,13 @@ def augmented_views(faces: torch.Tensor, views: int, generators: Optional[Sequen
 def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
                       target: torch.Tensor, mask: torch.Tensor,
                       landmarks: Optional[torch.Tensor] = None, views: int = 1,
-                      generators: Optional[Sequence[torch.Generator]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generators: Optional[Sequence[torch.Generator]] = None,
+                      margin: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), target) w.r.t. z0,
     plus the similarities (of the face itself). Positions where mask == 0 get exactly 0.
     ``landmarks``: crop fractions [N,5,2]. ``views`` > 1 averages the similarity over that many
-    augmented views of each decoded face (``augmented_views``); one decoder pass serves them all."""
+    augmented views of each decoded face (``augmented_views``); one decoder pass serves them all.
+    ``margin``: faces whose similarity is already at or above it get no gradient (a hinge)."""
     views = max(1, int(views))
     with torch.enable_grad():
         z = z0.detach().float().requires_grad_(True)
@@ -198,6 +200,8 @@ def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.T
         (grad,) = torch.autograd.grad(sims.mean(dim=1).sum(), z)
     sim = sims[:, 0]
     grad = torch.nan_to_num(grad.float()) * mask
+    if margin is not None:
+        grad = grad * (sim.detach() < margin).to(grad.dtype).view(-1, 1, 1, 1)
     count = mask.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1) * grad.shape[1]
     rms = (grad.pow(2).sum(dim=(1, 2, 3), keepdim=True) / count).sqrt()
     return grad / (rms + 1e-12), sim.detach()

@@ -54,6 +54,49 @@ def face_box(landmarks: np.ndarray, size: int) -> tuple[int, int, int, int]:
     return clip(x0), clip(y0), max(clip(x1), clip(x0) + 1), max(clip(y1), clip(y0) + 1)
 
 
+def match_colours(reference: np.ndarray, restored: np.ndarray, box) -> np.ndarray:
+    """The reference with the restored face's per-channel mean and spread inside the face box."""
+    x0, y0, x1, y1 = box
+    box_r, box_f = restored[y0:y1, x0:x1], reference[y0:y1, x0:x1]
+    ref = (reference - box_f.mean((0, 1))) / (box_f.std((0, 1)) + 1e-4) * box_r.std((0, 1)) + box_r.mean((0, 1))
+    return ref.astype(np.float32)
+
+
+def detail_band(img: np.ndarray, band_sigma: float = BAND_SIGMA) -> np.ndarray:
+    """The image minus its Gaussian blur (``band_sigma`` in pixels of a 512 crop)."""
+    import cv2
+    return img - cv2.GaussianBlur(img, (0, 0), band_sigma * img.shape[0] / 512.0)
+
+
+def detail_deficit(restored_band: np.ndarray, reference_band: np.ndarray, box) -> float:
+    """1 - RMS(restored band) / RMS(reference band) inside the face box: 0 = as detailed as the reference."""
+    x0, y0, x1, y1 = box
+    energy_ref = float((reference_band[y0:y1, x0:x1] ** 2).mean())
+    energy_out = float((restored_band[y0:y1, x0:x1] ** 2).mean())
+    return 1.0 - float(np.sqrt(energy_out / max(energy_ref, 1e-12)))
+
+
+def deficit_weight(deficit: float, deficit_range=DEFICIT_RANGE) -> float:
+    lo, hi = deficit_range
+    return float(np.clip((deficit - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
+
+
+def face_deficit_weights(restored: torch.Tensor, reference_crop: torch.Tensor, landmarks: np.ndarray) -> list:
+    """Per face [N,3,S,S] (no registration: aligned crops, energies averaged over the face box): how much of
+    its detail the face lacks against the reference, as the 0..1 weight the transfer would use."""
+    ref = np.ascontiguousarray(reference_crop[0].float().cpu().permute(1, 2, 0).numpy(), dtype=np.float32)
+    out = []
+    for i in range(len(restored)):
+        face = np.ascontiguousarray(restored[i].float().cpu().permute(1, 2, 0).numpy(), dtype=np.float32)
+        if ref.shape != face.shape:
+            import cv2
+            ref = cv2.resize(ref, face.shape[1::-1], interpolation=cv2.INTER_AREA)
+        box = face_box(landmarks[i], face.shape[0])
+        matched = match_colours(ref, face, box)
+        out.append(deficit_weight(detail_deficit(detail_band(face), detail_band(matched), box)))
+    return out
+
+
 def _grey(img: np.ndarray, size: int, blur: float) -> np.ndarray:
     import cv2
     small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img
@@ -72,9 +115,7 @@ def transfer_face(restored: np.ndarray, reference: np.ndarray, landmarks: np.nda
     size = restored.shape[0]
     s = size / 512.0
     x0, y0, x1, y1 = face_box(landmarks, size)
-    box_r, box_f = restored[y0:y1, x0:x1], reference[y0:y1, x0:x1]
-    ref = (reference - box_f.mean((0, 1))) / (box_f.std((0, 1)) + 1e-4) * box_r.std((0, 1)) + box_r.mean((0, 1))
-    ref = ref.astype(np.float32)
+    ref = match_colours(reference, restored, (x0, y0, x1, y1))
     flow = flow or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     g = min(FLOW_SIZE, size)
     field_ = flow.calc(_grey(restored, g, 1.0), _grey(ref, g, 1.0), None)  # restored(x) ~ ref(x + flow(x))
@@ -87,13 +128,9 @@ def transfer_face(restored: np.ndarray, reference: np.ndarray, landmarks: np.nda
     low = 8.0 * s
     disagreement = blur(np.abs(blur(warped, low) - blur(restored, low)).mean(axis=2), 4.0 * s)
     confidence = np.exp(-(disagreement / tolerance) ** 2).astype(np.float32)
-    band = band_sigma * s
-    detail_ref, detail_out = warped - blur(warped, band), restored - blur(restored, band)
-    energy_ref = float((detail_ref[y0:y1, x0:x1] ** 2).mean())
-    energy_out = float((detail_out[y0:y1, x0:x1] ** 2).mean())
-    deficit = 1.0 - np.sqrt(energy_out / max(energy_ref, 1e-12))
-    lo, hi = deficit_range
-    weight = float(amount) * float(np.clip((deficit - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
+    detail_ref, detail_out = detail_band(warped, band_sigma), detail_band(restored, band_sigma)
+    deficit = detail_deficit(detail_out, detail_ref, (x0, y0, x1, y1))
+    weight = float(amount) * deficit_weight(deficit, deficit_range)
     out = restored + weight * confidence[..., None] * (detail_ref - detail_out)
     return out.clip(0, 1).astype(np.float32), weight, float(deficit), float(confidence[y0:y1, x0:x1].mean())
 

@@ -31,6 +31,10 @@ DEFAULT_SAMPLER = "dpmpp_2m"
 DEFAULT_GUIDANCE_STEPS = DEFAULT_STEPS
 # Augmented views of the decoded face averaged into each identity gradient (1 = the face alone).
 DEFAULT_IDENTITY_VIEWS = 4
+# Toward a reference photo, guidance stops once a face is as similar to it as two photos of one person
+# usually are (the guide's median cosine, neutral vs smiling photo, 82 London training identities), so a face
+# that already is that person is not pulled toward the reference's own expression and lighting.
+SAME_PERSON_SIMILARITY = {"dlib": 0.988}
 # With a reference photo: how much of its fine detail a blurred restored face takes (0 = off).
 DEFAULT_REFERENCE_DETAIL = 1.0
 
@@ -93,7 +97,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
                   sampler: str = DEFAULT_SAMPLER, seed: int = 0, target: str = "auto",
                   lq_crops: Optional[torch.Tensor] = None, decoder: Optional[Callable] = None,
                   guidance_steps: Optional[int] = None, identity_views: Optional[int] = None,
-                  reference_detail: float = DEFAULT_REFERENCE_DETAIL, batch_size: int = 8, device=None, index_offset: int = 0,
+                  reference_detail: float = DEFAULT_REFERENCE_DETAIL, gate_by_detail: bool = True,
+                  batch_size: int = 8, device=None, index_offset: int = 0,
                   progress: Optional[Callable[[int, int], None]] = None,
                   should_stop: Optional[Callable[[], bool]] = None) -> RefineResult:
     """Refine every face; see ``refine`` for the arguments. ``decoder(restorer, latent, index)`` overrides
@@ -148,6 +153,13 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             lq_latent=plain_tensor(latent.lq_features.float()), device=device, landmarks=landmarks,
             reference_landmarks=ref_landmarks)
         mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
+    strengths = torch.full((n,), float(identity_strength))
+    if guided and target_source == "reference" and gate_by_detail:
+        # toward a reference photo, each face is guided as much as it lacks detail: a sharp face already shows
+        # its person, and guidance would only pull it toward the reference's expression and lighting
+        from .reference_detail import face_deficit_weights
+        weights = face_deficit_weights(face_crops.crops, ref_crop, landmarks.numpy())
+        strengths = strengths * torch.tensor(weights, dtype=torch.float32)
     elif reference is not None:  # (reports a reference with no face before any work)
         ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
 
@@ -166,8 +178,9 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         idx = torch.arange(start, min(start + batch_size, n))
         chunk = _refine_chunk(
             z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
-            identity_strength, guided, None if target_emb is None else target_emb[idx],
-            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx], views)
+            strengths[idx], guided, None if target_emb is None else target_emb[idx],
+            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx], views,
+            SAME_PERSON_SIMILARITY.get(getattr(id_model, "network", "")) if target_source == "reference" else None)
         outs.append(chunk)
     z_final = torch.cat([o[0] for o in outs])
     with torch.inference_mode(), _autocast(device):
@@ -184,6 +197,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     if ref_crop is not None and reference_detail > 0:
         _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
     if guided:
+        result.info["identity_strength_per_face"] = [round(float(v), 4) for v in strengths]
         result.similarity_before = torch.cat([o[1] for o in outs])
         result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size, landmarks)
         result.info["identity_network"] = getattr(id_model, "network", "arcface")
@@ -223,7 +237,7 @@ def _similarity(id_model, crops, target, device, batch_size, landmarks=None) -> 
 
 def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
                   identity_strength, guided, target, mask, fresh, device, tick, index_offset=0, landmarks=None,
-                  views=1):
+                  views=1, margin=None):
     z0 = z0.to(device)
     if prior is not None:
         x_anchor = prior.normalize(z0)
@@ -274,11 +288,11 @@ def _refine_chunk(z0, latent, idx, restorer, prior, id_model, make_decoder, samp
             if i in fresh or "last" not in cache:
                 with _autocast(device):
                     grad, sim = identity_gradient(x0, decode, id_model, target, mask, landmarks, views,
-                                                  view_generators)
+                                                  view_generators, margin)
                 cache["last"] = grad
                 if not first_sim:
                     first_sim.append(sim.float().cpu())
-            weight = identity_strength * (float(sigmas[i]) - float(sigmas[i + 1])) / sigma0
+            weight = identity_strength.to(device).view(-1, 1, 1, 1) * (float(sigmas[i]) - float(sigmas[i + 1])) / sigma0
             cache[i] = weight * cache["last"]
         return x0 + cache[i]
 
@@ -317,7 +331,9 @@ def refine(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id_model,
     identity_strength: total size of the identity update, in latent standard deviations.
     reference: optional IMAGE [B,H,W,3] of the same person (aligned with the crop step).
     progress(done, total) and should_stop() are called at every denoiser step.
-    options: target ("auto"|"reference"|"recovery"|"lq"), lq_crops, guidance_steps (how many steps compute a
+    options: target ("auto"|"reference"|"recovery"|"lq"), lq_crops, reference_detail (0..1, the reference
+    photo's fine detail into faces that lack it), gate_by_detail (toward a reference, scale each face's identity
+    strength by the detail it lacks; False = the full strength for every face), guidance_steps (how many steps compute a
     fresh identity gradient through decoder + ArcFace, spread evenly; the others reuse the last one;
     = steps for a fresh gradient at every step), batch_size, device, index_offset.
     """
