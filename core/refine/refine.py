@@ -153,6 +153,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
             lq_latent=plain_tensor(latent.lq_features.float()), device=device, landmarks=landmarks,
             reference_landmarks=ref_landmarks)
         mask, mask_source = guidance_mask(face_crops, id_model, (h, w))
+    elif reference is not None:  # (reports a reference with no face before any work)
+        ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
     strengths = torch.full((n,), float(identity_strength))
     if guided and target_source == "reference" and gate_by_detail:
         # toward a reference photo, each face is guided as much as it lacks detail: a sharp face already shows
@@ -160,8 +162,9 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         from .reference_detail import face_deficit_weights
         weights = face_deficit_weights(face_crops.crops, ref_crop, landmarks.numpy())
         strengths = strengths * torch.tensor(weights, dtype=torch.float32)
-    elif reference is not None:  # (reports a reference with no face before any work)
-        ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
+        if not bool(strengths.any()):  # no face lacks detail: no identity gradients to pay for
+            guided = False
+    info = {"identity_strength_per_face": [round(float(v), 4) for v in strengths]} if identity_strength else {}
 
     total_calls = denoiser_steps(sampler, sigmas) * (2 if guided else 1) * -(-n // batch_size)
     done = [0]
@@ -196,8 +199,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
                           target_source)
     if ref_crop is not None and reference_detail > 0:
         _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
+    result.info.update(info)
     if guided:
-        result.info["identity_strength_per_face"] = [round(float(v), 4) for v in strengths]
         result.similarity_before = torch.cat([o[1] for o in outs])
         result.similarity_after = _similarity(id_model, result.crops.crops, target_emb, device, batch_size, landmarks)
         result.info["identity_network"] = getattr(id_model, "network", "arcface")
