@@ -261,13 +261,22 @@ def test_identity_views_guidance_moves_toward_the_target_and_keeps_the_mask(setu
         _run(s, identity_strength=1.0, reference=s["other"], identity_views=0)
 
 
-def test_guidance_toward_a_reference_stops_at_same_person_similarity(setup):
-    """A face that already matches the reference as closely as two photos of one person do gets no
-    identity gradient (the hinge), so guidance cannot pull it toward the reference's expression."""
+def test_guidance_stops_at_same_person_similarity(setup):
+    """A face that already matches its target as closely as two photos of one person do gets no identity
+    gradient (the hinge), so guidance cannot pull it toward the reference's expression or the LQ's blur."""
     s = setup
     plain = _run(s, identity_strength=0.0, reference_detail=0.0)
     own = _run(s, identity_strength=2.0, reference=s["restored"], reference_detail=0.0)  # itself as reference
-    assert float(own.similarity_before.min()) >= 0.988
+    assert own.info["identity_strength_per_face"] == [0.0]
     assert torch.equal(own.latent, plain.latent)
     other = _run(s, identity_strength=2.0, reference=s["other"], reference_detail=0.0)
     assert not torch.equal(other.latent, plain.latent)
+    # inside one gradient: faces at or above the margin get exactly zero
+    from facerefine.core.refine.guidance import identity_gradient
+    z = torch.randn(2, 4, 3, 3)
+    decode = lambda x: x.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # noqa: E731
+    model = type("M", (), {"embed": staticmethod(lambda f: torch.nn.functional.normalize(f.flatten(1), dim=1))})()
+    target = torch.nn.functional.normalize(decode(z).flatten(1), dim=1)
+    target[1] = torch.nn.functional.normalize(torch.randn(27), dim=0)  # face 1 far from its target
+    grad, sim = identity_gradient(z, decode, model, target, torch.ones(2, 1, 3, 3), margin=0.99)
+    assert float(sim[0]) > 0.99 and float(grad[0].abs().sum()) == 0 and float(grad[1].abs().sum()) > 0

@@ -31,9 +31,9 @@ DEFAULT_SAMPLER = "dpmpp_2m"
 DEFAULT_GUIDANCE_STEPS = DEFAULT_STEPS
 # Augmented views of the decoded face averaged into each identity gradient (1 = the face alone).
 DEFAULT_IDENTITY_VIEWS = 4
-# Toward a reference photo, guidance stops once a face is as similar to it as two photos of one person
-# usually are (the guide's median cosine, neutral vs smiling photo, 82 London training identities), so a face
-# that already is that person is not pulled toward the reference's own expression and lighting.
+# Guidance stops once a face is as similar to its target as two photos of one person usually are (the guide's
+# median cosine, neutral vs smiling photo, 82 London training identities): a face that already is that person
+# is not pulled toward the reference's expression and lighting, or toward the degraded face's blur.
 SAME_PERSON_SIMILARITY = {"dlib": 0.988}
 # With a reference photo: how much of its fine detail a blurred restored face takes (0 = off).
 DEFAULT_REFERENCE_DETAIL = 1.0
@@ -162,8 +162,12 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         from .reference_detail import face_deficit_weights
         weights = face_deficit_weights(face_crops.crops, ref_crop, landmarks.numpy())
         strengths = strengths * torch.tensor(weights, dtype=torch.float32)
-        if not bool(strengths.any()):  # no face lacks detail: no identity gradients to pay for
-            guided = False
+    margin = SAME_PERSON_SIMILARITY.get(getattr(id_model, "network", "")) if guided else None
+    if margin is not None:  # faces already at the target's same-person similarity: no guidance
+        before = _similarity(id_model, face_crops.crops, target_emb, device, batch_size, landmarks)
+        strengths = torch.where(before >= margin, torch.zeros_like(strengths), strengths)
+    if guided and not bool(strengths.any()):  # no face needs guidance: no identity gradients to pay for
+        guided = False
     info = {"identity_strength_per_face": [round(float(v), 4) for v in strengths]} if identity_strength else {}
 
     total_calls = denoiser_steps(sampler, sigmas) * (2 if guided else 1) * -(-n // batch_size)
@@ -182,8 +186,7 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
         chunk = _refine_chunk(
             z_lookup[idx], latent, idx, restorer, prior, id_model, make_decoder, sample, sigmas, seed,
             strengths[idx], guided, None if target_emb is None else target_emb[idx],
-            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx], views,
-            SAME_PERSON_SIMILARITY.get(getattr(id_model, "network", "")) if target_source == "reference" else None)
+            None if mask is None else mask[idx], fresh, device, tick, index_offset, landmarks[idx], views, margin)
         outs.append(chunk)
     z_final = torch.cat([o[0] for o in outs])
     with torch.inference_mode(), _autocast(device):
