@@ -105,8 +105,8 @@ CONTROLS: tuple[Control, ...] = (
     Control("identity_recovery", "text", None, "trained Identity Recovery Network + mask file",
             "refine.identity_recovery"),
     Control("identity_target", "choice", "auto", "auto = reference if given, else an Identity Recovery Network you "
-            "load, else the degraded face; recovery = the IRN (the one shipped for the restorer if none is named)", "refine.target", choices=("auto", "reference", "recovery", "lq"),
-            label="Identity target"),
+            "load, else the degraded face; recovery = the IRN (the one shipped for the restorer if none is named)",
+            "refine.target", choices=("auto", "reference", "recovery", "lq"), label="Identity target"),
     Control("guidance_steps", "int", None, "refine steps that compute a fresh identity gradient (default 8: every "
             "step at the default 8 refine steps; fewer = faster, the others reuse the last gradient)",
             "refine.guidance_steps", 1, 200, 1),

@@ -17,7 +17,7 @@ class RefineOptions:
     id_model: str = "auto"                 # identity network: auto (ArcFace if on disk, else embedded dlib) | arcface | dlib | path
     identity_recovery: Optional[str] = None  # trained IRN + latent mask file (optional)
     target: str = "auto"                   # identity target: auto | reference | recovery | lq
-    guidance_steps: Optional[int] = None   # fresh identity gradients per refine (None = refine default, 1)
+    guidance_steps: Optional[int] = None   # fresh identity gradients per refine (None = refine default: every step)
     identity_views: Optional[int] = None   # augmented views per identity gradient (None = refine default)
     reference: Optional[Any] = None        # reference photo: path or [1,H,W,3] tensor
     reference_detail: float = DEFAULT_REFERENCE_DETAIL  # the reference's fine detail into blurred faces (0 = off)

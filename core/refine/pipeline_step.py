@@ -159,12 +159,10 @@ class RefineStep:
         o = self.options
         return refine(face_crops, latent, restorer, self.prior, self.id_model, steps=int(o.steps),
                       strength=float(o.strength), identity_strength=float(o.identity_strength),
-                      reference_detail=float(o.reference_detail),
-                      reference=self.aligned_reference(face_crops.crop_size), sampler=o.sampler, seed=self.seed, device=self.device,
-                      target=o.target or "auto", guidance_steps=o.guidance_steps,
-                      identity_views=o.identity_views, should_stop=should_stop,
-                      lq_crops=lq_crops)
-
+                      reference=self.aligned_reference(face_crops.crop_size),
+                      reference_detail=float(o.reference_detail), sampler=o.sampler, seed=self.seed,
+                      device=self.device, target=o.target or "auto", guidance_steps=o.guidance_steps,
+                      identity_views=o.identity_views, should_stop=should_stop, lq_crops=lq_crops)
 
     def aligned_reference(self, crop_size: int):
         """The reference photo through the crop step once per crop size (the same for every image of a run)."""
@@ -177,22 +175,18 @@ class RefineStep:
 
     def _detail_only(self, face_crops: FaceCrops) -> FaceCrops:
         """Refine steps 0 with a reference photo: only its fine detail, for the faces that are its person."""
-        from .refine import RefineResult, _reference_detail
-        from .guidance import align_reference_with_landmarks
+        from .refine import apply_reference_detail
         if face_crops.is_empty:
             return face_crops
         if not self._prior_loaded:
             self.prepare(None)
-        ref_crop, ref_landmarks = align_reference_with_landmarks(self.aligned_reference(face_crops.crop_size),
-                                                                 face_crops.crop_size)
-        result = RefineResult(face_crops, torch.zeros(0))
-        _reference_detail(result, ref_crop, ref_landmarks, self.id_model, float(self.options.reference_detail),
-                          self.device)
-        return result.crops
+        crops, _ = apply_reference_detail(face_crops, self.aligned_reference(face_crops.crop_size), self.id_model,
+                                          float(self.options.reference_detail), self.device)
+        return crops
 
 
 def prepare_refine(options: RefineOptions, device: str, seed: int = 0) -> Optional[RefineStep]:
-    """The refine step, or None when ``options.steps`` is 0."""
+    """The refine step, or None when it has nothing to do (0 steps and no reference photo)."""
     return RefineStep(options, device, seed) if options.wanted else None
 
 

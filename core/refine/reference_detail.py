@@ -14,8 +14,9 @@ guess it. An aligned photo of the same person holds the real detail. For each re
    a blurred one takes the reference's detail.
 
 Only the face of each image that the identity network finds nearest to the reference, and within
-``MATCH_DISTANCE`` of it, takes detail: the other people of a group photo are left alone. Tuned on London *training* identities by PSNR (``lab/eval/tune_reference_detail.py``); the
-held-out effect is in docs/identity_eval.md.
+``MATCH_DISTANCE`` of it, takes detail: the other people of a group photo are left alone. Tuned on London
+*training* identities by PSNR (``lab/eval/tune_reference_detail.py``); the held-out effect is in
+docs/identity_eval.md.
 """
 from __future__ import annotations
 

@@ -114,8 +114,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     if n == 0 or len(sigmas) < 2:
         result = RefineResult(face_crops, z_lookup, info={"skipped": True})
         if n and reference is not None and reference_detail > 0:
-            ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
-            _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
+            result.crops, result.info["reference_detail"] = apply_reference_detail(
+                face_crops, reference, id_model, reference_detail, device)
         return result
     if z_lookup.numel() == 0 or (hasattr(restorer, "codebook") and restorer.codebook is None):
         raise FaceRefineError(f"refine needs a codebook latent (CodeFormer or IQPFR restorer); "
@@ -201,7 +201,8 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     result = RefineResult(face_crops.with_crops(refined, step), z_final, mask, mask_source,
                           target_source)
     if ref_crop is not None and reference_detail > 0:
-        _reference_detail(result, ref_crop, ref_landmarks, id_model, reference_detail, device)
+        result.crops, result.info["reference_detail"] = apply_reference_detail(
+            result.crops, (ref_crop, ref_landmarks), id_model, reference_detail, device)
     result.info.update(info)
     if guided:
         result.similarity_before = torch.cat([o[1] for o in outs])
@@ -210,17 +211,23 @@ def refine_latent(face_crops: FaceCrops, latent: FaceLatent, restorer, prior, id
     return result
 
 
-def _reference_detail(result: RefineResult, ref_crop, ref_landmarks, id_model, amount: float, device) -> None:
-    """The reference photo's fine detail into ``result.crops`` (faces of another person are left alone)."""
+def apply_reference_detail(face_crops: FaceCrops, reference, id_model, amount: float = DEFAULT_REFERENCE_DETAIL,
+                           device=None):
+    """The reference photo's fine detail into ``face_crops`` -> (FaceCrops, DetailReport). ``reference``: an
+    IMAGE, an aligned FaceCrops, or an already aligned (crop [1,3,S,S], landmarks [1,5,2]) pair. With an
+    identity model, only the reference's person takes detail (``reference_detail.same_person``)."""
     from .reference_detail import same_person, transfer_reference_detail
-    landmarks = crop_landmarks(result.crops)
+    if isinstance(reference, tuple):
+        ref_crop, ref_landmarks = reference
+    else:
+        ref_crop, ref_landmarks = align_reference_with_landmarks(reference, face_crops.crop_size)
+    landmarks = crop_landmarks(face_crops)
     match = None
     if id_model is not None:
         device = torch.device(device) if device is not None else _module_device(id_model)
-        match = same_person(id_model, result.crops, torch.from_numpy(landmarks).float(), ref_crop,
-                            ref_landmarks, device)
-    result.crops, report = transfer_reference_detail(result.crops, ref_crop, amount, landmarks, match)
-    result.info["reference_detail"] = report
+        match = same_person(id_model, face_crops, torch.from_numpy(landmarks).float(), ref_crop, ref_landmarks,
+                            device)
+    return transfer_reference_detail(face_crops, ref_crop, amount, landmarks, match)
 
 
 def _module_device(*modules) -> torch.device:

@@ -72,7 +72,8 @@ def run(out: Path, faces: int = 20, seed: int = 0, log=print) -> dict:
             outs.append(r.crops.float().clamp(0, 1))
         restored[sev] = torch.cat(outs)
         with torch.no_grad():
-            emb = torch.nn.functional.normalize(guide.embed(restored[sev], torch.from_numpy(lms).float()).float(), dim=1)
+            emb = guide.embed(restored[sev], torch.from_numpy(lms).float()).float()
+            emb = torch.nn.functional.normalize(emb, dim=1)
         dist = torch.cdist(emb, ref_emb)
         off = ~torch.eye(n, dtype=torch.bool)
         result["severities"][sev] = {
