@@ -11,6 +11,7 @@ Method (see docs/performance.md):
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import re
@@ -108,7 +109,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
             self.method = "torch.cuda.max_memory_allocated"
-        elif _reset_peak_rss():
+        elif self._collect_then_reset():
             self.baseline = current_rss()
             self.method = "VmHWM (peak RSS, reset via /proc/self/clear_refs)"
         else:
@@ -116,6 +117,12 @@ class PeakMemory:
             self.baseline = self._sampler.peak
             self.method = "psutil RSS polled every 1 ms"
         return self
+
+    @staticmethod
+    def _collect_then_reset() -> bool:
+        # Garbage freed inside the block would lower RSS under the baseline and hide the peak.
+        gc.collect()
+        return _reset_peak_rss()
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
