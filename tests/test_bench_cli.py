@@ -94,10 +94,15 @@ def test_flop_counter_counts_a_matmul():
 
 def test_peak_memory_sees_a_large_allocation():
     size = 64 * 1024 * 1024
-    with bench.PeakMemory(torch.device("cpu")) as mem:
-        x = torch.ones(size // 4, dtype=torch.float32)  # 64 MiB, touched
-        del x
-    assert mem.increment >= size * 0.9, (mem.increment, mem.method)
+    seen = []
+    for _ in range(3):  # another thread of the test process may free memory inside the block
+        with bench.PeakMemory(torch.device("cpu")) as mem:
+            x = torch.ones(size // 4, dtype=torch.float32)  # 64 MiB, touched
+            del x
+        seen.append(mem.increment)
+        if mem.increment >= size * 0.9:
+            break
+    assert max(seen) >= size * 0.9, (seen, mem.method)
     with bench.PeakMemory(torch.device("cpu")) as small:
         pass
     assert small.increment < size // 4
