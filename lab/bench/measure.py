@@ -109,7 +109,10 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
             self.method = "torch.cuda.max_memory_allocated"
-        elif self._collect_then_reset():
+            return self
+        # Garbage freed inside the block would lower RSS under the baseline and hide the peak.
+        gc.collect()
+        if _reset_peak_rss():
             self.baseline = current_rss()
             self.method = "VmHWM (peak RSS, reset via /proc/self/clear_refs)"
         else:
@@ -117,12 +120,6 @@ class PeakMemory:
             self.baseline = self._sampler.peak
             self.method = "psutil RSS polled every 1 ms"
         return self
-
-    @staticmethod
-    def _collect_then_reset() -> bool:
-        # Garbage freed inside the block would lower RSS under the baseline and hide the peak.
-        gc.collect()
-        return _reset_peak_rss()
 
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
