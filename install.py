@@ -1,13 +1,18 @@
-"""Installer for AUTOMATIC1111 / Forge (run by the webui) and ComfyUI-Manager (run as a script).
+"""Installer for AUTOMATIC1111 / Forge (run by the webui at every start) and ComfyUI-Manager (run as a script).
 
-Installs only the requirements.txt entries that are missing or whose installed version does not
-satisfy the requirement. torch / torchvision / torchaudio belong to the host: they are never
-installed, and pip is pinned to the host's versions so no dependency can replace them. Inside the
-webui, gradio belongs to the webui too (A1111 pins 3.x, Forge 4.x): it is left alone and pinned.
+The host is never changed. Only requirements that are missing are added, and pip resolves each of them with
+every installed distribution pinned to its installed version (a constraints file made from the environment),
+so no dependency can upgrade, downgrade or remove a host package. A requirement that is installed at any
+version is accepted as the host has it. An optional requirement that cannot be added without changing the
+host is skipped with one line saying what is not available and how to get it; that decision is remembered
+until the environment changes, so later starts stay fast. torch / torchvision / torchaudio / xformers are
+never installed (the host owns them); inside a webui its gradio is the webui's too.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
@@ -17,9 +22,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
+SKIP_RECORD = HERE / ".install-skipped.json"  # optional requirements pip could not add without changes
 HOST_OWNED = ("torch", "torchvision", "torchaudio", "xformers")
-# The webui pins its own gradio (A1111: 3.x, Forge: 4.x); ours is only for the standalone app.
 WEBUI_OWNED = HOST_OWNED + ("gradio", "gradio-client")
+# Optional: tried only if pip can add them with every installed package kept as it is.
+OPTIONAL = {
+    "pyiqa>=0.1.13": ("pyiqa's NR-IQA metrics (musiq, topiq_nr-face, ...; PolyForm-Noncommercial licence) are "
+                      "not available; the quality score uses the built-in face-iqa metric instead"),
+}
+PREFIX = "[FaceRefine]"
 
 
 def canonical(name: str) -> str:
@@ -45,6 +56,16 @@ def installed_version(name: str) -> str | None:
         return None
 
 
+def installed_packages() -> dict[str, str]:
+    """canonical name -> version of every distribution Python sees (the first one found, as imports do)."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        if name and dist.version and canonical(name) not in found:
+            found[canonical(name)] = dist.version
+    return found
+
+
 def requirement_parts(line: str):
     """(name, specifier or None, marker applies) for one requirement line."""
     try:
@@ -52,69 +73,96 @@ def requirement_parts(line: str):
         req = Requirement(line)
         applies = req.marker is None or req.marker.evaluate()
         return req.name, (req.specifier if str(req.specifier) else None), applies
-    except ImportError:  # packaging missing: name only
-        name = re.split(r"[\s\[<>=!~;@]", line, maxsplit=1)[0]
-        return name, None, True
-    except Exception:  # unparsable line (e.g. a URL): let pip handle it if the name looks absent
-        name = re.split(r"[\s\[<>=!~;@]", line, maxsplit=1)[0]
-        return name, None, True
+    except Exception:  # packaging missing or an unparsable line: the name only
+        return re.split(r"[\s\[<>=!~;@]", line, maxsplit=1)[0], None, True
 
 
-def plan(lines: list[str], is_installed=None, version_of=installed_version, host_owned=HOST_OWNED) -> list[str]:
-    """The requirement lines that need installing. Host-owned packages are never listed."""
-    todo = []
+def plan(lines: list[str], is_installed=None, version_of=installed_version, host_owned=HOST_OWNED):
+    """(lines to install, notes): only missing packages are listed; an installed package of another version
+    than asked is kept as it is and noted. Host-owned packages are never listed."""
+    todo, notes = [], []
     for line in lines:
         name, specifier, applies = requirement_parts(line)
         if not applies or canonical(name) in host_owned:
             continue
         version = version_of(name)
-        present = version is not None or (is_installed is not None and is_installed(name))
-        if not present:
+        if version is None and not (is_installed is not None and is_installed(name)):
             todo.append(line)
         elif specifier is not None and version is not None and not specifier.contains(version, prereleases=True):
-            todo.append(line)
-    return todo
+            notes.append(f"keeping the host's {name} {version} (FaceRefine asks for {specifier}; "
+                         f"features that need a newer {name} report it when used)")
+    return todo, notes
 
 
-def host_pins(host_owned=HOST_OWNED) -> list[str]:
-    """pip constraints that keep the host's torch stack (and the webui's gradio) exactly as they are."""
-    return [f"{name}=={v}" for name in host_owned if (v := installed_version(name))]
+def constraints_text(packages: dict[str, str]) -> str:
+    """pip constraints pinning every installed package to its version (unparsable versions left out)."""
+    try:
+        from packaging.version import InvalidVersion, Version
+    except ImportError:
+        Version, InvalidVersion = str, ValueError
+    pins = []
+    for name, version in sorted(packages.items()):
+        try:
+            Version(version)
+        except InvalidVersion:
+            continue
+        pins.append(f"{name}=={version}")
+    return "\n".join(pins) + "\n"
 
 
-def _constraints_file(host_owned=HOST_OWNED) -> str | None:
-    pins = host_pins(host_owned)
-    if not pins:
-        return None
-    fd, path = tempfile.mkstemp(prefix="facerefine-constraints-", suffix=".txt")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(pins) + "\n")
-    return path
+def environment_key(packages: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(packages.items())).encode()).hexdigest()[:16]
+
+
+def remembered_skips(key: str) -> dict[str, str]:
+    try:
+        record = json.loads(SKIP_RECORD.read_text(encoding="utf-8"))
+        return record["skipped"] if record.get("environment") == key else {}
+    except Exception:
+        return {}
+
+
+def remember_skips(key: str, skipped: dict[str, str]) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".install-skipped-", suffix=".tmp", dir=HERE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"environment": key, "skipped": skipped}, f)
+        os.replace(tmp, SKIP_RECORD)
+    except OSError:  # a read-only extension folder: the decision is simply made again next start
+        pass
+
+
+def pip_install(line: str, constraints: str, launch=None) -> bool:
+    """One pip install with the host pinned; True when it worked. Uses launch.run_pip inside a webui."""
+    if launch is not None:
+        try:
+            launch.run_pip(f'install "{line}" -c "{constraints}"', f"FaceRefine requirement: {line}")
+            return True
+        except Exception:  # the webui raises RuntimeError with pip's whole output
+            return False
+    print(f"{PREFIX} pip install {line} (every installed package kept at its version)", flush=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", line, "-c", constraints]
+    return subprocess.call(cmd) == 0
 
 
 def install(todo: list[str], launch=None) -> list[str]:
-    """Install each line; returns the lines that failed. Uses launch.run_pip inside A1111/Forge."""
+    """Install each line with the whole environment pinned; returns the lines pip could not add."""
     failed = []
-    constraints = _constraints_file(WEBUI_OWNED if launch is not None else HOST_OWNED)
-    try:
-        for line in todo:
-            if launch is not None:
-                extra = f' -c "{constraints}"' if constraints else ""
-                try:
-                    launch.run_pip(f'install "{line}"{extra}', f"FaceRefine requirement: {line}")
-                except Exception as err:  # the webui raises RuntimeError with pip's output
-                    print(f"[FaceRefine] {err}")
-                    failed.append(line)
-            else:
-                cmd = [sys.executable, "-m", "pip", "install", line]
-                if constraints:
-                    cmd += ["-c", constraints]
-                print(f"[FaceRefine] pip install {line}", flush=True)
-                if subprocess.call(cmd) != 0:
-                    failed.append(line)
-    finally:
-        if constraints:
+    for line in todo:
+        fd, constraints = tempfile.mkstemp(prefix="facerefine-constraints-", suffix=".txt")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(constraints_text(installed_packages()))  # again each time: earlier lines added packages
+            if not pip_install(line, constraints, launch):
+                failed.append(line)
+        finally:
             os.unlink(constraints)
     return failed
+
+
+def changed_packages(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """Packages whose version changed or that disappeared (added ones are allowed)."""
+    return [f"{n} {v} -> {after.get(n, 'removed')}" for n, v in sorted(before.items()) if after.get(n) != v]
 
 
 def _webui_launch():
@@ -126,23 +174,48 @@ def _webui_launch():
     return launch if hasattr(launch, "run_pip") and hasattr(launch, "is_installed") else None
 
 
+def how_to_get(line: str) -> str:
+    name = requirement_parts(line)[0]
+    return (f"to add it anyway, run `pip install {name}` in this environment yourself "
+            f"(it would change packages the host installed)")
+
+
 def main() -> int:
     launch = _webui_launch()
-    lines = parse_requirements(REQUIREMENTS)
-    if not lines:
-        print(f"[FaceRefine] no {REQUIREMENTS.name} found; nothing to install")
+    required = parse_requirements(REQUIREMENTS)
+    if not required:
+        print(f"{PREFIX} no {REQUIREMENTS.name} found; nothing to install")
         return 0
-    todo = plan(lines, is_installed=launch.is_installed if launch else None,
-                host_owned=WEBUI_OWNED if launch else HOST_OWNED)
-    if not todo:
-        print("[FaceRefine] all requirements already installed")
+    before = installed_packages()
+    key = environment_key(before)
+    skipped = remembered_skips(key)
+    owned = WEBUI_OWNED if launch else HOST_OWNED
+    is_installed = launch.is_installed if launch else None
+    todo, notes = plan(required, is_installed=is_installed, host_owned=owned)
+    optional, _ = plan(list(OPTIONAL), is_installed=is_installed, host_owned=owned)
+    for note in notes:
+        print(f"{PREFIX} {note}")
+    for line in optional:
+        if line in skipped:
+            print(f"{PREFIX} {line} not installed (it cannot be added without changing this host's packages): "
+                  f"{OPTIONAL[line]}; {how_to_get(line)}")
+    optional = [line for line in optional if line not in skipped]
+    if not todo and not optional:
+        print(f"{PREFIX} all requirements already installed")
         return 0
-    print(f"[FaceRefine] installing: {', '.join(todo)}")
-    failed = install(todo, launch)
-    if failed:
-        print(f"[FaceRefine] could not install: {', '.join(failed)}. Install them by hand with pip.")
-        return 1
-    return 0
+    print(f"{PREFIX} adding missing packages without changing installed ones: {', '.join(todo + optional)}")
+    failed = install(todo + optional, launch)
+    changed = changed_packages(before, installed_packages())
+    if changed:  # pip should make this impossible; say so loudly if it ever happens
+        print(f"{PREFIX} WARNING: installed packages changed: {', '.join(changed)}")
+    for line in failed:
+        reason = OPTIONAL.get(line, "FaceRefine cannot run without it")
+        print(f"{PREFIX} {line} not installed (pip could not add it without changing this host's packages): "
+              f"{reason}; {how_to_get(line)}")
+    new_skips = {line: OPTIONAL[line] for line in failed if line in OPTIONAL}
+    if new_skips:
+        remember_skips(environment_key(installed_packages()), {**skipped, **new_skips})
+    return 1 if any(line not in OPTIONAL for line in failed) or changed else 0
 
 
 if __name__ == "__main__":  # webui extension installer and ComfyUI-Manager run this file as a script

@@ -39,7 +39,8 @@ def install_extra_arches() -> None:
     from .arch.iqpfr import quiet_dependency_warnings
     with quiet_dependency_warnings():  # its CodeFormer uses @torch.jit.script (FutureWarning on every run)
         from spandrel_extra_arches import EXTRA_REGISTRY
-    MAIN_REGISTRY.add(*EXTRA_REGISTRY, ignore_duplicates=True)
+    # spandrel 0.3 (AUTOMATIC1111's pin) has no ignore_duplicates: add only what is not there yet
+    MAIN_REGISTRY.add(*[support for support in EXTRA_REGISTRY if support.architecture.id not in MAIN_REGISTRY])
     _extra_installed = True
 
 
@@ -244,7 +245,8 @@ def _spandrel_load(sd: dict, arch: str, file: str):
 def _gfpgan_sized(sd: dict):
     """GFPGANv1Clean (spandrel's class) with sizes read from the tensor shapes."""
     from spandrel import ImageModelDescriptor, SizeRequirements
-    from spandrel.architectures.GFPGAN import GFPGAN, GFPGANArch
+    from spandrel.architectures.GFPGAN import GFPGANArch
+    GFPGAN = gfpgan_class()
     n_rgb = len({k.split(".")[1] for k in sd if k.startswith("toRGB.")})
     out_size = 2 ** (n_rgb + 2)
     narrow = sd["conv_body_first.weight"].shape[0] / _gfpgan_first_channels(out_size)
@@ -259,6 +261,12 @@ def _gfpgan_sized(sd: dict):
                                 supports_half=False, supports_bfloat16=True, scale=1, input_channels=3,
                                 output_channels=3, size_requirements=SizeRequirements(minimum=out_size),
                                 call_fn=lambda m, image: m(image)[0])
+
+
+def gfpgan_class():
+    """spandrel's GFPGANv1Clean class: ``GFPGAN`` from spandrel 0.4, ``GFPGANv1Clean`` in 0.3 (A1111's pin)."""
+    import spandrel.architectures.GFPGAN as module
+    return getattr(module, "GFPGAN", None) or module.GFPGANv1Clean
 
 
 def _gfpgan_first_channels(out_size: int) -> float:

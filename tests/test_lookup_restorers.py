@@ -64,7 +64,8 @@ def test_restoreformer_lightning_prefix_is_accepted(tmp_path):
 
 
 def test_other_spandrel_models_are_not_face_restorers(tmp_path):
-    from spandrel.architectures.Compact import Compact
+    import spandrel.architectures.Compact as compact
+    Compact = getattr(compact, "Compact", None) or compact.SRVGGNetCompact  # spandrel 0.4 / 0.3 (A1111's pin)
     path = tmp_path / "upscaler.safetensors"
     from facerefine.models.loading import save_safetensors
     save_safetensors(Compact(num_feat=8, num_conv=2).state_dict(), path)

@@ -40,9 +40,13 @@ FORMAT = "facerefine-iqpfr"
 
 
 def spandrel_codeformer_blocks():
-    """spandrel_extra_arches' CodeFormer module (building blocks live there)."""
+    """spandrel_extra_arches' CodeFormer module (building blocks live there): ``__arch`` from 0.2, ``arch`` in
+    0.1.x (the version AUTOMATIC1111 1.10 pins)."""
     with quiet_dependency_warnings():
-        return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
+        try:
+            return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.__arch.codeformer")
+        except ModuleNotFoundError:
+            return importlib.import_module("spandrel_extra_arches.architectures.CodeFormer.arch.codeformer")
 
 
 @contextlib.contextmanager
