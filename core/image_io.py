@@ -115,11 +115,25 @@ def check_pixel_limit(width: int, height: int, name: Optional[str] = "image", li
             f"with the pixel count).")
 
 
-def header_size(path: str | os.PathLike, name: Optional[str] = None) -> tuple[int, int]:
-    """(width, height) read from the file header without decoding the pixels (PIL opens lazily).
+# what load_image reads: PIL identifies these and gives their size from the header, before any decoding.
+# Anything else (a Radiance HDR or EXR only OpenCV reads, EPS that PIL hands to Ghostscript) is refused.
+READ_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP", "DIB", "GIF", "PPM", "TGA", "ICO", "JPEG2000", "QOI",
+                "PFM", "AVIF", "HEIF")
+_CV2_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "TIFF", "BMP")  # OpenCV decodes these (16 bits kept), PIL the rest
 
-    ImageInputError for files that are not images; ImageTooLargeError for a header over PIL's own
-    decompression-bomb limit. ``name`` starts messages (default: the file name; "" for none)."""
+
+@dataclass(frozen=True)
+class ImageHeader:
+    width: int
+    height: int
+    format: str
+
+
+def read_header(path: str | os.PathLike, name: Optional[str] = None) -> ImageHeader:
+    """What the file header declares, without decoding the pixels (PIL opens lazily).
+
+    ImageInputError for files that are not images PIL identifies as one of READ_FORMATS; ImageTooLargeError
+    for a header over PIL's own decompression-bomb limit. ``name`` starts messages (default: the file name)."""
     from PIL import Image, UnidentifiedImageError
     path = Path(path)
     label = _label(path.name if name is None else name)
@@ -127,7 +141,10 @@ def header_size(path: str | os.PathLike, name: Optional[str] = None) -> tuple[in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                return int(im.size[0]), int(im.size[1])
+                if im.format not in READ_FORMATS:
+                    raise ImageInputError(f"{label}{im.format} images are not read; use a JPEG, PNG, WebP, BMP, "
+                                          f"TIFF or GIF")
+                return ImageHeader(int(im.size[0]), int(im.size[1]), im.format)
     except Image.DecompressionBombError as err:
         import re
         found = re.search(r"\((\d+) pixels\)", str(err))
@@ -136,10 +153,16 @@ def header_size(path: str | os.PathLike, name: Optional[str] = None) -> tuple[in
             f"{label}image too large: {pixels / 1e6:.0f} MP declared in its header, the limit is "
             f"{max_pixels() / 1e6:g} MP" if pixels else f"{label}image too large to open safely ({err})") from err
     except UnidentifiedImageError as err:
-        raise ImageInputError(f"{label}not an image file ({path.suffix or 'no extension'}): use a JPEG, PNG, "
-                              f"WebP, BMP or TIFF") from err
+        raise ImageInputError(f"{label}not an image file FaceRefine reads ({path.suffix or 'no extension'}): use "
+                              f"a JPEG, PNG, WebP, BMP, TIFF or GIF") from err
     except OSError as err:
         raise ImageInputError(f"{label}could not read the image: {err}") from err
+
+
+def header_size(path: str | os.PathLike, name: Optional[str] = None) -> tuple[int, int]:
+    """(width, height) read from the file header without decoding the pixels (see :func:`read_header`)."""
+    header = read_header(path, name)
+    return header.width, header.height
 
 
 def check_image_file(path: str | os.PathLike, limit: Optional[int] = None,
@@ -151,14 +174,17 @@ def check_image_file(path: str | os.PathLike, limit: Optional[int] = None,
     return width, height
 
 
-def _decode(path: Path) -> np.ndarray:
-    """Decoded pixels as stored: uint8/uint16/float, channels 1-4 (RGB order)."""
+def _decode(path: Path, header: ImageHeader) -> np.ndarray:
+    """Decoded pixels as stored: uint8/uint16/float, channels 1-4 (RGB order). Only after the header's size
+    was checked; OpenCV only for formats whose signature it keys its decoder on as PIL does."""
     import cv2
-    data = np.fromfile(str(path), dtype=np.uint8)
-    try:
-        arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    except cv2.error as err:  # e.g. over OpenCV's own pixel limit
-        raise ImageInputError(f"cannot decode image {path}: {str(err).strip().splitlines()[-1]}") from err
+    arr = None
+    if header.format in _CV2_FORMATS:
+        data = np.fromfile(str(path), dtype=np.uint8)
+        try:
+            arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        except cv2.error as err:  # e.g. over OpenCV's own pixel limit
+            raise ImageInputError(f"cannot decode image {path}: {str(err).strip().splitlines()[-1]}") from err
     if arr is not None:
         if arr.ndim == 3 and arr.shape[2] == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
@@ -179,13 +205,9 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path)
     if not path.is_file():
         raise ImageInputError(f"image {path} does not exist")
-    try:
-        check_image_file(path)  # the pixel limit, from the header, before any decoding
-    except ImageTooLargeError:
-        raise
-    except ImageInputError:
-        pass  # a header PIL cannot parse: OpenCV may still read it (or reports its own error)
-    arr = _decode(path)
+    header = read_header(path)  # what PIL cannot identify is refused: no decoder sees an unchecked size
+    check_pixel_limit(header.width, header.height, path.name)
+    arr = _decode(path, header)
     check_pixel_limit(arr.shape[1], arr.shape[0], path.name)
     orientation = _exif_orientation(path)
     arr = apply_orientation(arr, orientation)

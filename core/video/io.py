@@ -55,13 +55,22 @@ class VideoInfo:
     codec: str
 
 
+def _checked_stream(c, path):
+    """The first video stream, its frame size (from the stream header) checked against the pixel limit
+    (FACEREFINE_MAX_PIXELS) before any frame is decoded."""
+    from ..image_io import check_pixel_limit
+    if not c.streams.video:
+        raise FaceRefineError(f"{Path(path).name} has no video stream")
+    vs = c.streams.video[0]
+    check_pixel_limit(vs.codec_context.width, vs.codec_context.height, Path(path).name)
+    return vs
+
+
 def probe(path) -> VideoInfo:
     av = require_av()
     try:
         with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise FaceRefineError(f"{Path(path).name} has no video stream")
-            vs = c.streams.video[0]
+            vs = _checked_stream(c, path)
             fps = vs.average_rate or vs.guessed_rate or Fraction(25)
             duration = float(vs.duration * vs.time_base) if vs.duration else \
                 (c.duration / 1e6 if c.duration else 0.0)
@@ -76,13 +85,16 @@ def probe(path) -> VideoInfo:
 
 def read_frames(path, chunk: int = 8) -> Iterator[tuple[np.ndarray, list]]:
     """Yield (frames uint8 [n,H,W,3] RGB, [(pts, time_base), ...]) in chunks of at most ``chunk`` frames."""
+    from ..image_io import check_pixel_limit
     av = require_av()
     try:
         with av.open(str(path)) as c:
-            vs = c.streams.video[0]
+            vs = _checked_stream(c, path)
             vs.thread_type = "AUTO"
             buf, stamps = [], []
             for frame in c.decode(vs):
+                if frame.width * frame.height > vs.codec_context.width * vs.codec_context.height:
+                    check_pixel_limit(frame.width, frame.height, Path(path).name)  # the size changed mid-stream
                 buf.append(frame.to_ndarray(format="rgb24"))
                 stamps.append((frame.pts, frame.time_base))
                 if len(buf) >= chunk:
