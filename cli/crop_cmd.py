@@ -67,9 +67,10 @@ def run(args) -> dict:
                 notes.append("no face found")
             faces = []
             for k, face in enumerate(crops.faces):
-                crop_path = namer.claim(out_dir / f"{path.stem}_face{k:02d}.png")
-                written.append(write_output(crop_path, save_image, crops.crops[k].permute(1, 2, 0),
-                                            bit_depth=16 if loaded.bit_depth == 16 else 8))
+                crop_path = write_output(namer.claim(out_dir / f"{path.stem}_face{k:02d}.png"), save_image,
+                                         crops.crops[k].permute(1, 2, 0),
+                                         bit_depth=16 if loaded.bit_depth == 16 else 8, namer=namer)
+                written.append(crop_path)
                 faces.append({"index": k, "bbox": [round(v, 2) for v in face.bbox],
                               "landmarks": face.landmarks.round(2).tolist(), "score": round(face.score, 5),
                               "crop": str(crop_path), "affine": face.affine.round(6).tolist()})

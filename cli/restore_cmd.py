@@ -67,8 +67,7 @@ def _sample_image(folder, namer):
         if same:
             namer.add_input(path)
             return path
-    path = namer.claim(path)
-    write_output(path, save_image, torch.from_numpy(pixels).float() / 255.0)
+    path = write_output(namer.claim(path), save_image, torch.from_numpy(pixels).float() / 255.0, namer=namer)
     namer.add_input(path)
     return path
 
@@ -97,7 +96,8 @@ def run(args) -> dict:
     options = RestoreOptions.from_values(crop=crop_options_from_args(args, device), paste=PasteOptions(device=device),
                                          **values)
     report = BatchReport()
-    inputs, missing = expand_inputs(args.inputs) if args.inputs else ([], [])
+    listed = []  # files a folder holds that are not images, each with the reason
+    inputs, missing = expand_inputs(args.inputs, listed) if args.inputs else ([], [])
     if not inputs and not args.sample:
         if missing:
             raise FaceRefineError("; ".join(f["error"] for f in missing))
@@ -138,11 +138,13 @@ def run(args) -> dict:
         try:  # one bad file must not cost the others
             loaded = load_image(path)
             res = restore_images(loaded.image, options, steps=steps, timings=timings)
-            written.append(write_output(target, save_image, res.images, alpha=loaded.alpha,
-                                        bit_depth=loaded.bit_depth))
+            target = write_output(target, save_image, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth,
+                                  namer=namer)  # another run may have taken the name meanwhile: a counter
+            written.append(target)
             if args.save_mask:
-                mask_path = namer.claim(target.with_name(f"{target.stem}_mask.png"))
-                written.append(write_output(mask_path, save_image, res.masks[0][..., None].expand(-1, -1, 3)))
+                mask_path = write_output(namer.claim(target.with_name(f"{target.stem}_mask.png")), save_image,
+                                         res.masks[0][..., None].expand(-1, -1, 3), namer=namer)
+                written.append(mask_path)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - reported per file, the batch goes on
@@ -164,6 +166,6 @@ def run(args) -> dict:
         raise FaceRefineError(f"all {len(report.failed)} input(s) failed: "
                               + "; ".join(f"{f['input']}: {f['error']}" for f in report.failed))
     return {"ok": not report.failed, "restorer": args.restorer, "device": device, "results": results,
-            "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes, "skipped": skipped,
+            "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes, "skipped": listed + skipped,
             "timings": {k: round(v, 4) for k, v in timings.items()},
             "faces": sum(r["faces"] for r in results)}

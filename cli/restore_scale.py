@@ -71,7 +71,8 @@ def run_ray(args, options, inputs: list[Path], targets: list[Path], report, name
             print(f"[{done}/{total}] {row['input']} -> {row['output']}: {status}")
 
     rows = restore_on_ray(jobs, options, address=args.ray_address, actors=args.ray_actors,
-                          cpus_per_actor=args.ray_cpus, gpus_per_actor=args.ray_gpus, progress=show)
+                          cpus_per_actor=args.ray_cpus, gpus_per_actor=args.ray_gpus, progress=show,
+                          overwrite=args.overwrite)
     results = []
     for row in rows:
         if row["error"]:
@@ -142,7 +143,7 @@ def run_videos(args, options, videos: list[Path], report) -> dict:
             bar.n = done
             bar.refresh()
         try:
-            res = restore_video(src, dst, options, video, progress=progress, restorer=restorer)
+            res = restore_video(src, dst, options, video, progress=progress, restorer=restorer, namer=namer)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - reported per file
@@ -154,8 +155,8 @@ def run_videos(args, options, videos: list[Path], report) -> dict:
             bar.close()
         results.append(res)
         if not args.json:
-            print(f"{src} -> {dst}: {res['frames']} frames at {res['fps']:.3f} fps, {res['faces']} face(s) on "
-                  f"{res['tracks']} track(s)" + "".join(f"\n  warning: {w}" for w in res["warnings"]))
+            print(f"{src} -> {res['output']}: {res['frames']} frames at {res['fps']:.3f} fps, "
+                  f"{res['faces']} face(s) on {res['tracks']} track(s)" + "".join(f"\n  warning: {w}" for w in res["warnings"]))
     report.summary(len(videos))
     return {"ok": not report.failed, "restorer": args.restorer, "device": options.device, "results": results,
             "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes,

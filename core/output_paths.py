@@ -3,7 +3,9 @@
 The rules (issue 16):
 - an input file is never written;
 - an existing file is replaced only with ``overwrite=True`` (``--overwrite``);
-- two outputs of one run never get the same name.
+- two outputs of one run never get the same name;
+- two runs (processes) never get the same name either: a name is reserved on disk at write time
+  (``O_CREAT|O_EXCL``), and one another run took since it was decided moves on to the next counter.
 A name that is taken gets a counter, as ComfyUI's SaveImage numbers its files:
 ``photo_restored.png``, then ``photo_restored_00001.png``, ``photo_restored_00002.png`` ...
 
@@ -109,6 +111,7 @@ class OutputNamer:
         self.overwrite = overwrite
         self._inputs = {_key(Path(p).resolve()) for p in inputs}
         self._claimed: set[str] = set()
+        self._wanted: dict[str, Path] = {}  # claimed name -> the name asked for (before any counter)
         self.notes: list[str] = []
 
     def add_input(self, path: str | os.PathLike) -> None:
@@ -140,7 +143,22 @@ class OutputNamer:
         if counter:
             self.notes.append(f"{wanted} not used ({first_why}); writing {candidate.name}")
         self._claimed.add(_key(candidate.resolve()))
+        self._wanted[_key(candidate.resolve())] = wanted
         return candidate
+
+    def reserve(self, path: str | os.PathLike) -> Path:
+        """Take the claimed ``path`` on disk as an empty file (``O_CREAT|O_EXCL``, atomic between processes)
+        for the writer to replace; when another run created it since ``claim``, the next free counter name.
+        With overwrite the name is used as it is."""
+        path = Path(path)
+        wanted = self._wanted.get(_key(path.resolve()), path)
+        while not self.overwrite:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                break
+            except FileExistsError:
+                path = self.claim(wanted)
+        return path
 
 
 def restore_targets(inputs: list[Path], output: str | os.PathLike, *, overwrite: bool = False,
@@ -171,13 +189,21 @@ def restore_targets(inputs: list[Path], output: str | os.PathLike, *, overwrite:
     return targets, namer
 
 
-def write_output(target: str | os.PathLike, write, *args, **kwargs):
+def write_output(target: str | os.PathLike, write, *args, namer: Optional[OutputNamer] = None, **kwargs):
     """``write(target, *args, **kwargs)`` with OS errors (full disk, permissions...) turned into one
-    OutputError that names the file; the writer itself leaves no temporary file behind."""
+    OutputError that names the file; the writer itself leaves no temporary file behind.
+
+    With ``namer`` the target is reserved first (``OutputNamer.reserve``: it may become the next counter
+    name) and the reservation is removed when the write fails; returns what ``write`` returns (the path)."""
+    reserved = None
     try:
+        if namer is not None and not namer.overwrite:
+            target = reserved = namer.reserve(target)
         return write(target, *args, **kwargs)
-    except OSError as err:
-        if isinstance(err, OutputError):
+    except BaseException as err:
+        if reserved is not None:
+            remove_quietly(reserved)
+        if not isinstance(err, OSError) or isinstance(err, OutputError):
             raise
         raise OutputError(describe_os_error(err, "write", target)) from err
 

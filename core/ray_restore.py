@@ -32,18 +32,19 @@ def require_ray():
 class RestoreActor:
     """One Ray actor: models loaded once, then one file per row (``batch_size=1``)."""
 
-    def __init__(self, options, threads: int = 1):
+    def __init__(self, options, threads: int = 1, overwrite: bool = False):
         import torch
 
         from .pipeline import build_steps
         torch.set_num_threads(max(1, int(threads)))
         self.options = options
+        self.overwrite = overwrite
         self.steps = build_steps(options)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict) -> dict:
         from .image_io import load_image, save_image
-        from .output_paths import write_output
+        from .output_paths import OutputNamer, write_output
         from .pipeline import restore_images
         rows = {"input": [], "output": [], "faces": [], "error": [], "seconds": [], "worker": [], "started": [],
                 "finished": []}
@@ -54,7 +55,8 @@ class RestoreActor:
             try:
                 loaded = load_image(str(src))
                 res = restore_images(loaded.image, self.options, steps=self.steps)
-                write_output(Path(str(dst)), save_image, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth)
+                dst = write_output(Path(str(dst)), save_image, res.images, alpha=loaded.alpha,
+                                   bit_depth=loaded.bit_depth, namer=OutputNamer([src], overwrite=self.overwrite))
                 faces = len(res.face_crops)
             except Exception as err:  # noqa: BLE001 - reported per file, the run goes on
                 error = f"{type(err).__name__}: {err}" if not isinstance(err, FaceRefineError) else str(err)
@@ -79,12 +81,15 @@ def pending_jobs(inputs: list, targets: list) -> tuple[list[tuple[Path, Path]], 
 
 def restore_on_ray(jobs: list[tuple[Path, Path]], options, address: Optional[str] = None,
                    actors: Optional[int] = None, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
-                   progress: Optional[Callable[[dict, int, int], None]] = None) -> list[dict]:
+                   progress: Optional[Callable[[dict, int, int], None]] = None,
+                   overwrite: bool = False) -> list[dict]:
     """Restore ``jobs`` = [(input, target), ...] on Ray; returns one dict per job (input, output, faces, error).
 
     address: None = the running Ray instance (``ray.init`` already called) or a new local one;
         "auto" or "ray://host:10001" = an existing cluster.
     actors: pool size (default: one per GPU when ``gpus_per_actor`` > 0, else cluster CPUs / cpus_per_actor).
+    overwrite: replace existing targets; without it a target another run wrote meanwhile becomes the next
+        counter name (the row's ``output``).
     """
     ray = require_ray()
     if not jobs:
@@ -104,7 +109,7 @@ def restore_on_ray(jobs: list[tuple[Path, Path]], options, address: Optional[str
     ctx.execution_options.preserve_order = False
     ds = ray.data.from_items([{"input": str(s), "output": str(d)} for s, d in jobs],
                              override_num_blocks=min(len(jobs), max(actors * 4, 1)))
-    ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"options": options,
+    ds = ds.map_batches(RestoreActor, fn_constructor_kwargs={"options": options, "overwrite": overwrite,
                                                              "threads": max(1, int(cpus_per_actor))},
                         batch_size=1, concurrency=actors, num_cpus=cpus_per_actor,
                         num_gpus=gpus_per_actor or None)

@@ -18,6 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ...errors import FaceRefineError
+from ..output_paths import write_output
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 _FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
@@ -113,9 +114,10 @@ class VideoWriter:
     """
 
     def __init__(self, path, width: int, height: int, fps: Fraction, audio_from=None, codec: Optional[str] = None,
-                 crf: int = 18, audio: bool = True):
+                 crf: int = 18, audio: bool = True, namer=None):
         av = require_av()
         self.path = Path(path)
+        self.namer = namer  # core.output_paths.OutputNamer: the name is reserved when the clip is complete
         suffix = self.path.suffix.lower()
         if suffix not in _FORMATS:
             raise FaceRefineError(f"cannot write {self.path.name}: use one of {', '.join(VIDEO_SUFFIXES)}")
@@ -240,8 +242,9 @@ class VideoWriter:
             self.container.close()
             if self.audio_in is not None:
                 self.audio_in.close()
-        if ok:
-            os.replace(self.tmp, self.path)
+        if ok:  # ``path`` may become a counter name when another run took it meanwhile
+            self.path = write_output(self.path, lambda target: os.replace(self.tmp, target) or target,
+                                     namer=self.namer)
         elif self.tmp.exists():
             self.tmp.unlink()
 

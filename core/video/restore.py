@@ -252,8 +252,11 @@ def release_free_memory(libc) -> None:
 
 
 def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
-                  progress: Optional[Callable[[int, int], None]] = None, restorer=None) -> dict:
+                  progress: Optional[Callable[[int, int], None]] = None, restorer=None, namer=None) -> dict:
     """Restore every face of a video file into ``dst`` (never ``src``); returns a summary dict.
+
+    With ``namer`` (core.output_paths.OutputNamer) ``dst`` is reserved when the clip is complete, and
+    becomes the next counter name if another run wrote it meanwhile (the summary's ``output``).
 
     Free heap pages are returned after every chunk, so memory stays flat over long clips."""
     from .io import VideoWriter, probe, read_frames
@@ -275,7 +278,7 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
     done = faces = 0
     dst.parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(dst, info.width, info.height, info.fps, audio_from=src if video.audio else None,
-                     codec=video.codec, crf=video.crf) as writer:
+                     codec=video.codec, crf=video.crf, namer=namer) as writer:
         for frames, stamps in read_frames(src, video.chunk):
             res = seq.process(torch.from_numpy(frames).float() / 255.0)
             out = (res.images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
@@ -285,7 +288,7 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
             faces += len(res.track_ids)
             if progress is not None:
                 progress(done, max(info.frames, done))
-    return {"input": str(src), "output": str(dst), "frames": done, "fps": float(info.fps),
+    return {"input": str(src), "output": str(writer.path), "frames": done, "fps": float(info.fps),
             "size": [info.width, info.height], "audio": info.has_audio and video.audio, "faces": faces,
             "tracks": seq.tracker.next_id if planned is None else len({f.track_id for fr in planned for f in fr}),
             "temporal": video.temporal, "temporal_mode": video.temporal_mode if video.temporal > 0 else None,
