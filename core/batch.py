@@ -13,24 +13,55 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FaceRefineError
-from .image_io import IMAGE_SUFFIXES
+from .image_io import ImageTooLargeError, read_header, readable_suffixes
 
 
-def expand_inputs(items: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+def _folder_images(folder: Path, skipped: list[dict]) -> list[Path]:
+    """Every image in ``folder`` (sorted): files with a readable suffix, and files under other names whose
+    header is a readable image. Everything else is added to ``skipped`` with the reason, and said on stderr."""
+    from .video.io import is_video
+    suffixes, found = readable_suffixes(), []
+    for f in sorted(folder.iterdir()):
+        if f.is_file() and f.suffix.lower() in suffixes:
+            found.append(f)
+            continue
+        reason = None
+        if f.is_dir():
+            reason = "a folder (folders inside folders are not searched)"
+        elif not f.is_file():
+            reason = "not a regular file"
+        elif is_video(f):
+            reason = "a video (restore video files on their own)"
+        else:
+            try:
+                read_header(f, name="")
+                found.append(f)  # an image under another name
+            except ImageTooLargeError:
+                found.append(f)  # the loader reports it for this file
+            except FaceRefineError as err:
+                reason = str(err)
+        if reason:
+            skipped.append({"input": str(f), "reason": reason})
+            print(f"{f}: skipped, {reason}", file=sys.stderr)
+    return found
+
+
+def expand_inputs(items: list[str | os.PathLike], skipped: list[dict] | None = None) -> tuple[list[Path], list[dict]]:
     """Files and folders (non-recursive, sorted) -> (image paths, failures for paths that gave nothing).
 
     A named file is kept whatever its suffix (the loader then says whether it can read it);
-    a folder contributes its files with an image suffix."""
+    a folder contributes every image in it, and the files it skips are said on stderr and added to
+    ``skipped`` ({"input", "reason"})."""
     paths: list[Path] = []
     failed: list[dict] = []
     seen: set[str] = set()
+    skipped = [] if skipped is None else skipped
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            found = _folder_images(p, skipped)
             if not found:
-                failed.append({"input": str(item), "error": f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder "
-                                                            f"{item}"})
+                failed.append({"input": str(item), "error": f"no images in folder {item}"})
         elif p.is_file():
             found = [p]
         else:

@@ -37,13 +37,20 @@ class LoadedImage:
         return int(self.image.shape[1]), int(self.image.shape[2])
 
 
+def readable_suffixes() -> frozenset[str]:
+    """File suffixes of the formats load_image reads (READ_FORMATS with a PIL plugin here): .gif, .jfif, ..."""
+    from PIL import Image
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in READ_FORMATS)
+
+
 def list_images(inputs: list[str]) -> list[Path]:
     """Expand files and folders (non-recursive) into image paths, in order."""
     out: list[Path] = []
+    suffixes = readable_suffixes()
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in suffixes and f.is_file())
         elif p.is_file():
             out.append(p)
         else:
