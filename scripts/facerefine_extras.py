@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 from modules import scripts_postprocessing
 
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent
@@ -111,12 +112,15 @@ class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
                                        "extras_facerefine_refine_steps")
                 identity_strength = _slider("identity_strength", "Identity strength",
                                             "extras_facerefine_identity_strength")
+            reference = gr.Image(label=controls.BY_NAME["reference"].title + " (optional: the same person, "
+                                 "lends identity and fine detail)", type="numpy",
+                                 elem_id="extras_facerefine_reference")
         return {"enable": enable, "restorer": restorer, "quality": quality, "fidelity": fidelity,
                 "refine_steps": refine_steps, "identity_strength": identity_strength,
-                "visibility": visibility, "color_correction": color_correction}
+                "visibility": visibility, "color_correction": color_correction, "reference": reference}
 
     def process(self, pp, enable=False, restorer=None, quality=None, fidelity=None, refine_steps=None,
-                identity_strength=None, visibility=None, color_correction=None):
+                identity_strength=None, visibility=None, color_correction=None, reference=None):
         visibility = _number(visibility, _default("visibility"))
         if not enable or visibility <= 0:
             return
@@ -126,7 +130,8 @@ class FaceRefinePostprocessing(scripts_postprocessing.ScriptPostprocessing):
             quality=_number(quality, _default("quality")), fidelity=_number(fidelity, _default("fidelity")),
             refine_steps=int(_number(refine_steps, _default("refine_steps"))),
             identity_strength=_number(identity_strength, _default("identity_strength")),
-            visibility=visibility, color_correction=color_correction or service.DEFAULT_COLOR)
+            visibility=visibility, color_correction=color_correction or service.DEFAULT_COLOR,
+            reference=reference if isinstance(reference, np.ndarray) and reference.size else None)
         outcome = service.restore_pil(pp.image, settings)
         for message in outcome.messages:
             print(f"[FaceRefine] {message}", file=sys.stderr)

@@ -109,6 +109,20 @@ def on_ui_settings():
         add(f"facerefine_{name}", opt)
 
 
+def on_app_started(_demo, app):
+    """POST /facerefine/v1/restore: base64 image + any control -> base64 PNG + per-face info (docs/a1111.md).
+    The webui's /sdapi/v1/extra-single-image forwards no arguments to extension sections, hence this route."""
+    from fastapi import Body
+    from fastapi.responses import JSONResponse
+
+    @app.post("/facerefine/v1/restore", tags=["FaceRefine"])
+    def facerefine_restore(payload: dict = Body(...)):
+        status, answer = service.restore_request(payload, defaults=settings_from_opts())
+        if option("facerefine_unload", False):
+            service.unload()
+        return JSONResponse(answer, status_code=status)
+
+
 def register():
     """Add the restorer once (the webui may reload scripts)."""
     restorers = shared.face_restorers
@@ -118,3 +132,4 @@ def register():
 
 register()
 script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_app_started(on_app_started)

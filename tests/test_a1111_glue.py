@@ -84,7 +84,9 @@ def build_webui(models_path: Path, with_accordion: bool = True) -> dict:
     module("modules.scripts_postprocessing", PostprocessedImage=PostprocessedImage,
            ScriptPostprocessing=ScriptPostprocessing)
     callbacks = []
-    module("modules.script_callbacks", on_ui_settings=callbacks.append, registered=callbacks)
+    app_started = []
+    module("modules.script_callbacks", on_ui_settings=callbacks.append, registered=callbacks,
+           on_app_started=app_started.append, app_started=app_started)
     module("modules.paths", models_path=str(models_path))
     import torch
     module("modules.devices", device=torch.device("cpu"), device_codeformer=torch.device("cpu"))
@@ -289,7 +291,7 @@ def test_extras_ui_controls(monkeypatch, tmp_path, with_accordion):
     script, controls = extras_ui(load_script("facerefine_extras.py"))
     assert script.name == "FaceRefine"
     assert list(controls) == ["enable", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
-                              "visibility", "color_correction"]
+                              "visibility", "color_correction", "reference"]
     assert controls["enable"].value is False  # off unless the user opens it
     from facerefine.core.paste import COLOR_MODES
     assert [value for _, value in controls["color_correction"].choices] == list(COLOR_MODES)
@@ -343,3 +345,46 @@ def test_extras_missing_weights_and_rgba(webui, tiny_restorer):
     script.process(pp, **{**args, "enable": True, "restorer": install_restorer(webui, tiny_restorer)})
     assert pp.image.mode == "RGBA"
     assert np.array_equal(np.asarray(pp.image)[:, :, 3], rgba[:, :, 3])
+
+
+# ---------------------------------------------------------------- the API route /facerefine/v1/restore
+
+def b64_png(array) -> str:
+    import base64
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_api_route_restores_with_every_control_and_refuses_bad_requests(webui, tmp_path):
+    """The route the webui mounts at start (on_app_started), driven through FastAPI's test client; the real
+    webui runs it in tests/test_a1111_real_webui.py."""
+    import base64
+    import io
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    load_script("facerefine_restorer.py")
+    app = FastAPI()
+    (started,) = webui.modules["modules.script_callbacks"].app_started
+    started(None, app)
+    client = TestClient(app)
+    image = astronaut()
+    answer = client.post("/facerefine/v1/restore", json={
+        "image": b64_png(image), "restorer": "none", "quality": 0.5, "fidelity": 0.7, "visibility": 1.0,
+        "refine_steps": 0, "identity_strength": 0.5, "reference": b64_png(image[:256, :256])})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["ok"] and body["faces"] == 1 and len(body["face_rows"]) == 1, body
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["image"]))))
+    assert out.shape == image.shape
+    for bad, expected in (({"image": "not base64!"}, "not a readable base64 image"),
+                          ({"image": b64_png(image), "quality": 7}, "quality must be within"),
+                          ({"image": b64_png(image), "restorer": "/etc/passwd"}, "is not offered here"),
+                          ({"image": b64_png(image), "colour": "lab"}, "unknown field"),
+                          ({"image": b64_png(image), "reference": "/etc/passwd"}, "'reference' is not")):
+        answer = client.post("/facerefine/v1/restore", json=bad)
+        assert answer.status_code == 400 and expected in answer.json()["messages"][0], (bad, answer.text)

@@ -346,6 +346,90 @@ def infotext(settings: Settings, outcome: Outcome) -> dict:
     return info
 
 
+# ---------------------------------------------------------------- JSON API (the webui route /facerefine/v1/restore)
+
+API_CONTROLS = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("device",))
+MAX_REQUEST_BYTES = 64 * 2**20  # one base64 image field (an 8K PNG is far inside it)
+
+
+class RequestError(FaceRefineError):
+    """A request the API answers with 400 (the message says what to change)."""
+
+
+def decode_base64_image(data: Any, field_name: str) -> np.ndarray:
+    """RGB(A) uint8 array from a base64 string (a data: URL prefix is accepted). The header's size is checked
+    against the pixel limit before any decoding; nothing is written to or read from disk."""
+    import base64
+    import binascii
+    import io
+
+    from PIL import Image
+
+    from ..core.image_io import check_pixel_limit
+    if not isinstance(data, str) or not data:
+        raise RequestError(f"'{field_name}' must be a base64-encoded image")
+    if len(data) > MAX_REQUEST_BYTES * 4 // 3 + 4:
+        raise RequestError(f"'{field_name}' is larger than {MAX_REQUEST_BYTES // 2**20} MB")
+    try:
+        raw = base64.b64decode(data.split(",", 1)[1] if data.startswith("data:") else data, validate=True)
+        with Image.open(io.BytesIO(raw)) as im:
+            check_pixel_limit(*im.size, name=field_name)
+            return np.array(im.convert("RGBA" if "A" in im.getbands() else "RGB"))
+    except FaceRefineError:
+        raise
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as err:
+        raise RequestError(f"'{field_name}' is not a readable base64 image: {err}") from None
+
+
+def encode_base64_png(outcome: Outcome) -> str:
+    import base64
+    import io
+    buffer = io.BytesIO()
+    outcome.pil_image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def settings_from_request(payload: Any, defaults: Settings) -> Settings:
+    """Settings from a JSON object: the image's controls by their core/controls.py names, checked against the
+    table's ranges and choices; the reference photo as base64. Paths are never accepted. Absent fields keep
+    ``defaults`` (the webui's Settings -> FaceRefine)."""
+    if not isinstance(payload, dict):
+        raise RequestError("the request body must be a JSON object")
+    unknown = sorted(set(payload) - set(API_CONTROLS) - {"image"})
+    if unknown:
+        raise RequestError(f"unknown field(s) {unknown}; the fields are image, {', '.join(API_CONTROLS)}")
+    values = {}
+    for name in API_CONTROLS:
+        value = payload.get(name)
+        if value is None:
+            continue
+        if name == "reference":
+            values[name] = decode_base64_image(value, "reference")
+            continue
+        try:
+            values[name] = BY_NAME[name].check(value) if name in BY_NAME else value
+        except (TypeError, ValueError) as err:
+            raise RequestError(str(err)) from None
+    refused = refuse_restorer(values.get("restorer"))
+    if refused:
+        raise RequestError(refused)
+    return dataclasses.replace(defaults, **values)
+
+
+def restore_request(payload: Any, defaults: Optional[Settings] = None) -> tuple[int, dict]:
+    """(HTTP status, JSON answer) for one API request. Never raises: bad input is a 400 with a message, a
+    failed restoration a 200 with ok=false and the messages."""
+    try:
+        image = decode_base64_image(payload.get("image") if isinstance(payload, dict) else None, "image")
+        settings = settings_from_request(payload, defaults or Settings())
+    except FaceRefineError as err:
+        return 400, {"ok": False, "messages": [friendly_error(err)]}
+    outcome = restore_array(image, settings)
+    answer = {"ok": outcome.ok, "faces": outcome.faces, "face_rows": outcome.rows, "messages": outcome.messages,
+              "info": outcome.info, "image": encode_base64_png(outcome) if outcome.ok else None}
+    return 200, answer
+
+
 def unload() -> None:
     """Free cached models (the webui's 'unload after use')."""
     with _lock:
