@@ -44,13 +44,15 @@ def run(args) -> dict:
     from ..core.batch import BatchReport, expand_inputs
     from ..core.crop import align_faces, detect_faces
     from ..core.image_io import load_image, save_image
-    from ..core.output_paths import OutputNamer, prepare_folder, write_output
+    from ..core.output_paths import OutputNamer, check_name, prepare_folder, write_output
     from ..core.pipeline import resolve_device
 
     device = resolve_device(args.device)
     options = crop_options_from_args(args, device)
     paths, missing = expand_inputs(args.images)
     out_dir = prepare_folder(args.out, "--out")  # before any work
+    for path in paths:
+        check_name(out_dir / f"{path.stem}_face00.png")
     namer = OutputNamer(paths, overwrite=args.overwrite)
     report = BatchReport()
     report.extend(missing)

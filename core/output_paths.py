@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import OutputError
+from ..models.tempfiles import name_max
 from .image_io import IMAGE_SUFFIXES
 
 WRITABLE_SUFFIXES = IMAGE_SUFFIXES  # what core.image_io.save_image writes
@@ -99,6 +100,16 @@ def prepare_folder(folder: str | os.PathLike, flag: str = "-o") -> Path:
     return folder
 
 
+def check_name(path: str | os.PathLike) -> None:
+    """OutputError when the file system cannot take the name of ``path`` (so it fails before any work)."""
+    path = Path(path)
+    size, limit = len(os.fsencode(path.name)), name_max(path.parent if path.parent.is_dir() else ".")
+    if size > limit:
+        shown = path.name if len(path.name) <= 70 else f"{path.name[:40]}...{path.name[-25:]}"
+        raise OutputError(f"cannot write {shown} in {path.parent}: the name is too long ({size} bytes; the file "
+                          f"system takes {limit}); rename the input or choose a shorter name")
+
+
 def _key(path: Path) -> str:
     return os.path.normcase(os.path.abspath(path))
 
@@ -131,14 +142,16 @@ class OutputNamer:
         return None
 
     def claim(self, path: str | os.PathLike) -> Path:
-        """``path`` if it is free, else the first free ``<stem>_<counter:05>_<suffix>``; reserves it."""
+        """``path`` if it is free, else the first free ``<stem>_<counter:05>_<suffix>``; reserves it.
+        Raises OutputError for a name the file system cannot take."""
         wanted = Path(path).expanduser()
         candidate, counter = wanted, 0
-        why = self._taken(candidate)
-        first_why = why
+        check_name(candidate)
+        why = first_why = self._taken(candidate)
         while why is not None:
             counter += 1
             candidate = wanted.with_name(f"{wanted.stem}_{counter:0{COUNTER_DIGITS}d}{wanted.suffix}")
+            check_name(candidate)
             why = self._taken(candidate)
         if counter:
             self.notes.append(f"{wanted} not used ({first_why}); writing {candidate.name}")

@@ -9,7 +9,6 @@ complete, so a failed run never leaves a half-written video under the target nam
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from ...errors import FaceRefineError
+from ...models.tempfiles import unique_temp_path
 from ..output_paths import write_output
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
@@ -122,7 +122,7 @@ class VideoWriter:
         if suffix not in _FORMATS:
             raise FaceRefineError(f"cannot write {self.path.name}: use one of {', '.join(VIDEO_SUFFIXES)}")
         self.format = _FORMATS[suffix]
-        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.part{suffix}")
+        self.tmp = unique_temp_path(self.path)  # fits wherever the final name fits
         self.fps = Fraction(fps).limit_denominator(1_000_000)
         self.width, self.height = int(width), int(height)
         self.container = av.open(str(self.tmp), mode="w", format=self.format)
