@@ -3,7 +3,8 @@
 Pattern (as huggingface_hub does it): a file lock per target (``filelock``) so two processes never
 download the same file at once, a unique temporary name in the target folder (``<file>.<random>.part``),
 checks (sha256; without one: size, file format, no HTML error page), then one atomic ``os.replace``.
-A per-read timeout and an overall deadline bound the time; on any failure nothing is left behind.
+A per-read timeout and an overall deadline bound the time, and the expected size (the registry's, else
+Content-Length) bounds the bytes read; on any failure nothing is left behind.
 """
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ def _fetch(url: str, dest: Path, sha256: Optional[str], size: Optional[int], pro
                 if not sha256 and ("text/html" in ctype or "application/xhtml" in ctype):
                     raise DownloadError(f"{url} answered with a web page ({ctype}), not a weights file")
                 total = int(resp.headers.get("Content-Length") or 0) or size or None
+                if size is not None and total != size:
+                    raise DownloadError(f"{url} announces {total} bytes; the registry says {size}")
                 bar = _progress_bar(total, dest.name) if progress else None
                 reader = getattr(resp, "read1", None) or resp.read
                 try:
@@ -129,9 +132,12 @@ def _fetch(url: str, dest: Path, sha256: Optional[str], size: Optional[int], pro
                         block = reader(_CHUNK)  # read1: returns what arrived, so the deadline is checked often
                         if not block:
                             break
+                        received += len(block)
+                        if total is not None and received > total:  # a server that streams without end
+                            raise DownloadError(f"download of {url} stopped: more than the expected {total} "
+                                                f"bytes received")
                         out.write(block)
                         digest.update(block)
-                        received += len(block)
                         if bar is not None:
                             bar.update(len(block))
                 finally:
