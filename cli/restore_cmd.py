@@ -76,7 +76,7 @@ def run(args) -> dict:
     from pathlib import Path
 
     from ..core.batch import BatchReport, error_text, expand_inputs
-    from ..core.image_io import load_image, save_image
+    from ..core.image_io import load_image, output_notes, save_image
     from ..core.output_paths import (OutputNamer, describe_os_error, names_image_file, prepare_folder,
                                      restore_targets, write_output)
     from ..errors import OutputError
@@ -139,7 +139,7 @@ def run(args) -> dict:
             loaded = load_image(path)
             res = restore_images(loaded.image, options, steps=steps, timings=timings)
             target = write_output(target, save_image, res.images, alpha=loaded.alpha, bit_depth=loaded.bit_depth,
-                                  namer=namer)  # another run may have taken the name meanwhile: a counter
+                                  like=loaded, namer=namer)  # another run may have taken the name meanwhile: a counter
             written.append(target)
             if args.save_mask:
                 mask_path = write_output(namer.claim(target.with_name(f"{target.stem}_mask.png")), save_image,
@@ -155,12 +155,13 @@ def run(args) -> dict:
                                                      f"{written[0]})")
             continue
         entry = {"input": str(path), "output": str(target), "faces": len(res.face_crops),
-                 "history": list(res.face_crops.history), "warnings": res.warnings}
+                 "history": list(res.face_crops.history), "warnings": res.warnings + output_notes(loaded, target)}
         if mask_path is not None:
             entry["mask"] = str(mask_path)
         results.append(entry)
         if not args.json:
-            print(f"{path} -> {target}: {entry['faces']} face(s)" + "".join(f"\n  warning: {w}" for w in res.warnings))
+            print(f"{path} -> {target}: {entry['faces']} face(s)"
+                  + "".join(f"\n  warning: {w}" for w in entry["warnings"]))
     report.summary(len(inputs) + len(missing))
     if not results and report.failed:
         raise FaceRefineError(f"all {len(report.failed)} input(s) failed: "

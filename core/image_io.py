@@ -21,6 +21,7 @@ log = logging.getLogger("facerefine")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 _LOSSLESS = (".png", ".tif", ".tiff")
+_FLOAT_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class LoadedImage:
     path: str = ""
     grayscale: bool = False
     exif_orientation: int = 1      # EXIF orientation tag that was applied (1 = none)
+    format: str = ""               # PIL's name for the file format ("PNG", "GIF", ...)
+    frames: int = 1                # frames/pages in the file; only the first is in ``image``
+    floating: bool = False         # float samples (a float TIFF): written back as float where the format can
+    raw: Optional[np.ndarray] = None  # [H,W,3] float32 as stored, when values lie outside 0..1 (``image`` clips)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -134,6 +139,26 @@ class ImageHeader:
     width: int
     height: int
     format: str
+    frames: int = 1
+
+
+def _tiff_header(path: Path) -> Optional[ImageHeader]:
+    """Size and page count from the IFDs of a TIFF PIL cannot open as an image (e.g. float RGB), or None."""
+    from PIL import TiffImagePlugin
+    try:
+        with open(path, "rb") as f:
+            head, pages, seen = f.read(8), [], set()
+            if head[:4] not in (b"II*\0", b"MM\0*"):
+                return None
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
+            while ifd.next and ifd.next not in seen and len(seen) < 10000:
+                seen.add(ifd.next)
+                f.seek(ifd.next)
+                ifd.load(f)
+                pages.append((int(ifd[256]), int(ifd[257])))
+        return ImageHeader(*pages[0], "TIFF", len(pages))
+    except Exception:  # noqa: BLE001 - not a TIFF we can size: refused
+        return None
 
 
 def read_header(path: str | os.PathLike, name: Optional[str] = None) -> ImageHeader:
@@ -151,7 +176,7 @@ def read_header(path: str | os.PathLike, name: Optional[str] = None) -> ImageHea
                 if im.format not in READ_FORMATS:
                     raise ImageInputError(f"{label}{im.format} images are not read; use a JPEG, PNG, WebP, BMP, "
                                           f"TIFF or GIF")
-                return ImageHeader(int(im.size[0]), int(im.size[1]), im.format)
+                return ImageHeader(int(im.size[0]), int(im.size[1]), im.format, int(getattr(im, "n_frames", 1)))
     except Image.DecompressionBombError as err:
         import re
         found = re.search(r"\((\d+) pixels\)", str(err))
@@ -160,6 +185,9 @@ def read_header(path: str | os.PathLike, name: Optional[str] = None) -> ImageHea
             f"{label}image too large: {pixels / 1e6:.0f} MP declared in its header, the limit is "
             f"{max_pixels() / 1e6:g} MP" if pixels else f"{label}image too large to open safely ({err})") from err
     except UnidentifiedImageError as err:
+        header = _tiff_header(path)
+        if header is not None:
+            return header
         raise ImageInputError(f"{label}not an image file FaceRefine reads ({path.suffix or 'no extension'}): use "
                               f"a JPEG, PNG, WebP, BMP, TIFF or GIF") from err
     except OSError as err:
@@ -218,12 +246,14 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     check_pixel_limit(arr.shape[1], arr.shape[0], path.name)
     orientation = _exif_orientation(path)
     arr = apply_orientation(arr, orientation)
+    floating = False
     if arr.dtype == np.uint8:
         depth, scaled = 8, arr.astype(np.float32) / 255.0
     elif arr.dtype == np.uint16:
         depth, scaled = 16, arr.astype(np.float32) / 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
         depth, scaled = 16, arr.astype(np.float32)
+        floating = True
     else:
         raise ImageInputError(f"{path}: unsupported pixel type {arr.dtype}")
     if scaled.ndim == 2:
@@ -236,9 +266,28 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     gray = scaled.shape[2] == 1
     if gray:
         scaled = np.repeat(scaled, 3, axis=2)
+    raw = None
+    if floating and not (np.nanmin(scaled) >= 0 and np.nanmax(scaled) <= 1):
+        raw, scaled = scaled, np.clip(scaled, 0, 1)  # restored within 0..1; values outside are written back
+        alpha = None if alpha is None else alpha.clamp(0, 1)
     image = torch.from_numpy(np.ascontiguousarray(scaled))[None]
     image = sanitize_images(image, name=str(path))
-    return LoadedImage(image, alpha, depth, str(path), gray, orientation)
+    return LoadedImage(image, alpha, depth, str(path), gray, orientation, header.format, header.frames, floating,
+                       raw)
+
+
+def output_notes(loaded: LoadedImage, target: str | os.PathLike) -> list[str]:
+    """What the result written to ``target`` by :func:`save_image` (``like=loaded``) does not keep, one line
+    each: the frames or pages after the first, float values outside 0..1 in a format without floats."""
+    notes, target = [], Path(target)
+    if loaded.frames > 1 and loaded.format != "MPO":  # MPO: a phone JPEG's previews / depth map
+        kind = "pages" if loaded.format == "TIFF" else "frames"
+        notes.append(f"{Path(loaded.path).name} has {loaded.frames} {kind}: only the first was restored "
+                     f"(convert an animation to a video to restore every frame)")
+    if loaded.raw is not None and target.suffix.lower() not in _FLOAT_SUFFIXES:
+        notes.append(f"float values {np.nanmin(loaded.raw):g}..{np.nanmax(loaded.raw):g} are clipped to 0..1 in "
+                     f"{target.name} (write a .tif to keep them)")
+    return notes
 
 
 def sanitize_images(images: torch.Tensor, name: str = "image") -> torch.Tensor:
@@ -283,8 +332,11 @@ def to_uint(image: torch.Tensor, bit_depth: int) -> np.ndarray:
 
 
 def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[torch.Tensor] = None,
-               bit_depth: int = 8, quality: int = 95) -> Path:
-    """Write [1,H,W,3] / [H,W,3] RGB 0..1 (and optional [H,W] alpha) to PNG/JPEG/WebP/TIFF/BMP."""
+               bit_depth: int = 8, quality: int = 95, like: Optional[LoadedImage] = None) -> Path:
+    """Write [1,H,W,3] / [H,W,3] RGB 0..1 (and optional [H,W] alpha) to PNG/JPEG/WebP/TIFF/BMP.
+
+    ``like``: the loaded input this result comes from: a float input is written as float to TIFF, with
+    its values outside 0..1 back (see :func:`output_notes` for what other formats lose)."""
     import cv2
     path = Path(path)
     if image.ndim == 4:
@@ -302,7 +354,13 @@ def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[tor
         alpha = None
     if alpha is not None:
         image = torch.cat([image.float().cpu(), alpha.float().cpu()[..., None]], dim=-1)
-    arr = to_uint(image, bit_depth)
+    if like is not None and like.floating and suffix in _FLOAT_SUFFIXES:
+        arr = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0, 1).numpy()
+        if like.raw is not None and like.raw.shape[:2] == arr.shape[:2]:
+            outside = (like.raw < 0) | (like.raw > 1)
+            arr[..., :3] = np.where(outside, like.raw, arr[..., :3])
+    else:
+        arr = to_uint(image, bit_depth)
     code = cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR
     arr = cv2.cvtColor(arr, code)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []

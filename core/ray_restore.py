@@ -56,7 +56,8 @@ class RestoreActor:
                 loaded = load_image(str(src))
                 res = restore_images(loaded.image, self.options, steps=self.steps)
                 dst = write_output(Path(str(dst)), save_image, res.images, alpha=loaded.alpha,
-                                   bit_depth=loaded.bit_depth, namer=OutputNamer([src], overwrite=self.overwrite))
+                                   bit_depth=loaded.bit_depth, like=loaded,
+                                   namer=OutputNamer([src], overwrite=self.overwrite))
                 faces = len(res.face_crops)
             except Exception as err:  # noqa: BLE001 - reported per file, the run goes on
                 error = f"{type(err).__name__}: {err}" if not isinstance(err, FaceRefineError) else str(err)
