@@ -9,8 +9,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -220,15 +222,20 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float |
     app = build_app(max_megapixels=max_megapixels, device=device, output_root=output_root,
                     default_restorer=default_restorer)
     app.queue(default_concurrency_limit=1, max_size=queue_size)
+    sigterm = None
+    if block and threading.current_thread() is threading.main_thread():  # SIGTERM (systemd, docker) = Ctrl+C
+        sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
                    max_file_size=max_file_size, prevent_thread_lock=not block, quiet=False,
                    footer_links=["api", "settings"])
     finally:
         if block:
-            shutil.rmtree(output_root, ignore_errors=True)
+            leave_nothing(app, output_root)
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         else:
-            atexit.register(shutil.rmtree, output_root, True)
+            atexit.register(leave_nothing, app, output_root)
     return app
 
 
@@ -282,6 +289,17 @@ def delete_uploads(paths) -> list[str]:
         except OSError:
             pass
     return deleted
+
+
+def leave_nothing(app, output_root) -> None:
+    """When the app stops: close it, delete gradio's cached copies of this app's uploads and results (its own
+    shutdown may not get that far while a browser holds a connection open) and the app's own folder."""
+    try:
+        app.close()
+    except Exception:  # noqa: BLE001 - already closed
+        pass
+    delete_uploads([f for files in getattr(app, "temp_file_sets", []) for f in list(files)])
+    shutil.rmtree(output_root, ignore_errors=True)
 
 
 def _remove_previous_runs(output_root: Path) -> None:
