@@ -2,17 +2,15 @@
 
 The host is never changed. Only requirements that are missing are added, and pip resolves each of them with
 every installed distribution pinned to its installed version (a constraints file made from the environment),
-so no dependency can upgrade, downgrade or remove a host package. A requirement that is installed at any
-version is accepted as the host has it. An optional requirement that cannot be added without changing the
-host is skipped with one line saying what is not available and how to get it; that decision is remembered
-until the environment changes, so later starts stay fast. torch / torchvision / torchaudio / xformers are
-never installed (the host owns them); inside a webui its gradio is the webui's too.
+so no dependency can upgrade, downgrade or remove a host package; if pip cannot, it adds nothing and the
+line says so. A requirement that is installed at any version is accepted as the host has it. Optional
+packages (pyiqa) are never installed into a host: one line says what is missing and how to get it.
+torch / torchvision / torchaudio / xformers are never installed (the host owns them); inside a webui its
+gradio is the webui's too.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import os
 import re
 import subprocess
@@ -22,13 +20,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements.txt"
-SKIP_RECORD = HERE / ".install-skipped.json"  # optional requirements pip could not add without changes
 HOST_OWNED = ("torch", "torchvision", "torchaudio", "xformers")
 WEBUI_OWNED = HOST_OWNED + ("gradio", "gradio-client")
-# Optional: tried only if pip can add them with every installed package kept as it is.
+# Optional packages never installed into a host, only named when missing. pyiqa cannot be added to
+# AUTOMATIC1111 1.10 without upgrading its transformers/numpy/pydantic, and in ComfyUI it adds ~57 packages
+# (pytest, ruff, tensorboard, bitsandbytes, a second OpenCV build whose files replace the host's cv2).
 OPTIONAL = {
-    "pyiqa>=0.1.13": ("pyiqa's NR-IQA metrics (musiq, topiq_nr-face, ...; PolyForm-Noncommercial licence) are "
-                      "not available; the quality score uses the built-in face-iqa metric instead"),
+    "pyiqa": ("pyiqa is not installed: its NR-IQA metrics (musiq, topiq_nr-face, ...; PolyForm-Noncommercial) "
+              "are not available, the quality score uses the built-in face-iqa metric. To add them anyway: "
+              "`pip install pyiqa` in this environment (it adds many packages and may change the host's)"),
 }
 PREFIX = "[FaceRefine]"
 
@@ -110,28 +110,6 @@ def constraints_text(packages: dict[str, str]) -> str:
     return "\n".join(pins) + "\n"
 
 
-def environment_key(packages: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(sorted(packages.items())).encode()).hexdigest()[:16]
-
-
-def remembered_skips(key: str) -> dict[str, str]:
-    try:
-        record = json.loads(SKIP_RECORD.read_text(encoding="utf-8"))
-        return record["skipped"] if record.get("environment") == key else {}
-    except Exception:
-        return {}
-
-
-def remember_skips(key: str, skipped: dict[str, str]) -> None:
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".install-skipped-", suffix=".tmp", dir=HERE)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"environment": key, "skipped": skipped}, f)
-        os.replace(tmp, SKIP_RECORD)
-    except OSError:  # a read-only extension folder: the decision is simply made again next start
-        pass
-
-
 def pip_install(line: str, constraints: str, launch=None) -> bool:
     """One pip install with the host pinned; True when it worked. Uses launch.run_pip inside a webui."""
     if launch is not None:
@@ -174,12 +152,6 @@ def _webui_launch():
     return launch if hasattr(launch, "run_pip") and hasattr(launch, "is_installed") else None
 
 
-def how_to_get(line: str) -> str:
-    name = requirement_parts(line)[0]
-    return (f"to add it anyway, run `pip install {name}` in this environment yourself "
-            f"(it would change packages the host installed)")
-
-
 def main() -> int:
     launch = _webui_launch()
     required = parse_requirements(REQUIREMENTS)
@@ -187,35 +159,23 @@ def main() -> int:
         print(f"{PREFIX} no {REQUIREMENTS.name} found; nothing to install")
         return 0
     before = installed_packages()
-    key = environment_key(before)
-    skipped = remembered_skips(key)
-    owned = WEBUI_OWNED if launch else HOST_OWNED
-    is_installed = launch.is_installed if launch else None
-    todo, notes = plan(required, is_installed=is_installed, host_owned=owned)
-    optional, _ = plan(list(OPTIONAL), is_installed=is_installed, host_owned=owned)
+    todo, notes = plan(required, is_installed=launch.is_installed if launch else None,
+                       host_owned=WEBUI_OWNED if launch else HOST_OWNED)
+    notes += [line for name, line in OPTIONAL.items() if canonical(name) not in before]
     for note in notes:
         print(f"{PREFIX} {note}")
-    for line in optional:
-        if line in skipped:
-            print(f"{PREFIX} {line} not installed (it cannot be added without changing this host's packages): "
-                  f"{OPTIONAL[line]}; {how_to_get(line)}")
-    optional = [line for line in optional if line not in skipped]
-    if not todo and not optional:
+    if not todo:
         print(f"{PREFIX} all requirements already installed")
         return 0
-    print(f"{PREFIX} adding missing packages without changing installed ones: {', '.join(todo + optional)}")
-    failed = install(todo + optional, launch)
+    print(f"{PREFIX} adding missing packages without changing installed ones: {', '.join(todo)}")
+    failed = install(todo, launch)
     changed = changed_packages(before, installed_packages())
-    if changed:  # pip should make this impossible; say so loudly if it ever happens
+    if changed:  # pip's constraints make this impossible; say so loudly if it ever happens
         print(f"{PREFIX} WARNING: installed packages changed: {', '.join(changed)}")
-    for line in failed:
-        reason = OPTIONAL.get(line, "FaceRefine cannot run without it")
-        print(f"{PREFIX} {line} not installed (pip could not add it without changing this host's packages): "
-              f"{reason}; {how_to_get(line)}")
-    new_skips = {line: OPTIONAL[line] for line in failed if line in OPTIONAL}
-    if new_skips:
-        remember_skips(environment_key(installed_packages()), {**skipped, **new_skips})
-    return 1 if any(line not in OPTIONAL for line in failed) or changed else 0
+    if failed:
+        print(f"{PREFIX} could not add {', '.join(failed)} without changing this host's packages; FaceRefine "
+              f"needs them: install versions that fit this environment by hand (pip install NAME==VERSION)")
+    return 1 if failed or changed else 0
 
 
 if __name__ == "__main__":  # webui extension installer and ComfyUI-Manager run this file as a script

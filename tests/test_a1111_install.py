@@ -2,8 +2,7 @@
 
 The real proof is tests/test_a1111_real_webui.py (a real webui's launcher runs install.py); these cover the
 decisions one by one: only missing packages are added, with every installed package pinned; an installed
-package of another version is kept; an optional package pip cannot add without changes is skipped, said
-once per start, and not retried until the environment changes.
+package of another version is kept; optional packages (pyiqa) are named, never installed.
 """
 import importlib.metadata
 import importlib.util
@@ -20,7 +19,6 @@ def load_installer(monkeypatch, tmp_path, requirements: Path | None = None, opti
     spec = importlib.util.spec_from_file_location("facerefine_install_under_test", REPO / "install.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # must not run main() on import
-    monkeypatch.setattr(module, "SKIP_RECORD", tmp_path / ".install-skipped.json")
     if requirements is not None:
         monkeypatch.setattr(module, "REQUIREMENTS", requirements)
     if optional is not None:
@@ -131,25 +129,20 @@ def test_required_pip_failure_is_reported_not_raised(monkeypatch, tmp_path, caps
     monkeypatch.setitem(sys.modules, "launch", fake)
     assert installer.main() == 1
     assert len(fake.calls) == 2  # the second package is still tried
-    assert "facerefine-test-missing-a not installed" in capsys.readouterr().out
+    assert "could not add facerefine-test-missing-a without changing" in capsys.readouterr().out
 
 
-def test_optional_that_would_change_the_host_is_skipped_once_and_remembered(monkeypatch, tmp_path, capsys):
-    optional = {"f-test-optional>=1": "the optional metric is not available; face-iqa is used instead"}
+def test_optional_packages_are_named_never_installed(monkeypatch, tmp_path, capsys):
+    optional = {"f-test-optional": "f-test-optional is not installed: the metric is not available"}
     installer = load_installer(monkeypatch, tmp_path, write_requirements(tmp_path, "numpy"), optional=optional)
-    fake = FakeLaunch(fail={"f-test-optional"})
+    fake = FakeLaunch()
     monkeypatch.setitem(sys.modules, "launch", fake)
-    assert installer.main() == 0  # optional: the host starts as usual
-    lines = [l for l in capsys.readouterr().out.splitlines() if "f-test-optional>=1 not installed" in l]
-    assert len(lines) == 1 and "face-iqa is used instead" in lines[0] and "pip install f-test-optional" in lines[0]
-    # the next start does not run pip again (same environment), and says it again in one line
     assert installer.main() == 0
-    assert len(fake.calls) == 1
-    assert "f-test-optional>=1 not installed" in capsys.readouterr().out
-    # a changed environment is tried again
-    monkeypatch.setattr(installer, "environment_key", lambda packages: "another")
-    installer.main()
-    assert len(fake.calls) == 2
+    assert fake.calls == []
+    lines = [l for l in capsys.readouterr().out.splitlines() if "f-test-optional" in l]
+    assert lines == ["[FaceRefine] f-test-optional is not installed: the metric is not available"]
+    real = load_installer(monkeypatch, tmp_path)
+    assert "pyiqa" in real.OPTIONAL and "pip install pyiqa" in real.OPTIONAL["pyiqa"]
 
 
 def test_outside_webui_uses_pip_subprocess_with_the_host_pinned(monkeypatch, tmp_path):
