@@ -27,7 +27,7 @@ setup() {
     say "[3/4] torch + torchvision already installed"
   fi
   say "[4/4] installing FaceRefine and its dependencies (gradio, pyiqa, facexlib, spandrel...)"
-  "$PY" -m pip install -q -e ".[dev]"
+  "$PY" -m pip install -q -e ".[dev,standalone]"
   # eval/test extra (dlib itself, for the identity-network parity test); optional: the test skips without it
   "$PY" -m pip install -q -e ".[eval]" || echo "run.sh: the eval extra (dlib-bin) did not install; dlib parity tests will skip"
   # the optional Ray extra, so the Ray folder-restore tests run (never needed by ComfyUI, A1111 or the app)

@@ -182,3 +182,17 @@ def test_project_requirements_are_what_a_host_needs(monkeypatch, tmp_path):
     assert not names & {"gradio", "pyiqa"}
     # no lower bound a host could fail: the host's installed version is accepted as it is
     assert all(installer.requirement_parts(l)[1] is None for l in lines), lines
+
+
+def test_pyproject_dependencies_match_requirements_and_registry_metadata(monkeypatch, tmp_path):
+    """The Comfy Registry reads pyproject.toml: the same host needs as requirements.txt, and its metadata."""
+    import tomllib
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    installer = load_installer(monkeypatch, tmp_path)
+    names = lambda lines: sorted(installer.canonical(installer.requirement_parts(l)[0]) for l in lines)  # noqa: E731
+    assert names(project["project"]["dependencies"]) == names(installer.parse_requirements(REPO / "requirements.txt"))
+    comfy = project["tool"]["comfy"]
+    assert comfy["PublisherId"] and comfy["DisplayName"] == "FaceRefine"
+    assert comfy["Icon"].endswith("web/icon.svg") and (REPO / "web" / "icon.svg").is_file()
+    assert project["project"]["urls"]["Repository"]
+    assert {"gradio", "pyiqa"} <= set(project["project"]["optional-dependencies"]["standalone"])
