@@ -19,6 +19,11 @@ def run(args) -> dict:
     from ..errors import FaceRefineError
     if not 0 < args.port < 65536:
         raise FaceRefineError(f"--port must be 1..65535, got {args.port}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise FaceRefineError("the app needs gradio, which hosts (ComfyUI, A1111) never get from FaceRefine: "
+                              "pip install \"facerefine[standalone]\" (or ./run.sh app)") from None
     from ..ui import gradio_app, service
     host = args.listen or "127.0.0.1"
     max_mp = args.max_megapixels if args.max_megapixels else service.DEFAULT_MAX_MEGAPIXELS

@@ -5,10 +5,11 @@ EXIF orientation (applied on load), grayscale (expanded to RGB).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +37,7 @@ class LoadedImage:
     frames: int = 1                # frames/pages in the file; only the first is in ``image``
     floating: bool = False         # float samples (a float TIFF): written back as float where the format can
     raw: Optional[np.ndarray] = None  # [H,W,3] float32 as stored, when values lie outside 0..1 (``image`` clips)
+    meta: dict = field(default_factory=dict)  # exif / icc_profile / dpi that save_image(like=...) writes back
 
     @property
     def size(self) -> tuple[int, int]:
@@ -65,13 +67,29 @@ def list_images(inputs: list[str]) -> list[Path]:
     return out
 
 
-def _exif_orientation(path: Path) -> int:
+# TIFF layout tags (size, samples, strips, resolution, ICC...): a TIFF's IFD0 is its EXIF, and these describe the
+# input file, not the result, so they are never copied
+_LAYOUT_TAGS = (254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283, 284, 296, 317,
+                320, 322, 323, 324, 325, 338, 339, 340, 341, 34675)
+
+
+def _metadata(path: Path) -> tuple[int, dict]:
+    """(the EXIF orientation, what save_image writes back: ``exif`` with the orientation reset to 1 since it
+    is applied on load, ``icc_profile``, ``dpi``). Only after the size check: PIL may decode a PNG for its EXIF."""
     try:
         from PIL import Image
         with Image.open(path) as im:
-            return int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:  # no EXIF / unreadable header: keep as stored
-        return 1
+            exif = im.getexif()
+            orientation = int(exif.get(0x0112, 1) or 1)
+            if orientation != 1:
+                exif[0x0112] = 1
+            for tag in _LAYOUT_TAGS:
+                exif.pop(tag, None)
+            meta = {"icc_profile": im.info.get("icc_profile"), "dpi": im.info.get("dpi"),
+                    "exif": exif.tobytes() if len(exif) else None}
+        return orientation, {k: v for k, v in meta.items() if v}
+    except Exception:  # noqa: BLE001 - no EXIF / unreadable header: keep as stored, nothing to carry
+        return 1, {}
 
 
 def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -209,9 +227,24 @@ def check_image_file(path: str | os.PathLike, limit: Optional[int] = None,
     return width, height
 
 
-def _decode(path: Path, header: ImageHeader) -> np.ndarray:
-    """Decoded pixels as stored: uint8/uint16/float, channels 1-4 (RGB order). Only after the header's size
-    was checked; OpenCV only for formats whose signature it keys its decoder on as PIL does."""
+@functools.lru_cache(maxsize=None)
+def _cv2_turns_tiffs() -> bool:
+    """Whether this OpenCV applies a TIFF's orientation tag itself, even with IMREAD_UNCHANGED (5.x does)."""
+    import io
+
+    import cv2
+    from PIL import Image
+    exif, buf = Image.Exif(), io.BytesIO()
+    exif[0x0112] = 3  # turned 180 degrees
+    Image.fromarray(np.array([[0, 255]], np.uint8)).save(buf, "TIFF", exif=exif)
+    out = cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED)
+    return out is not None and int(out.ravel()[0]) == 255
+
+
+def _decode(path: Path, header: ImageHeader) -> tuple[np.ndarray, bool]:
+    """(decoded pixels: uint8/uint16/float, channels 1-4, RGB order; whether they are turned by the file's
+    orientation already). Only after the header's size was checked; OpenCV only for formats whose signature
+    it keys its decoder on as PIL does."""
     import cv2
     arr = None
     if header.format in _CV2_FORMATS:
@@ -225,12 +258,13 @@ def _decode(path: Path, header: ImageHeader) -> np.ndarray:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
         elif arr.ndim == 3 and arr.shape[2] == 4:
             arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-        return arr
+        return arr, header.format == "TIFF" and _cv2_turns_tiffs()
     try:  # formats OpenCV lacks (gif, some tiffs)
         from PIL import Image
         with Image.open(path) as im:
-            im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB")
-            return np.asarray(im)
+            if im.mode not in ("L", "LA", "RGB", "RGBA", "I;16", "F"):
+                im = im.convert("RGBA" if im.mode in ("PA", "P", "La") else "RGB")
+            return np.asarray(im), False
     except Exception as err:
         raise ImageInputError(f"cannot read image {path}: {err}") from err
 
@@ -242,10 +276,11 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
         raise ImageInputError(f"image {path} does not exist")
     header = read_header(path)  # what PIL cannot identify is refused: no decoder sees an unchecked size
     check_pixel_limit(header.width, header.height, path.name)
-    arr = _decode(path, header)
+    arr, turned = _decode(path, header)
     check_pixel_limit(arr.shape[1], arr.shape[0], path.name)
-    orientation = _exif_orientation(path)
-    arr = apply_orientation(arr, orientation)
+    orientation, meta = _metadata(path)
+    if not turned:
+        arr = apply_orientation(arr, orientation)
     floating = False
     if arr.dtype == np.uint8:
         depth, scaled = 8, arr.astype(np.float32) / 255.0
@@ -273,7 +308,7 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     image = torch.from_numpy(np.ascontiguousarray(scaled))[None]
     image = sanitize_images(image, name=str(path))
     return LoadedImage(image, alpha, depth, str(path), gray, orientation, header.format, header.frames, floating,
-                       raw)
+                       raw, meta)
 
 
 def output_notes(loaded: LoadedImage, target: str | os.PathLike) -> list[str]:
@@ -287,6 +322,10 @@ def output_notes(loaded: LoadedImage, target: str | os.PathLike) -> list[str]:
     if loaded.raw is not None and target.suffix.lower() not in _FLOAT_SUFFIXES:
         notes.append(f"float values {np.nanmin(loaded.raw):g}..{np.nanmax(loaded.raw):g} are clipped to 0..1 in "
                      f"{target.name} (write a .tif to keep them)")
+    lost = [k for k in ("exif", "icc_profile") if k in loaded.meta]
+    if lost and target.suffix.lower() in _FLOAT_SUFFIXES and (loaded.bit_depth == 16 and not loaded.grayscale):
+        notes.append(f"{' and '.join(lost)} not kept in {target.name}: a 16-bit or float colour TIFF is written "
+                     f"without them (write a .png to keep them)")
     return notes
 
 
@@ -336,8 +375,8 @@ def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[tor
     """Write [1,H,W,3] / [H,W,3] RGB 0..1 (and optional [H,W] alpha) to PNG/JPEG/WebP/TIFF/BMP.
 
     ``like``: the loaded input this result comes from: a float input is written as float to TIFF, with
-    its values outside 0..1 back (see :func:`output_notes` for what other formats lose)."""
-    import cv2
+    its values outside 0..1 back; its EXIF, ICC profile and DPI are kept, and a grayscale input is written
+    with one channel (see :func:`output_notes` for what some formats cannot hold)."""
     path = Path(path)
     if image.ndim == 4:
         if image.shape[0] != 1:
@@ -352,28 +391,85 @@ def save_image(path: str | os.PathLike, image: torch.Tensor, alpha: Optional[tor
     if alpha is not None and suffix in (".jpg", ".jpeg", ".bmp"):
         log.warning("%s cannot hold alpha; dropping it", path.name)
         alpha = None
-    if alpha is not None:
-        image = torch.cat([image.float().cpu(), alpha.float().cpu()[..., None]], dim=-1)
+    rgb = image.detach().float().cpu()
     if like is not None and like.floating and suffix in _FLOAT_SUFFIXES:
-        arr = torch.nan_to_num(image.detach().float().cpu(), nan=0.0).clamp(0, 1).numpy()
-        if like.raw is not None and like.raw.shape[:2] == arr.shape[:2]:
-            outside = (like.raw < 0) | (like.raw > 1)
-            arr[..., :3] = np.where(outside, like.raw, arr[..., :3])
+        arr = torch.nan_to_num(rgb, nan=0.0).clamp(0, 1).numpy()
+        if like.raw is not None and like.raw.shape == arr.shape:
+            arr = np.where((like.raw < 0) | (like.raw > 1), like.raw, arr)
     else:
-        arr = to_uint(image, bit_depth)
-    code = cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR
-    arr = cv2.cvtColor(arr, code)
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if suffix in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, arr, params)
-    if not ok:
+        arr = to_uint(rgb, bit_depth)
+    gray = like is not None and like.grayscale and bool((arr[..., :1] == arr[..., 1:]).all())
+    if gray:  # a grayscale input stays one channel (unless the restorer added colour: --allow-color)
+        arr = arr[..., :1]
+    if alpha is not None:
+        a = alpha.detach().float().cpu()[..., None]
+        arr = np.concatenate([arr, a.clamp(0, 1).numpy() if arr.dtype == np.float32 else to_uint(a, bit_depth)], -1)
+    meta = dict(like.meta) if like is not None else {}
+    if meta.get("icc_profile", b"")[16:20] != (b"GRAY" if gray else b"RGB "):
+        meta.pop("icc_profile", None)  # never a CMYK (or gray) profile on RGB pixels
+    buf = _encode(arr, suffix, quality, meta)
+    if buf is None:
         raise ImageInputError(f"could not encode {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     from ..models.tempfiles import unique_temp_path
     tmp = unique_temp_path(path)  # two writers of one image never share a temporary file
     try:
-        buf.tofile(str(tmp))
+        np.frombuffer(buf, dtype=np.uint8).tofile(str(tmp))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+# what PIL writes (L, LA, RGB, RGBA, I;16, F); OpenCV writes 16-bit and float colour
+_PIL_WRITES = {("uint8", 1), ("uint8", 2), ("uint8", 3), ("uint8", 4), ("uint16", 1), ("float32", 1)}
+_PIL_OPTIONS = {".png": {"compress_level": 1}, ".webp": {"lossless": True}, ".tif": {"compression": "tiff_lzw"},
+                ".tiff": {"compression": "tiff_lzw"}}
+
+
+def _encode(arr: np.ndarray, suffix: str, quality: int, meta: dict) -> Optional[bytes]:
+    """File bytes for [H,W,C] pixels (C = 1-4, RGB order) with EXIF, ICC profile and DPI where the format
+    holds them: PIL for what it can write, OpenCV for 16-bit / float colour (PNG gets the metadata chunks)."""
+    import io
+
+    import cv2
+    from PIL import Image
+    if (arr.dtype.name, arr.shape[2]) in _PIL_WRITES:
+        options = {"quality": int(quality)} if suffix in (".jpg", ".jpeg") else _PIL_OPTIONS.get(suffix, {})
+        im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+        for extra in (meta, {k: v for k, v in meta.items() if k != "exif"}):
+            out = io.BytesIO()
+            try:
+                im.save(out, format=Image.registered_extensions()[suffix], **options, **extra)
+                return out.getvalue()
+            except ValueError as err:  # e.g. EXIF over JPEG's 64 KB segment: written without it
+                log.warning("EXIF not kept: %s", err)
+        return None
+    if arr.shape[2] == 2:
+        arr = arr[..., [0, 0, 0, 1]]
+    arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+    dpi = [int(round(v)) for v in meta.get("dpi", ())]
+    params = [cv2.IMWRITE_TIFF_RESUNIT, 2, cv2.IMWRITE_TIFF_XDPI, dpi[0], cv2.IMWRITE_TIFF_YDPI, dpi[1]] \
+        if dpi and suffix in _FLOAT_SUFFIXES else []
+    ok, buf = cv2.imencode(suffix, arr, params)
+    if not ok:
+        return None
+    return _png_chunks(buf.tobytes(), meta) if suffix == ".png" else buf.tobytes()
+
+
+def _png_chunks(png: bytes, meta: dict) -> bytes:
+    """``png`` with iCCP / pHYs / eXIf chunks after its IHDR (for what OpenCV encoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    extra = b""
+    if meta.get("icc_profile"):
+        extra += chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(meta["icc_profile"]))
+    if meta.get("dpi"):
+        extra += chunk(b"pHYs", struct.pack(">IIB", *(int(round(v / 0.0254)) for v in meta["dpi"]), 1))
+    if meta.get("exif"):
+        extra += chunk(b"eXIf", meta["exif"][6:] if meta["exif"].startswith(b"Exif\0\0") else meta["exif"])
+    return png[:33] + extra + png[33:]  # 8-byte signature + 25-byte IHDR chunk

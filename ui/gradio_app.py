@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
 import sys
@@ -97,7 +98,7 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
 
         def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
                     fidelity_value, steps, strength, visibility_value, color_mode, id_network="auto",
-                    colour_gray=False, progress=gr.Progress()):
+                    colour_gray=False, progress=gr.Progress(), request: gr.Request = None):
             refused = service.refuse_restorer(restorer_name, allowed_extra=(default_restorer,))
             if refused:  # only offered names: a client never names a server path
                 return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
@@ -112,10 +113,11 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                                                      reference=reference_path or None,
                                                      visibility=float(visibility_value),
                                                      color_correction=color_mode or service.DEFAULT_COLOR,
-                                                     allow_color=bool(colour_gray), device=device))
+                                                     allow_color=bool(colour_gray), device=device),
+                                                 session=_session(request))
             except Exception as err:  # anything unforeseen still ends as a message, never a dead page
                 return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
-                        f"**Nothing restored.**\n- ⚠ {service.friendly_error(err)}", [])
+                        f"**Nothing restored.**\n- ⚠ {hide_server_paths(service.friendly_error(err), output_root)}", [])
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
                             identity_strength, visibility, color, id_model, allow_color],
@@ -126,14 +128,27 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
             return tuple(current[evt.index]) if current and 0 <= evt.index < len(current) else gr.update()
 
         gallery.select(compare, [pairs], [slider])
+        # identical uploads share one path: a tab's upload is held until its run (or the tab) ends
+        def hold(paths, request: gr.Request):
+            hold_uploads(paths if isinstance(paths, list) else [paths], _session(request))
+
+        def release(request: gr.Request):
+            release_uploads(None, _session(request))
+
+        for box in (files, reference):
+            box.upload(hold, box, None, queue=False)
+        app.unload(release)
     return app
 
 
-def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings):
+def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings,
+                              session: str | None = None):
     """One run over the uploads: (slider, gallery, table, downloads, status, pairs).
 
     Problems with single files become messages; only unforeseen errors raise (the caller shows them)."""
     paths = [p for p in (paths or []) if p]
+    session = session or f"run-{id(object())}-{os.urandom(4).hex()}"
+    hold_uploads([*paths, reference_path], session)
     if not paths:
         return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
     _remove_previous_runs(Path(output_root))  # the previous run's results were served already
@@ -165,7 +180,8 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
             change = None if row["before"] is None or row["after"] is None else round(row["after"] - row["before"], 3)
             rows.append([name, row["face"], ", ".join(str(v) for v in row["bbox"]), row["detector score"],
                          row["metric"], row["before"], row["after"], change])
-    delete_uploads([*paths, reference_path])  # uploaded photos do not outlive the run
+    release_uploads([*paths, reference_path], session)  # uploaded photos do not outlive the run
+    messages = [hide_server_paths(m, output_root) for m in messages]
     progress((len(paths), len(paths)), desc="done")
     if len(downloads) > 1:
         downloads.insert(0, _zip(downloads, out_dir / "facerefine_results.zip"))
@@ -300,6 +316,46 @@ def leave_nothing(app, output_root) -> None:
         pass
     delete_uploads([f for files in getattr(app, "temp_file_sets", []) for f in list(files)])
     shutil.rmtree(output_root, ignore_errors=True)
+
+
+_holds: dict[str, set[str]] = {}  # upload path -> sessions that may still read it
+_holds_lock = threading.Lock()
+
+
+def _session(request) -> str:
+    return getattr(request, "session_hash", None) or f"request-{os.urandom(8).hex()}"
+
+
+def hold_uploads(paths, session: str) -> None:
+    """``session`` may still read these uploads (gradio keeps identical uploads of every session at one path)."""
+    with _holds_lock:
+        for p in paths:
+            if p:
+                _holds.setdefault(str(p), set()).add(session)
+
+
+def release_uploads(paths, session: str) -> list[str]:
+    """``session`` is done with ``paths`` (None: with all it holds); deletes those no other session holds."""
+    with _holds_lock:
+        free = []
+        for p in [str(p) for p in paths if p] if paths is not None else list(_holds):
+            holders = _holds.get(p, set())
+            if paths is None and session not in holders:
+                continue
+            holders.discard(session)
+            if not holders:
+                _holds.pop(p, None)
+                free.append(p)
+        return delete_uploads(free)
+
+
+def hide_server_paths(text: str, *folders) -> str:
+    """``text`` with every path inside the upload, temporary and app folders cut to its file name."""
+    roots = {str(f) for root in (_upload_root(), tempfile.gettempdir(), *folders) if root
+             for f in (Path(root), Path(root).resolve())}
+    for root in sorted(roots, key=len, reverse=True):
+        text = re.sub(re.escape(root) + r"[^\s'\":,]*", lambda m: Path(m.group()).name or "…", text)
+    return text
 
 
 def _remove_previous_runs(output_root: Path) -> None:
