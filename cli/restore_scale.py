@@ -156,7 +156,8 @@ def run_videos(args, options, videos: list[Path], report) -> dict:
         results.append(res)
         if not args.json:
             print(f"{src} -> {res['output']}: {res['frames']} frames at {res['fps']:.3f} fps, "
-                  f"{res['faces']} face(s) on {res['tracks']} track(s)" + "".join(f"\n  warning: {w}" for w in res["warnings"]))
+                  f"{res['faces']} face(s) on {res['tracks']} track(s)"
+                  + "".join(f"\n  warning: {w}" for w in res["warnings"]))
     report.summary(len(videos))
     return {"ok": not report.failed, "restorer": args.restorer, "device": options.device, "results": results,
             "failed": report.failed, "exit_code": report.exit_code, "notes": namer.notes,

@@ -116,8 +116,9 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
                                                      allow_color=bool(colour_gray), device=device),
                                                  session=_session(request))
             except Exception as err:  # anything unforeseen still ends as a message, never a dead page
+                message = hide_server_paths(service.friendly_error(err), output_root)
                 return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
-                        f"**Nothing restored.**\n- ⚠ {hide_server_paths(service.friendly_error(err), output_root)}", [])
+                        f"**Nothing restored.**\n- ⚠ {message}", [])
 
         run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
                             identity_strength, visibility, color, id_model, allow_color],
@@ -147,10 +148,10 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
 
     Problems with single files become messages; only unforeseen errors raise (the caller shows them)."""
     paths = [p for p in (paths or []) if p]
-    session = session or f"run-{id(object())}-{os.urandom(4).hex()}"
-    hold_uploads([*paths, reference_path], session)
     if not paths:
         return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
+    session = session or _session(None)
+    hold_uploads([*paths, reference_path], session)  # (held already when the page's upload event came first)
     _remove_previous_runs(Path(output_root))  # the previous run's results were served already
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
     messages, rows, pairs, downloads = [], [], [], []
