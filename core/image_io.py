@@ -322,7 +322,7 @@ def output_notes(loaded: LoadedImage, target: str | os.PathLike) -> list[str]:
     if loaded.raw is not None and target.suffix.lower() not in _FLOAT_SUFFIXES:
         notes.append(f"float values {np.nanmin(loaded.raw):g}..{np.nanmax(loaded.raw):g} are clipped to 0..1 in "
                      f"{target.name} (write a .tif to keep them)")
-    lost = [k for k in ("exif", "icc_profile") if k in loaded.meta]
+    lost = [name for key, name in (("exif", "EXIF"), ("icc_profile", "ICC profile")) if key in loaded.meta]
     if lost and target.suffix.lower() in _FLOAT_SUFFIXES and (loaded.bit_depth == 16 and not loaded.grayscale):
         notes.append(f"{' and '.join(lost)} not kept in {target.name}: a 16-bit or float colour TIFF is written "
                      f"without them (write a .png to keep them)")
@@ -438,14 +438,22 @@ def _encode(arr: np.ndarray, suffix: str, quality: int, meta: dict) -> Optional[
     if (arr.dtype.name, arr.shape[2]) in _PIL_WRITES:
         options = {"quality": int(quality)} if suffix in (".jpg", ".jpeg") else _PIL_OPTIONS.get(suffix, {})
         im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
-        for extra in (meta, {k: v for k, v in meta.items() if k != "exif"}):
+        # libtiff (LZW) cannot write an Exif sub-IFD: then uncompressed; EXIF over JPEG's 64 KB: without it
+        without_exif = {k: v for k, v in meta.items() if k != "exif"}
+        failed = None
+        tiff_raw = [({}, meta)] if suffix in _FLOAT_SUFFIXES else []
+        for opts, extra in [(options, meta), *tiff_raw, (options, without_exif)]:
             out = io.BytesIO()
             try:
-                im.save(out, format=Image.registered_extensions()[suffix], **options, **extra)
+                im.save(out, format=Image.registered_extensions()[suffix], **opts, **extra)
+                if extra is without_exif and "exif" in meta:
+                    log.warning("FaceRefine: the EXIF could not be written (%s); the image is written without it",
+                                failed)
                 return out.getvalue()
-            except ValueError as err:  # e.g. EXIF over JPEG's 64 KB segment: written without it
-                log.warning("EXIF not kept: %s", err)
-        return None
+            except (ValueError, RuntimeError, OSError) as err:
+                if extra is without_exif:
+                    raise
+                failed = err
     if arr.shape[2] == 2:
         arr = arr[..., [0, 0, 0, 1]]
     arr = cv2.cvtColor(arr, cv2.COLOR_RGBA2BGRA if arr.shape[2] == 4 else cv2.COLOR_RGB2BGR)
