@@ -11,8 +11,9 @@ One module-scoped run, in steps that each test below checks:
 
 Slow (a few minutes: the webui's requirements install from the registry). Skips when ../shared/a1111 or the
 registry is missing, unless FACEREFINE_REQUIRE_A1111=1 (CI), which makes that a failure. The Extras
-screenshot goes to $FACEREFINE_ARTIFACTS (default: the test's tmp folder); refresh docs/img/a1111_extras.png
-from there.
+screenshots go to $FACEREFINE_ARTIFACTS (default: the test's tmp folder): a1111_extras.png (the section, no
+photo: refresh docs/img/a1111_extras.png from it) and a1111_extras_result.png (with the London face: never
+commit it).
 """
 from __future__ import annotations
 
@@ -244,9 +245,12 @@ def test_extras_tab_restores_only_the_face(webui, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
             page.goto(server.url + "/", timeout=300_000)
             page.get_by_role("button", name="Extras", exact=True).click()
-            page.locator("#extras_image input[type=file]").set_input_files(str(tmp_path / "input.png"))
             page.locator("#extras_facerefine-visible-checkbox").check()
             page.locator("#extras_facerefine .label-wrap").click()  # open the section to show its controls
+            page.locator("#extras_facerefine_reference").scroll_into_view_if_needed()
+            # docs/img/a1111_extras.png: the section before any photo is loaded (no faces of ../shared/data)
+            page.screenshot(path=str(shots / "a1111_extras.png"), full_page=True)
+            page.locator("#extras_image input[type=file]").set_input_files(str(tmp_path / "input.png"))
             page.locator("#extras_facerefine_reference input[type=file]").set_input_files(
                 str(tmp_path / "reference.png"))
             page.locator("#extras_generate").click()
@@ -255,7 +259,7 @@ def test_extras_tab_restores_only_the_face(webui, tmp_path):
             info_box.wait_for(timeout=60_000)
             info = info_box.inner_text()
             src = page.locator("#extras_gallery img").first.get_attribute("src")
-            page.screenshot(path=str(shots / "a1111_extras.png"), full_page=True)
+            page.screenshot(path=str(shots / "a1111_extras_result.png"), full_page=True)
         finally:
             browser.close()
     assert "FaceRefine faces: 1" in info, info
