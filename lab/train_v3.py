@@ -1,0 +1,367 @@
+"""Train the v3 default restorer: v2's architecture fine-tuned for detail that is still the same person (issue 25).
+
+Starts from the shipped v2 weights (``init``) and trains, in legs that each resume bit-for-bit from
+``out_dir/checkpoint.pt`` (kept outside git), with:
+- degradations of the world (``lab/degrade_world.py``: two blur rounds, x1..x16 resize, colour/grey/Poisson
+  noise, JPEG, H.264, ringing, old-photo damage), one whole family held out of training for the
+  generalisation test;
+- an identity-perceptual loss through the embedded dlib ResNet (CC0): L1 between intermediate features of the
+  restored and the clean face's dlib chips, plus 1 - cos of their embeddings;
+- a small spectral-norm patch discriminator on the face (non-saturating GAN loss) and, as GFPGAN does,
+  component discriminators on the eyes (both eyes through one network, the right one mirrored) and the mouth;
+- the v2 pixel + gradient loss at low weight (the quality slider's targets, as v2).
+
+A batch is half whole faces (the face resized to the patch size: identity and components are defined) and half
+random patches of 256² / 512² faces (detail at the scale of a 512² inference crop), as v2 drew them. The GAN
+and component terms act on quality-1 samples only (the slider's lower values ask for less detail).
+
+Everything random comes from generators seeded by (seed, step): a leg resumed from its checkpoint continues
+bit-for-bit (tests/test_train_v3.py). ``python -m facerefine.lab.train_v3 --config configs/compact_v3.json``;
+``--export`` writes the EMA weights; docs/training.md logs each leg.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.arch.identity import FFHQ_TEMPLATE, DlibEmbedder, load_dlib
+from ..models.arch.iqpfr_v2 import IQPFRv2
+from .train_v2 import V2TrainConfig, charbonnier, image_gradients, load_faces, lr_at
+
+
+@dataclass
+class V3TrainConfig(V2TrainConfig):
+    name: str = "facerefine-compact-v3"
+    out_dir: str = "runs/compact_v3"
+    init: Optional[str] = "facerefine-compact-v2"   # weights to start from (registry name or path); None: scratch
+    steps: int = 6000
+    lr: float = 2e-4
+    min_lr: float = 2e-5
+    warmup: int = 50
+    d_lr: float = 2e-4
+    whole_fraction: float = 0.5         # samples that are whole faces (identity + components defined)
+    hold_out: list = field(default_factory=lambda: None)  # degradation families never drawn (None: the default)
+    pixel_weight: float = 0.2
+    grad_weight: float = 0.1
+    id_feature_weight: float = 1.0
+    id_embed_weight: float = 0.5
+    gan_weight: float = 0.05
+    component_weight: float = 0.1
+    d_channels: int = 32
+    device: str = "cpu"                 # cuda: bf16 autocast (lab/gpu/train_v3.sh)
+    workers: int = 0                    # processes preparing batches ahead (same batches as inline)
+
+    @staticmethod
+    def load(path: Optional[str], **overrides) -> "V3TrainConfig":
+        raw = json.loads(Path(path).read_text()) if path else {}
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        known = set(V3TrainConfig.__dataclass_fields__)
+        unknown = sorted(set(raw) - known - {"description"})
+        if unknown:
+            raise ValueError(f"unknown train_v3 config keys {unknown}")
+        return V3TrainConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+# -- data ------------------------------------------------------------------------------------------
+def degrader(cfg: V3TrainConfig):
+    from .degrade_world import DEFAULT_HOLD_OUT, DegradeWorld
+    return DegradeWorld(hold_out=tuple(DEFAULT_HOLD_OUT if cfg.hold_out is None else cfg.hold_out))
+
+
+def make_batch(cfg: V3TrainConfig, pools: list, step: int, degrade):
+    """Deterministic batch for ``step``: (lq, target, hq, quality, whole) tensors, images in [-1, 1]."""
+    import cv2
+    rng = np.random.default_rng([cfg.seed, step, 3])
+    p = cfg.patch
+    weights = np.array([w for _, w in pools], dtype=np.float64)
+    lqs, targets, hqs, qualities, wholes = [], [], [], [], []
+    for i in range(cfg.batch_size):
+        whole = i < round(cfg.batch_size * cfg.whole_fraction)
+        face = (pool := pools[rng.choice(len(pools), p=weights / weights.sum())][0])[rng.integers(len(pool))]
+        size = face.shape[0]
+        if whole:
+            hq = cv2.resize(face, (p, p), interpolation=cv2.INTER_AREA)
+        else:
+            y, x = rng.integers(0, size - p + 1, size=2)
+            hq = np.ascontiguousarray(face[y:y + p, x:x + p])
+        if rng.random() < 0.5:
+            hq = np.ascontiguousarray(hq[:, ::-1])
+        lq = hq if rng.random() < cfg.clean_fraction else degrade(hq, rng)
+        q = 1.0 if whole or rng.random() < cfg.q1_fraction else float(rng.uniform(0.0, 1.0))
+        hq_f = hq.astype(np.float32)
+        smooth = cv2.GaussianBlur(hq_f, (0, 0), sigmaX=cfg.smooth_sigma * (p if whole else size) / 256)
+        lqs.append(lq)
+        hqs.append(hq_f)
+        targets.append(smooth + q * (hq_f - smooth))
+        qualities.append(q)
+        wholes.append(whole)
+    to_t = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
+    return to_t(lqs), to_t(targets), to_t(hqs), torch.tensor(qualities), torch.tensor(wholes)
+
+
+# -- networks --------------------------------------------------------------------------------------
+class PatchDiscriminator(nn.Module):
+    """Spectral-norm PatchGAN: [N,3,H,W] in [-1,1] -> [N,1,H/8,W/8] real/fake logits."""
+
+    def __init__(self, ch: int = 32, layers: int = 3):
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        blocks, cin = [], 3
+        for i in range(layers):
+            cout = ch * 2 ** i
+            blocks += [sn(nn.Conv2d(cin, cout, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            cin = cout
+        blocks.append(sn(nn.Conv2d(cin, 1, 3, 1, 1)))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Discriminators(nn.Module):
+    """The face discriminator and the eye / mouth component discriminators."""
+
+    def __init__(self, ch: int = 32):
+        super().__init__()
+        self.face = PatchDiscriminator(ch, 3)
+        self.eye = PatchDiscriminator(ch, 2)
+        self.mouth = PatchDiscriminator(ch, 2)
+
+
+def component_boxes(size: int) -> dict[str, tuple]:
+    """(y0, y1, x0, x1) of the left eye, right eye and mouth in an FFHQ-framed face of side ``size``."""
+    t = FFHQ_TEMPLATE * size
+    eye = round(0.2 * size / 2) * 2
+    boxes = {}
+    for name, (x, y) in (("eye_l", t[0]), ("eye_r", t[1])):
+        boxes[name] = (round(float(y)) - eye // 2, round(float(y)) + eye // 2,
+                       round(float(x)) - eye // 2, round(float(x)) + eye // 2)
+    mx, my = (t[3] + t[4]) / 2
+    mw, mh = round(0.32 * size / 2) * 2, round(0.16 * size / 2) * 2
+    boxes["mouth"] = (round(float(my)) - mh // 2, round(float(my)) + mh // 2,
+                      round(float(mx)) - mw // 2, round(float(mx)) + mw // 2)
+    return boxes
+
+
+def components(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eyes [2N,3,e,e] with the right eye mirrored, mouths [N,3,h,w]) of whole faces."""
+    b = component_boxes(x.shape[-1])
+    crop = lambda k: x[..., b[k][0]:b[k][1], b[k][2]:b[k][3]]  # noqa: E731
+    return torch.cat([crop("eye_l"), crop("eye_r").flip(-1)]), crop("mouth")
+
+
+# -- identity-perceptual loss ----------------------------------------------------------------------
+FEATURE_TAPS = (2, 6, 10)  # dlib ResNet blocks after which features are compared (fine .. coarse)
+
+
+def dlib_features(embedder: DlibEmbedder, faces01: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Intermediate features at FEATURE_TAPS and the unit embedding of FFHQ-framed faces (0..1)."""
+    net = embedder.net
+    x = (embedder.chips(faces01) - net.rgb_mean) * (255.0 / 256.0)
+    x = F.max_pool2d(F.relu(net.stem(x)), 3, 2)
+    feats = []
+    for i, block in enumerate(net.blocks):
+        x = block(x)
+        if i in FEATURE_TAPS:
+            feats.append(x)
+    return feats, F.normalize(net.fc(x.mean(dim=(2, 3))), dim=1)
+
+
+def identity_loss(embedder, restored: torch.Tensor, hq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature L1, 1 - cos of embeddings), both means over the batch; images in [-1, 1]."""
+    with torch.no_grad():
+        feats_hq, emb_hq = dlib_features(embedder, (hq + 1) / 2)
+    feats, emb = dlib_features(embedder, ((restored + 1) / 2).clamp(0, 1))
+    feature = sum((a - b).abs().mean() / (b.abs().mean() + 1e-6) for a, b in zip(feats, feats_hq)) / len(feats)
+    return feature, (1 - (emb * emb_hq).sum(dim=1)).mean()
+
+
+# -- training --------------------------------------------------------------------------------------
+def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: Discriminators, embedder):
+    pix = charbonnier(out, target)
+    (gy_o, gx_o), (gy_t, gx_t) = image_gradients(out), image_gradients(target)
+    grad = (gy_o - gy_t).abs().mean() + (gx_o - gx_t).abs().mean()
+    parts = {"pix": pix, "grad": grad}
+    sharp = quality >= 1.0
+    if sharp.any():
+        parts["gan"] = F.softplus(-disc.face(out[sharp])).mean()
+    w = whole & sharp
+    if w.any():
+        parts["id_feat"], parts["id_embed"] = identity_loss(embedder, out[w], hq[w])
+        eyes, mouths = components(out[w])
+        parts["comp"] = F.softplus(-disc.eye(eyes)).mean() + F.softplus(-disc.mouth(mouths)).mean()
+    weights = {"pix": cfg.pixel_weight, "grad": cfg.grad_weight, "gan": cfg.gan_weight,
+               "id_feat": cfg.id_feature_weight, "id_embed": cfg.id_embed_weight, "comp": cfg.component_weight}
+    total = sum(weights[k] * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def discriminator_loss(disc: Discriminators, out, hq, quality, whole) -> torch.Tensor:
+    sharp = quality >= 1.0
+    fake, real = out.detach()[sharp], hq[sharp]
+    loss = F.softplus(disc.face(fake)).mean() + F.softplus(-disc.face(real)).mean() if sharp.any() \
+        else out.new_zeros(())
+    w = (whole & sharp)[sharp]
+    if w.any():
+        (eyes_f, mouth_f), (eyes_r, mouth_r) = components(fake[w]), components(real[w])
+        loss = loss + F.softplus(disc.eye(eyes_f)).mean() + F.softplus(-disc.eye(eyes_r)).mean()
+        loss = loss + F.softplus(disc.mouth(mouth_f)).mean() + F.softplus(-disc.mouth(mouth_r)).mean()
+    return loss
+
+
+def initial_generator(cfg: V3TrainConfig) -> IQPFRv2:
+    """v2's weights (fp16 file -> float32) with their own config, or a fresh model of cfg.model."""
+    if cfg.init:
+        from ..models.locate import resolve
+        return IQPFRv2.from_file(resolve(cfg.init, "facerefine")).float()
+    return IQPFRv2(cfg.model_config())
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(cfg, pools):
+    _WORKER.update(cfg=cfg, pools=pools, degrade=degrader(cfg))
+
+
+def _worker_batch(step: int):
+    return make_batch(_WORKER["cfg"], _WORKER["pools"], step, _WORKER["degrade"])
+
+
+def batches(cfg: V3TrainConfig, pools: list, first: int, end: int):
+    """make_batch for each step from ``first`` to ``end``, inline or in ``cfg.workers`` forked processes."""
+    if cfg.workers <= 0:
+        degrade = degrader(cfg)
+        yield from (make_batch(cfg, pools, step, degrade) for step in range(first, end))
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(cfg.workers, _worker_init, (cfg, pools)) as pool:
+        yield from pool.imap(_worker_batch, range(first, end), chunksize=2)
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embedder=None) -> dict:
+    """Run (or resume) a leg; returns a summary. ``stop_after``: stop at this step (tests, resume)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pools = load_faces(cfg, log)
+    device = torch.device(cfg.device)
+    embedder = (embedder if embedder is not None else load_dlib()).to(device)
+    embedder.requires_grad_(False)
+    model = initial_generator(cfg).to(device)
+    ema = initial_generator(cfg).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    disc = Discriminators(cfg.d_channels).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.99))
+    ckpt = out_dir / "checkpoint.pt"
+    step, history = 0, []
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        for module, key in ((model, "model"), (ema, "ema"), (disc, "disc"), (opt, "opt"), (opt_d, "opt_d")):
+            module.load_state_dict(state[key])
+        step, history = int(state["step"]), list(state["history"])
+        log(f"resumed at step {step}")
+    (out_dir / "config.json").write_text(json.dumps(cfg.__dict__, indent=1))
+    end = min(cfg.steps, stop_after if stop_after is not None else cfg.steps)
+    t0, seen_t0, deadline = time.time(), step, time.time() + cfg.max_minutes * 60
+    window: dict[str, list] = {}
+
+    def checkpoint():
+        save_checkpoint(ckpt, model=model.state_dict(), ema=ema.state_dict(), disc=disc.state_dict(),
+                        opt=opt.state_dict(), opt_d=opt_d.state_dict(), step=step, history=history)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for batch in batches(cfg, pools, step, end):
+        if time.time() >= deadline:
+            break
+        lq, target, hq, quality, whole = (t.to(device, non_blocking=True) for t in batch)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        disc.requires_grad_(False)
+        with autocast:
+            out, _ = model(lq, fidelity=0.0, quality=quality, straight_through=True)
+            loss, parts = generator_losses(cfg, out, target, hq, quality, whole, disc, embedder)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        disc.requires_grad_(True)
+        with autocast:
+            d_loss = discriminator_loss(disc, out, hq, quality, whole)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+        step += 1
+        for k, v in {**parts, "loss": float(loss.detach()), "d": float(d_loss.detach())}.items():
+            window.setdefault(k, []).append(v)
+        if step % 25 == 0:
+            rate = (step - seen_t0) * cfg.batch_size / (time.time() - t0)
+            history.append({"step": step, **{k: float(np.mean(v)) for k, v in window.items()},
+                            "samples_per_s": rate, "lr": lr_at(cfg, step - 1)})
+            window = {}
+            log(f"step {step}/{cfg.steps} " + " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()
+                                                       if k not in ("step", "lr")))
+        if step % cfg.checkpoint_every == 0 or step == end:
+            checkpoint()
+    checkpoint()
+    return {"step": step, "samples_seen": step * cfg.batch_size, "checkpoint": str(ckpt),
+            "minutes_this_run": (time.time() - t0) / 60, "history_tail": history[-2:]}
+
+
+def export(cfg: V3TrainConfig, dest: Optional[str] = None, max_megabytes: float = 40.0) -> Path:
+    """The EMA weights of the leg's checkpoint -> fp16 safetensors (the restart point and the candidate)."""
+    state = torch.load(Path(cfg.out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model = initial_generator(cfg)
+    model.load_state_dict(state["ema"])
+    dest = Path(dest) if dest else Path(cfg.out_dir) / f"{cfg.name}.safetensors"
+    return model.save(dest, max_megabytes=max_megabytes)
+
+
+def main(argv=None) -> None:
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "compact_v3.json"))
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--out-dir")
+    ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--device")
+    ap.add_argument("--workers", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--patch", type=int)
+    ap.add_argument("--export", nargs="?", const="", help="export the EMA weights (optional destination)")
+    args = ap.parse_args(argv)
+    cfg = V3TrainConfig.load(args.config, steps=args.steps, out_dir=args.out_dir, max_minutes=args.max_minutes,
+                             threads=args.threads, device=args.device, workers=args.workers,
+                             batch_size=args.batch_size, patch=args.patch)
+    if args.export is not None:
+        print(export(cfg, args.export or None))
+        return
+    print(json.dumps(train(cfg, log=lambda m: print(m, flush=True))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""v3 training (lab/train_v3.py): legs resume bit-for-bit, batches are deterministic, the losses see the face."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facerefine.models.arch.iqpfr_v2 import IQPFRv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_compact_v2 import TINY  # noqa: E402  (the tiny v2 architecture of the v2 tests)
+
+
+@pytest.fixture
+def shared_data():
+    from facerefine.lab import datasets
+    root = datasets.shared_data_dir()
+    if not (root / "ffhq256").is_dir():
+        pytest.skip(f"shared faces not found at {root}")
+    return root
+
+
+def tiny_config(tmp_path, **overrides):
+    from facerefine.lab.train_v3 import V3TrainConfig
+    return V3TrainConfig(out_dir=str(tmp_path / "run"), sources=[["ffhq256", 256, 1.0]], patch=48, batch_size=4,
+                         steps=4, warmup=1, checkpoint_every=2, threads=1, init=None, d_channels=8,
+                         model={k: list(v) if isinstance(v, tuple) else v for k, v in TINY.__dict__.items()},
+                         **overrides)
+
+
+def test_a_leg_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
+    from facerefine.lab import train_v2, train_v3
+    real_paths = train_v2.source_paths
+    monkeypatch.setattr(train_v2, "source_paths", lambda names: real_paths(names)[:16])
+    straight = tiny_config(tmp_path / "a")
+    summary = train_v3.train(straight, log=lambda m: None)
+    assert summary["step"] == 4
+    resumed = tiny_config(tmp_path / "b")
+    train_v3.train(resumed, log=lambda m: None, stop_after=2)
+    train_v3.train(resumed, log=lambda m: None)
+    a = torch.load(Path(straight.out_dir) / "checkpoint.pt", weights_only=True)
+    b = torch.load(Path(resumed.out_dir) / "checkpoint.pt", weights_only=True)
+    for key in ("model", "ema", "disc"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    assert a["step"] == b["step"] == 4
+    exported = train_v3.export(resumed)
+    assert IQPFRv2.from_file(exported).config == IQPFRv2(resumed.model_config()).config
+
+
+def test_batches_are_deterministic_and_half_are_whole_faces(tmp_path):
+    from facerefine.lab import train_v3
+    cfg = tiny_config(tmp_path)
+    pools = [(np.random.default_rng(0).integers(0, 255, (4, 256, 256, 3), dtype=np.uint8), 1.0)]
+    degrade = train_v3.degrader(cfg)
+    a, b = train_v3.make_batch(cfg, pools, 5, degrade), train_v3.make_batch(cfg, pools, 5, degrade)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], train_v3.make_batch(cfg, pools, 6, degrade)[0])
+    lq, target, hq, quality, whole = a
+    assert whole.tolist() == [True, True, False, False]
+    assert bool((quality[whole] == 1).all())  # identity and components are asked of full-detail faces
+
+
+def test_worker_processes_give_the_inline_batches(tmp_path):
+    from facerefine.lab import train_v3
+    pools = [(np.random.default_rng(1).integers(0, 255, (3, 256, 256, 3), dtype=np.uint8), 1.0)]
+    inline = list(train_v3.batches(tiny_config(tmp_path), pools, 2, 5))
+    forked = list(train_v3.batches(tiny_config(tmp_path, workers=2), pools, 2, 5))
+    assert len(inline) == len(forked) == 3
+    for a, b in zip(inline, forked):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_component_boxes_sit_on_the_eyes_and_mouth():
+    from facerefine.lab.train_v3 import component_boxes, components
+    from facerefine.models.arch.identity import FFHQ_TEMPLATE
+    for size in (48, 160, 512):
+        boxes = component_boxes(size)
+        for name, point in (("eye_l", FFHQ_TEMPLATE[0]), ("eye_r", FFHQ_TEMPLATE[1]),
+                            ("mouth", (FFHQ_TEMPLATE[3] + FFHQ_TEMPLATE[4]) / 2)):
+            y0, y1, x0, x1 = boxes[name]
+            x, y = (point * size).tolist()
+            assert 0 <= x0 < x < x1 <= size and 0 <= y0 < y < y1 <= size, (size, name)
+    eyes, mouths = components(torch.zeros(3, 3, 160, 160))
+    assert eyes.shape[0] == 6 and mouths.shape[0] == 3
+
+
+def test_identity_loss_is_zero_for_the_same_face_and_grows_with_damage(shared_data):
+    from PIL import Image
+    from facerefine.lab.train_v3 import identity_loss
+    from facerefine.models.arch.identity import load_dlib
+    face = np.array(Image.open(sorted((shared_data / "ffhq256").glob("*"))[0]).convert("RGB").resize((160, 160)))
+    hq = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1
+    embedder = load_dlib()
+    same = identity_loss(embedder, hq, hq)
+    assert float(same[0]) < 1e-5 and float(same[1]) < 1e-5
+    blurred = torch.nn.functional.avg_pool2d(hq, 9, 1, 4)
+    worse = identity_loss(embedder, blurred, hq)
+    assert float(worse[0]) > 0.05 and float(worse[1]) > 0.0
