@@ -89,13 +89,26 @@ class FaceRefineRestoration(face_restoration.FaceRestoration):
         return outcome.image if outcome.ok else np_image
 
 
+def restorer_dropdown_args() -> dict:
+    """The restorer list (re-read whenever the webui refreshes the setting). Typed values (a path) are allowed
+    where the webui's gradio can update that flag: gradio 3.41's Dropdown.update() (AUTOMATIC1111 1.10) has no
+    allow_custom_value and fails the whole settings refresh when it is given."""
+    import inspect
+
+    import gradio as gr
+    args = {"choices": service.restorer_choices()}
+    update = getattr(gr.Dropdown, "update", None)
+    if update is None or "allow_custom_value" in inspect.signature(update).parameters:
+        args["allow_custom_value"] = True
+    return args
+
+
 def on_ui_settings():
     import gradio as gr
     add = shared.opts.add_option
     info = shared.OptionInfo
     add("facerefine_model", info(service.DEFAULT_RESTORER, "FaceRefine restorer (registry name, file or path)",
-                                 gr.Dropdown, lambda: {"choices": service.restorer_choices(),
-                                                       "allow_custom_value": True}, section=SECTION))
+                                 gr.Dropdown, restorer_dropdown_args, section=SECTION))
     add("facerefine_device", info("auto", "FaceRefine device", gr.Radio,
                                   {"choices": ["auto", "cuda", "cpu"]}, section=SECTION))
     add("facerefine_unload", info(False, "Unload FaceRefine models after each use (saves VRAM, slower)",

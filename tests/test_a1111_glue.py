@@ -388,3 +388,17 @@ def test_api_route_restores_with_every_control_and_refuses_bad_requests(webui, t
                           ({"image": b64_png(image), "reference": "/etc/passwd"}, "'reference' is not")):
         answer = client.post("/facerefine/v1/restore", json=bad)
         assert answer.status_code == 400 and expected in answer.json()["messages"][0], (bad, answer.text)
+
+
+def test_restorer_setting_refresh_fits_the_webuis_gradio(webui, monkeypatch):
+    """AUTOMATIC1111 1.10's gradio 3.41: Dropdown.update() takes no allow_custom_value (found on the real webui:
+    TypeError on every page load); gradio 4+ (Forge) has no Dropdown.update and accepts it."""
+    import gradio as gr
+    module = load_script("facerefine_restorer.py")
+    monkeypatch.setattr(gr.Dropdown, "update", staticmethod(lambda choices=None, value=None, visible=None: {}),
+                        raising=False)
+    args = module.restorer_dropdown_args()
+    assert "allow_custom_value" not in args and "auto" in args["choices"]
+    gr.Dropdown.update(**args)  # what the webui calls on refresh
+    monkeypatch.delattr(gr.Dropdown, "update")
+    assert module.restorer_dropdown_args()["allow_custom_value"] is True
