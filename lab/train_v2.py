@@ -84,6 +84,8 @@ def source_paths(names: list[str]) -> list[Path]:
         if name == "london-train":
             split = datasets.london_split(root / "london")
             out += split["train_neutral"] + split["train_smiling"]
+        elif name == "3dsk":  # high-resolution studio faces (female/, male/), aligned by their .tem templates
+            out += resolve_sources([str(root / name / "female"), str(root / name / "male")])
         else:
             out += resolve_sources([str(root / name)])
     return resolve_sources([str(p) for p in out])  # refuses held-out London identities

@@ -98,3 +98,13 @@ def test_identity_loss_is_zero_for_the_same_face_and_grows_with_damage(shared_da
     blurred = torch.nn.functional.avg_pool2d(hq, 9, 1, 4)
     worse = identity_loss(embedder, blurred, hq)
     assert float(worse[0]) > 0.05 and float(worse[1]) > 0.0
+
+
+def test_3dsk_templates_give_the_pupils(tmp_path):
+    """3DSK photos come with WebMorph .tem templates (count line, then "x y" per point; 0/1 = pupils)."""
+    from facerefine.lab.train.data import london_sidecar, read_pupils
+    photo = tmp_path / "someone.jpg"
+    photo.write_bytes(b"")
+    (tmp_path / "someone.tem").write_text("189\n496.9\t825.7\n853.0\t825.6\n497.3\t797.8\n")
+    assert london_sidecar(photo) == tmp_path / "someone.tem"
+    assert read_pupils(tmp_path / "someone.tem").tolist() == [[496.9, 825.7], [853.0, 825.6]]

@@ -47,10 +47,13 @@ def similarity_from_eyes(src_eyes: np.ndarray, size: int) -> np.ndarray:
 
 
 def london_sidecar(path: Path) -> Optional[Path]:
-    """Landmarks file for a London photo: its own, or the neutral one of the same identity."""
+    """Landmarks file for a London photo: its own, or the neutral one of the same identity; a 3DSK photo's own
+    WebMorph template (``NAME.tem``, the same 189 points)."""
     own = path.with_name(path.stem + ".landmarks.json")
     if own.is_file():
         return own
+    if path.with_suffix(".tem").is_file():
+        return path.with_suffix(".tem")
     neutral_dir = path.parent.parent / "neutral"
     ident = datasets.london_identity(path)
     hits = sorted(neutral_dir.glob(f"{ident}_*.landmarks.json")) if neutral_dir.is_dir() else []
@@ -58,6 +61,11 @@ def london_sidecar(path: Path) -> Optional[Path]:
 
 
 def read_pupils(sidecar: Path) -> np.ndarray:
+    """The two pupils (points 0 and 1) of a London ``.landmarks.json`` or a WebMorph ``.tem`` (a count line,
+    then one "x y" line per point)."""
+    if Path(sidecar).suffix == ".tem":
+        lines = Path(sidecar).read_text().split("\n")
+        return np.array([[float(v) for v in line.split()[:2]] for line in lines[1:3]], dtype=np.float64)
     pts = json.loads(Path(sidecar).read_text())["points"]
     return np.array(pts[:2], dtype=np.float64)
 
