@@ -72,6 +72,17 @@ class FaceCrops:
     def empty(crop_size: int = 512) -> "FaceCrops":
         return FaceCrops(torch.zeros(0, 3, crop_size, crop_size), (), crop_size)
 
+    @staticmethod
+    def concat(parts: "list[FaceCrops]", crop_size: int = 512) -> "FaceCrops":
+        """The faces of several FaceCrops, in order (parsing masks kept when every part has them)."""
+        parts = [p for p in parts if not p.is_empty]
+        if len(parts) <= 1:
+            return parts[0] if parts else FaceCrops.empty(crop_size)
+        masks = [p.parsing_masks for p in parts]
+        return dataclasses.replace(parts[0], crops=torch.cat([p.crops for p in parts]),
+                                   faces=tuple(f for p in parts for f in p.faces),
+                                   parsing_masks=None if any(m is None for m in masks) else torch.cat(masks))
+
     def with_crops(self, crops: torch.Tensor, step: str) -> "FaceCrops":
         """New FaceCrops holding restored crops (same geometry)."""
         if crops.shape[0] != len(self.faces):

@@ -46,7 +46,7 @@ class FakeRefine:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, face_crops, latent, restorer, lq_crops=None, warnings=None, should_stop=None):
+    def __call__(self, face_crops, latent, restorer, lq_crops=None, warnings=None, should_stop=None, index_offset=0):
         self.calls.append(dict(latent=latent, restorer=restorer, lq_crops=lq_crops, should_stop=should_stop))
         return face_crops.with_crops(face_crops.crops, "refine")
 
@@ -56,7 +56,7 @@ def test_lookup_then_refine_get_the_data_they_need(scene):
     calls = []
     stop = lambda: False  # noqa: E731
     res = restore_images(scene, RestoreOptions.from_values(device="cpu", color_correction="none"),
-                         steps=RestoreSteps(lookup, refine), should_stop=stop,
+                         steps=RestoreSteps(lookup, refine), should_stop=stop, keep_crops=True,
                          progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert res.face_crops.history == ("crop", "darken", "refine") and res.original_crops.history == ("crop",)
     (seen,) = refine.calls

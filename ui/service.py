@@ -242,16 +242,11 @@ def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None
     result = pipeline.restore_images(images, options, steps=_cached_steps(pipeline, options, settings),
                                      progress=progress)
     messages = [str(m) for m in result.warnings]
-    note = (getattr(result.latent, "extra", None) or {}).get("note")  # reused steps report their note once
+    note = result.lookup_note  # reused steps report their note once
     if note and str(note) not in messages:
         messages.append(str(note))
+    # the pipeline scored the faces with settings.metric (or said why not): the result keeps no face pixels
     before, after = result.original_crops, result.face_crops
-    if settings.metric and not after.is_empty:
-        try:
-            before = _scored(before, settings.metric, options.device)
-            after = _scored(after, settings.metric, options.device)
-        except Exception as err:  # scores are a bonus: the restored image still counts
-            messages.append(f"quality scores unavailable: {friendly_error(err)}")
     return {"images": result.images, "rows": face_rows(before, after, settings.metric), "messages": messages}
 
 
@@ -269,15 +264,6 @@ def _cached_steps(pipeline, options, settings: Settings):
         steps = pipeline.build_steps(options)
         _STEPS.update(key=key, steps=steps)
     return _STEPS["steps"]
-
-
-def _scored(crops, metric: str, device: str):
-    from ..core.score import canonical_name, score_face_crops
-    from ..models.device import resolve_device
-    name = canonical_name(metric)
-    if all(any(q.metric == name for q in f.quality) for f in crops.faces):
-        return crops  # a scoring step already did it
-    return score_face_crops(crops, name, resolve_device(device))
 
 
 def build_options(pipeline, settings: Settings):

@@ -79,8 +79,9 @@ def face_masks(face_crops: FaceCrops, options: PasteOptions = PasteOptions()) ->
 
 
 def paste_back(images: torch.Tensor, face_crops: FaceCrops, options: PasteOptions = PasteOptions(),
-               timings: Optional[dict] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blend every crop into its image. Returns (images [B,H,W,3], masks [B,H,W] of the blend weights)."""
+               timings: Optional[dict] = None, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend every crop into its image. Returns (images [B,H,W,3], masks [B,H,W] of the blend weights).
+    ``in_place``: blend into ``images`` itself (float32 [B,H,W,3]) instead of a copy."""
     images = sanitize_images(images) if not (isinstance(images, torch.Tensor) and images.ndim == 4
                                              and images.shape[-1] == 3 and images.dtype == torch.float32) else images
     start = time.perf_counter()
@@ -88,7 +89,7 @@ def paste_back(images: torch.Tensor, face_crops: FaceCrops, options: PasteOption
     masks = torch.zeros(batch, height, width)
     if face_crops is None or face_crops.is_empty:
         return images, masks
-    out = images.clone()
+    out = images if in_place else images.clone()
     crop_masks = face_masks(face_crops, options)
     device = torch.device(options.device)
     size = face_crops.crop_size

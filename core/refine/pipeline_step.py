@@ -65,7 +65,7 @@ def load_reference(reference) -> Optional[torch.Tensor]:
 
 
 class RefineStep:
-    """``step(face_crops, latent, restorer, lq_crops, warnings, should_stop) -> face_crops``.
+    """``step(face_crops, latent, restorer, lq_crops, warnings, should_stop, index_offset) -> face_crops``.
 
     ``prepare(restorer)`` loads the latent prior and the identity network for the lookup's restorer; the
     pipeline calls it before the first image (``build_steps``), so a missing file stops a run before any work
@@ -142,7 +142,8 @@ class RefineStep:
 
     def __call__(self, face_crops: FaceCrops, latent: Optional[FaceLatent], restorer,
                  lq_crops: Optional[torch.Tensor] = None, warnings: Optional[list] = None,
-                 should_stop: Optional[Callable[[], bool]] = None) -> FaceCrops:
+                 should_stop: Optional[Callable[[], bool]] = None, index_offset: int = 0) -> FaceCrops:
+        """``index_offset``: the index of the first of these faces in the run's faces (each face's seed)."""
         if self.options.detail_only:
             return self._detail_only(face_crops)
         if latent is None or restorer is None:
@@ -162,7 +163,8 @@ class RefineStep:
                       reference=self.aligned_reference(face_crops.crop_size),
                       reference_detail=float(o.reference_detail), sampler=o.sampler, seed=self.seed,
                       device=self.device, target=o.target or "auto", guidance_steps=o.guidance_steps,
-                      identity_views=o.identity_views, should_stop=should_stop, lq_crops=lq_crops)
+                      identity_views=o.identity_views, should_stop=should_stop, lq_crops=lq_crops,
+                      index_offset=index_offset)
 
     def aligned_reference(self, crop_size: int):
         """The reference photo through the crop step once per crop size (the same for every image of a run)."""
