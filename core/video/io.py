@@ -54,6 +54,7 @@ class VideoInfo:
     has_audio: bool
     audio_codec: Optional[str]
     codec: str
+    time_base: Optional[Fraction] = None  # of the video stream: the unit of its frames' timestamps
 
 
 def _checked_stream(c, path):
@@ -79,13 +80,14 @@ def probe(path) -> VideoInfo:
             audio = c.streams.audio[0] if c.streams.audio else None
             return VideoInfo(vs.codec_context.width, vs.codec_context.height, Fraction(fps), frames, duration,
                              audio is not None, audio.codec_context.name if audio is not None else None,
-                             vs.codec_context.name)
+                             vs.codec_context.name, Fraction(vs.time_base) if vs.time_base else None)
     except av.error.FFmpegError as err:
         raise FaceRefineError(f"cannot read video {Path(path).name}: {err}") from err
 
 
 def read_frames(path, chunk: int = 8) -> Iterator[tuple[np.ndarray, list]]:
-    """Yield (frames uint8 [n,H,W,3] RGB, [(pts, time_base), ...]) in chunks of at most ``chunk`` frames."""
+    """Yield (frames uint8 [n,H,W,3] RGB, [(pts, time_base, duration), ...]) in chunks of at most ``chunk``
+    frames (timestamps as the source has them, in its time base; ``pts``/``duration`` may be None)."""
     from ..image_io import check_pixel_limit
     av = require_av()
     try:
@@ -97,7 +99,7 @@ def read_frames(path, chunk: int = 8) -> Iterator[tuple[np.ndarray, list]]:
                 if frame.width * frame.height > vs.codec_context.width * vs.codec_context.height:
                     check_pixel_limit(frame.width, frame.height, Path(path).name)  # the size changed mid-stream
                 buf.append(frame.to_ndarray(format="rgb24"))
-                stamps.append((frame.pts, frame.time_base))
+                stamps.append((frame.pts, frame.time_base, frame.duration or None))
                 if len(buf) >= chunk:
                     yield np.stack(buf), stamps
                     buf, stamps = [], []
@@ -111,10 +113,13 @@ class VideoWriter:
     """Encode RGB frames to ``path`` at the source's rate, passing the source's audio through.
 
     Use as a context manager; ``write(frames uint8 [n,H,W,3], stamps)`` with the reader's stamps.
+    ``time_base``: the source stream's; frames are then written at their source timestamps exactly, so a
+    variable-rate clip keeps its timing (and its sync with the copied audio). AVI has no per-frame timestamps
+    (and MPEG-4 Part 2 takes no fine time base): there, frames go to the nearest tick of the average rate.
     """
 
     def __init__(self, path, width: int, height: int, fps: Fraction, audio_from=None, codec: Optional[str] = None,
-                 crf: int = 18, audio: bool = True, namer=None):
+                 crf: int = 18, audio: bool = True, namer=None, time_base: Optional[Fraction] = None):
         av = require_av()
         self.path = Path(path)
         self.namer = namer  # core.output_paths.OutputNamer: the name is reserved when the clip is complete
@@ -137,8 +142,12 @@ class VideoWriter:
         else:
             self.stream.bit_rate = max(2_000_000, self.width * self.height * 8)
         self.time_base = Fraction(1, 1) / self.fps if self.fps else Fraction(1, 25)
+        if time_base and self.format != "avi" and name != "mpeg4":
+            self.time_base = Fraction(time_base)
         self.stream.codec_context.time_base = self.time_base
-        self.next_pts = 0
+        self.frame_ticks = max(1, round(1 / (self.fps * self.time_base))) if self.fps else 1  # one frame, in ticks
+        self.last_pts, self.next_pts = -1, 0
+        self._durations: dict = {}  # pts -> the source frame's duration (ticks), until its packet is muxed
         self.audio_in = None
         self.audio_out = None
         self.audio_transcode = False
@@ -220,23 +229,28 @@ class VideoWriter:
             raise FaceRefineError(f"frame size {frames.shape[2]}x{frames.shape[1]} differs from the video's "
                                   f"{self.width}x{self.height}")
         for k, arr in enumerate(frames):
-            pts = self.next_pts
-            if stamps is not None and k < len(stamps) and stamps[k][0] is not None and stamps[k][1]:
-                src_pts, tb = stamps[k]
-                pts = max(self.next_pts, int(round(src_pts * tb / self.time_base)))
+            pts, stamp = self.next_pts, stamps[k] if stamps is not None and k < len(stamps) else (None, None)
+            src_pts, tb, *duration = stamp
+            if src_pts is not None and tb:  # the source's timestamp: exact when its time base is ours
+                pts = max(self.last_pts + 1, int(round(src_pts * tb / self.time_base)))
+                if duration and duration[0]:  # the encoder leaves packet durations to the muxer's guess
+                    self._durations[pts] = max(1, int(round(duration[0] * tb / self.time_base)))
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             frame.pts = pts
             frame.time_base = self.time_base
-            self.next_pts = pts + 1
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+            self.last_pts, self.next_pts = pts, pts + self.frame_ticks
+            self._mux_video(self.stream.encode(frame))
             self._pump_audio(float(pts * self.time_base) + 0.5)
+
+    def _mux_video(self, packets) -> None:
+        for packet in packets:
+            packet.duration = self._durations.pop(packet.pts, packet.duration)  # the last one sets the length
+            self.container.mux(packet)
 
     def close(self, ok: bool = True) -> None:
         try:
             if ok:
-                for packet in self.stream.encode():
-                    self.container.mux(packet)
+                self._mux_video(self.stream.encode())
                 self._pump_audio(None)
         finally:
             self.container.close()

@@ -20,6 +20,7 @@ from ...errors import FaceRefineError
 from ..crop import detect_faces
 from ..crop.align import crop_one, estimate_affine
 from ..crop.warp import invert_affine, mapped_box
+from ..heap import release_free_memory
 from ..image_io import sanitize_images
 from ..paste import face_masks, paste_back
 from ..types import FaceCrops, FaceInfo
@@ -230,27 +231,6 @@ def smooth_planned(tracks: list[list[TrackedFace]], options: SmoothOptions, look
     return out
 
 
-def _libc():
-    import ctypes
-    import ctypes.util
-    import sys
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def release_free_memory(libc) -> None:
-    """Give the heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere). Called once per
-    chunk: the many differently-sized frame and pyramid buffers of a long clip otherwise fragment the heap, and
-    RSS creeps with the clip's length (docs/video.md)."""
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
 def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
                   progress: Optional[Callable[[int, int], None]] = None, restorer=None, namer=None) -> dict:
     """Restore every face of a video file into ``dst`` (never ``src``); returns a summary dict.
@@ -260,7 +240,6 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
 
     Free heap pages are returned after every chunk, so memory stays flat over long clips."""
     from .io import VideoWriter, probe, read_frames
-    libc = _libc()
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         raise FaceRefineError(f"output {dst} is the input video; choose another name")
@@ -278,12 +257,12 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
     done = faces = 0
     dst.parent.mkdir(parents=True, exist_ok=True)
     with VideoWriter(dst, info.width, info.height, info.fps, audio_from=src if video.audio else None,
-                     codec=video.codec, crf=video.crf, namer=namer) as writer:
+                     codec=video.codec, crf=video.crf, namer=namer, time_base=info.time_base) as writer:
         for frames, stamps in read_frames(src, video.chunk):
             res = seq.process(torch.from_numpy(frames).float() / 255.0)
             out = (res.images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
             writer.write(out, stamps)
-            release_free_memory(libc)
+            release_free_memory()
             done += len(frames)
             faces += len(res.track_ids)
             if progress is not None:
