@@ -62,15 +62,16 @@ class V2TrainConfig:
     threads: int = 2
     model: dict = field(default_factory=dict)
 
-    @staticmethod
-    def load(path: Optional[str], **overrides) -> "V2TrainConfig":
+    @classmethod
+    def load(cls, path: Optional[str], **overrides):
+        """The config of a JSON file (its "description" ignored), overridden by the non-None ``overrides``."""
         raw = json.loads(Path(path).read_text()) if path else {}
         raw.update({k: v for k, v in overrides.items() if v is not None})
-        known = set(V2TrainConfig.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known - {"description"})
         if unknown:
-            raise ValueError(f"unknown train_v2 config keys {unknown}")
-        return V2TrainConfig(**{k: v for k, v in raw.items() if k in known})
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}")
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
     def model_config(self) -> IQPFRv2Config:
         return IQPFRv2Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()})

@@ -61,16 +61,6 @@ class V3TrainConfig(V2TrainConfig):
     device: str = "cpu"                 # cuda: bf16 autocast (lab/gpu/train_v3.sh)
     workers: int = 0                    # processes preparing batches ahead (same batches as inline)
 
-    @staticmethod
-    def load(path: Optional[str], **overrides) -> "V3TrainConfig":
-        raw = json.loads(Path(path).read_text()) if path else {}
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        known = set(V3TrainConfig.__dataclass_fields__)
-        unknown = sorted(set(raw) - known - {"description"})
-        if unknown:
-            raise ValueError(f"unknown train_v3 config keys {unknown}")
-        return V3TrainConfig(**{k: v for k, v in raw.items() if k in known})
-
 
 # -- data ------------------------------------------------------------------------------------------
 def degrader(cfg: V3TrainConfig):

@@ -9,16 +9,7 @@ import torch
 from facerefine.models.arch.iqpfr_v2 import IQPFRv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_compact_v2 import TINY  # noqa: E402  (the tiny v2 architecture of the v2 tests)
-
-
-@pytest.fixture
-def shared_data():
-    from facerefine.lab import datasets
-    root = datasets.shared_data_dir()
-    if not (root / "ffhq256").is_dir():
-        pytest.skip(f"shared faces not found at {root}")
-    return root
+from test_compact_v2 import TINY, shared_data  # noqa: E402,F401  (the v2 tests' tiny model and fixture)
 
 
 def tiny_config(tmp_path, **overrides):
