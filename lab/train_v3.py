@@ -22,7 +22,6 @@ bit-for-bit (tests/test_train_v3.py). ``python -m facerefine.lab.train_v3 --conf
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field

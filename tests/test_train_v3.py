@@ -3,13 +3,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from facerefine.models.arch.iqpfr_v2 import IQPFRv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_compact_v2 import TINY, shared_data  # noqa: E402,F401  (the v2 tests' tiny model and fixture)
+from test_compact_v2 import TINY, shared_data  # noqa: E402,F401,F811  (the v2 tests' tiny model and fixture)
 
 
 def tiny_config(tmp_path, **overrides):
