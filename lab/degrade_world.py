@@ -119,7 +119,12 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 # -- small helpers -----------------------------------------------------------------------------------
 def _cv2():
+    """OpenCV, single-threaded: its parallel filters and resizes do not give the same bytes from run to run
+    (tests/test_degrade_world.py failed about one run in two), and every sample must be reproducible.
+    The trainer draws samples in worker processes for parallelism instead."""
     import cv2
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
     return cv2
 
 
