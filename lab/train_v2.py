@@ -247,10 +247,12 @@ def train(cfg: V2TrainConfig, log=print, stop_after: Optional[int] = None) -> di
             "minutes_this_run": (time.time() - t0) / 60, "history_tail": history[-3:]}
 
 
-def export(cfg: V2TrainConfig, dest: Optional[str] = None, max_megabytes: float = MAX_EXPORT_MB) -> Path:
-    """The EMA weights of the run's checkpoint -> fp16 safetensors (refuses files over ``max_megabytes``)."""
+def export(cfg: V2TrainConfig, dest: Optional[str] = None, max_megabytes: float = MAX_EXPORT_MB,
+           model: Optional[IQPFRv2] = None) -> Path:
+    """The EMA weights of the run's checkpoint -> fp16 safetensors (refuses files over ``max_megabytes``).
+    ``model``: the architecture to fill (default: the config's)."""
     state = torch.load(Path(cfg.out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model = IQPFRv2(cfg.model_config())
+    model = model if model is not None else IQPFRv2(cfg.model_config())
     model.load_state_dict(state["ema"])
     dest = Path(dest) if dest else Path(cfg.out_dir) / f"{cfg.name}.safetensors"
     return model.save(dest, max_megabytes=max_megabytes)

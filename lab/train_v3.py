@@ -35,6 +35,7 @@ from torch import nn
 
 from ..models.arch.identity import FFHQ_TEMPLATE, DlibEmbedder, load_dlib
 from ..models.arch.iqpfr_v2 import IQPFRv2
+from . import train_v2
 from .train_v2 import V2TrainConfig, charbonnier, image_gradients, load_faces, lr_at
 
 
@@ -320,13 +321,10 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
             "minutes_this_run": (time.time() - t0) / 60, "history_tail": history[-2:]}
 
 
-def export(cfg: V3TrainConfig, dest: Optional[str] = None, max_megabytes: float = 40.0) -> Path:
-    """The EMA weights of the leg's checkpoint -> fp16 safetensors (the restart point and the candidate)."""
-    state = torch.load(Path(cfg.out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model = initial_generator(cfg)
-    model.load_state_dict(state["ema"])
-    dest = Path(dest) if dest else Path(cfg.out_dir) / f"{cfg.name}.safetensors"
-    return model.save(dest, max_megabytes=max_megabytes)
+def export(cfg: V3TrainConfig, dest: Optional[str] = None) -> Path:
+    """The EMA weights of the leg's checkpoint -> fp16 safetensors (the restart point and the candidate),
+    in the architecture of the model the leg started from."""
+    return train_v2.export(cfg, dest, model=initial_generator(cfg))
 
 
 def main(argv=None) -> None:

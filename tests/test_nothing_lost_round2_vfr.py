@@ -7,6 +7,8 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from test_video_io import mux_tone  # noqa: E402  (the clips' 440 Hz AAC track)
+
 TB = Fraction(1, 90000)
 PHONE = [i / 30 for i in range(15)] + [0.5 + i / 24 for i in range(15)]          # 30 fps, then 24 fps
 IRREGULAR = list(np.cumsum([0.0] + [0.02, 0.11, 0.03, 0.2, 0.015, 0.06, 0.09, 0.04, 0.25, 0.03, 0.07] * 2))
@@ -29,14 +31,7 @@ def write_vfr(path, times, audio=True, size=64, sr=44100):
     for p in vs.encode():
         c.mux(p)
     if a is not None:
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(sr * times[-1])) / sr)).astype(np.float32)[None]
-        for k in range(0, tone.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = sr, k
-            for p in a.encode(af):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        mux_tone(c, a, sr, times[-1])
     c.close()
 
 

@@ -31,16 +31,21 @@ def write_clip(path, frames: np.ndarray, fps=FPS, audio=True, sr=44100):
     for p in vs.encode():
         c.mux(p)
     if a is not None:
-        n = int(sr * len(frames) / fps)
-        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / sr)).astype(np.float32)[None]
-        for k in range(0, n, 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
-            af.sample_rate, af.pts = sr, k
-            for p in a.encode(af):
-                c.mux(p)
-        for p in a.encode():
-            c.mux(p)
+        mux_tone(c, a, sr, len(frames) / fps)
     c.close()
+
+
+def mux_tone(container, stream, sr: int, seconds: float) -> None:
+    """A 440 Hz mono AAC tone of ``seconds`` encoded into ``stream`` and muxed (the clips' audio track)."""
+    n = int(sr * seconds)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(n) / sr)).astype(np.float32)[None]
+    for k in range(0, n, 1024):
+        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, k:k + 1024]), format="fltp", layout="mono")
+        af.sample_rate, af.pts = sr, k
+        for p in stream.encode(af):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)
 
 
 def decode_all(path) -> np.ndarray:
