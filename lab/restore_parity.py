@@ -1,5 +1,6 @@
 """Compare two folders of ``restore`` outputs pixel by pixel and byte by byte (refactors must be bit-identical).
 
+    python -m facerefine.lab.restore_parity run OUT_DIR          # the scenarios below, through the CLI
     python -m facerefine.lab.restore_parity BEFORE_DIR AFTER_DIR
 
 Files are matched by name; ``<name>_restored.<ext>`` in AFTER_DIR matches ``<name>.<ext>`` in BEFORE_DIR.
@@ -8,6 +9,8 @@ Exit status 0 when every file is identical.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,12 +35,55 @@ def compare(before: Path, after: Path) -> list[dict]:
     return rows
 
 
+LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london"
+FACES = ("001_03", "002_03", "003_03")
+# name -> CLI arguments; every path of the pipeline a refactor may touch
+SCENARIOS = {
+    "auto": [],
+    "none": ["--restorer", "none"],
+    "reference": ["--reference", str(LONDON / "smiling" / "001_08.jpg")],
+    "quality0_fidelity025": ["--quality", "0", "--fidelity", "0.25"],
+    "refine": ["--refine-steps", "3", "--seed", "0"],
+    "refine_reference": ["--refine-steps", "3", "--seed", "0", "--identity-target", "reference",
+                         "--reference", str(LONDON / "smiling" / "001_08.jpg")],
+    "training_free": ["--lookup-mode", "training-free", "--quality", "0.8"],
+}
+
+
+def run_scenarios(out: Path) -> None:
+    """Degraded London faces (x4 down, JPEG 40; deterministic) restored under every scenario into ``out``."""
+    import cv2
+    inputs = out / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    for name in FACES:
+        img = cv2.imread(str(LONDON / "neutral" / f"{name}.jpg"))
+        h, w = img.shape[:2]
+        small = cv2.resize(img, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+        lq = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        ok, buf = cv2.imencode(".jpg", lq, [cv2.IMWRITE_JPEG_QUALITY, 40])
+        (inputs / f"{name}.jpg").write_bytes(buf.tobytes())
+    env = {**os.environ, "FACEREFINE_OFFLINE": "1"}
+    for scenario, args in SCENARIOS.items():
+        dest = out / scenario
+        cmd = [sys.executable, "-m", "facerefine", "restore", *[str(inputs / f"{n}.jpg") for n in FACES],
+               "-o", str(dest), *args]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{scenario}: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        print(f"{scenario}: {len(list(dest.iterdir()))} files", flush=True)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"] and len(argv) == 2:
+        run_scenarios(Path(argv[1]))
+        return 0
     p = argparse.ArgumentParser(prog="python -m facerefine.lab.restore_parity", description=__doc__.splitlines()[0])
     p.add_argument("before")
     p.add_argument("after")
     args = p.parse_args(argv)
-    rows = compare(Path(args.before), Path(args.after))
+    before, after = Path(args.before), Path(args.after)
+    rows = [r for r in compare(before, after) if not r["file"].startswith("inputs")]
     ok = bool(rows)
     for r in rows:
         same = r.get("same_pixels") and r.get("same_bytes")

@@ -58,6 +58,7 @@ class V3TrainConfig(V2TrainConfig):
     gan_weight: float = 0.05
     component_weight: float = 0.1
     d_channels: int = 32
+    keep_tone: bool = True              # an old photo's grey / sepia / yellowed tone is kept in the target
     device: str = "cpu"                 # cuda: bf16 autocast (lab/gpu/train_v3.sh)
     workers: int = 0                    # processes preparing batches ahead (same batches as inline)
 
@@ -86,9 +87,11 @@ def make_batch(cfg: V3TrainConfig, pools: list, step: int, degrade):
             hq = np.ascontiguousarray(face[y:y + p, x:x + p])
         if rng.random() < 0.5:
             hq = np.ascontiguousarray(hq[:, ::-1])
-        lq = hq if rng.random() < cfg.clean_fraction else degrade(hq, rng)
+        lq, steps = (hq, []) if rng.random() < cfg.clean_fraction else degrade.degrade(hq, rng)
         q = 1.0 if whole or rng.random() < cfg.q1_fraction else float(rng.uniform(0.0, 1.0))
         hq_f = hq.astype(np.float32)
+        if cfg.keep_tone and any(s.get("step") in TONES for s in steps):
+            hq_f = tone_like(hq_f, lq)
         smooth = cv2.GaussianBlur(hq_f, (0, 0), sigmaX=cfg.smooth_sigma * (p if whole else size) / 256)
         lqs.append(lq)
         hqs.append(hq_f)
@@ -97,6 +100,18 @@ def make_batch(cfg: V3TrainConfig, pools: list, step: int, degrade):
         wholes.append(whole)
     to_t = lambda a: torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
     return to_t(lqs), to_t(targets), to_t(hqs), torch.tensor(qualities), torch.tensor(wholes)
+
+
+TONES = ("grey", "sepia", "yellowed")  # old_photo steps that change colour on purpose
+
+
+def tone_like(hq: np.ndarray, lq: np.ndarray) -> np.ndarray:
+    """The clean face in the toned photo's colour: its luma times the LQ's mean colour cast (grey: 1, 1, 1).
+    A restorer asked for the untoned face learns to colourise grey and sepia photos (run B did)."""
+    luma = np.array([0.299, 0.587, 0.114], np.float32)
+    lq_f = lq.astype(np.float32)
+    cast = lq_f.reshape(-1, 3).mean(axis=0) / max(float((lq_f @ luma).mean()), 1.0)
+    return np.clip((hq @ luma)[..., None] * cast, 0, 255).astype(np.float32)
 
 
 # -- networks --------------------------------------------------------------------------------------
@@ -183,11 +198,12 @@ def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: 
     grad = (gy_o - gy_t).abs().mean() + (gx_o - gx_t).abs().mean()
     parts = {"pix": pix, "grad": grad}
     sharp = quality >= 1.0
-    if sharp.any():
+    if sharp.any() and cfg.gan_weight:
         parts["gan"] = F.softplus(-disc.face(out[sharp])).mean()
     w = whole & sharp
-    if w.any():
+    if w.any() and (cfg.id_feature_weight or cfg.id_embed_weight):
         parts["id_feat"], parts["id_embed"] = identity_loss(embedder, out[w], hq[w])
+    if w.any() and cfg.component_weight:
         eyes, mouths = components(out[w])
         parts["comp"] = F.softplus(-disc.eye(eyes)).mean() + F.softplus(-disc.mouth(mouths)).mean()
     weights = {"pix": cfg.pixel_weight, "grad": cfg.grad_weight, "gan": cfg.gan_weight,
@@ -294,12 +310,15 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        disc.requires_grad_(True)
-        with autocast:
-            d_loss = discriminator_loss(disc, out, hq, quality, whole)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        if cfg.gan_weight or cfg.component_weight:
+            disc.requires_grad_(True)
+            with autocast:
+                d_loss = discriminator_loss(disc, out, hq, quality, whole)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        else:
+            d_loss = torch.zeros(())
         with torch.no_grad():
             decay = min(cfg.ema, (1 + step) / (10 + step))
             for e, p in zip(ema.parameters(), model.parameters()):

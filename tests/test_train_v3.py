@@ -98,3 +98,15 @@ def test_3dsk_templates_give_the_pupils(tmp_path):
     (tmp_path / "someone.tem").write_text("189\n496.9\t825.7\n853.0\t825.6\n497.3\t797.8\n")
     assert london_sidecar(photo) == tmp_path / "someone.tem"
     assert read_pupils(tmp_path / "someone.tem").tolist() == [[496.9, 825.7], [853.0, 825.6]]
+
+
+def test_an_old_photos_tone_is_kept_in_the_target():
+    from facerefine.lab.train_v3 import tone_like
+    rng = np.random.default_rng(0)
+    hq = rng.uniform(0, 255, (32, 32, 3)).astype(np.float32)
+    grey = np.repeat(hq.mean(axis=2, keepdims=True), 3, axis=2)
+    toned = tone_like(hq, grey)
+    assert np.abs(toned - toned[..., :1]).max() < 1e-3          # a grey photo's target is grey
+    sepia = grey * np.array([1.1, 0.95, 0.7], np.float32)
+    toned = tone_like(hq, sepia)
+    assert toned[..., 0].mean() > toned[..., 1].mean() > toned[..., 2].mean()   # and a sepia one sepia
