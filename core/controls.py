@@ -19,6 +19,14 @@ from ..errors import FaceRefineError
 
 STEPS = ("crop", "lookup", "refine", "paste", "pipeline")
 
+# "no model" as users and hosts spell it (CLI "none", ComfyUI/A1111 dropdowns "(none)", empty text fields)
+NONE_SPELLINGS = ("", "none", "(none)")
+
+
+def is_none(value: Any) -> bool:
+    """True for a value that means "no model": None or any of NONE_SPELLINGS (any case, spaces ignored)."""
+    return value is None or str(value).strip().lower() in NONE_SPELLINGS
+
 
 @dataclass(frozen=True)
 class Control:
@@ -240,5 +248,5 @@ def a1111_option(name: str) -> tuple[Any, str, dict]:
     return c.default, f"FaceRefine: {c.title.lower()}", {}
 
 
-__all__ = ["BY_NAME", "CONTROLS", "Control", "a1111_option", "add_argument", "comfy_input", "control",
+__all__ = ["BY_NAME", "CONTROLS", "Control", "NONE_SPELLINGS", "is_none", "a1111_option", "add_argument", "comfy_input", "control",
            "gradio_kwargs", "split_values"]
