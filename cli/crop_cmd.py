@@ -21,7 +21,7 @@ def add_crop_arguments(p) -> None:
 
 
 def crop_options_from_args(args, device: str):
-    from ..core.crop import CropOptions
+    from ..core.crop.options import CropOptions
     return CropOptions(detector=args.detector, crop_size=args.crop_size, det_threshold=args.det_threshold,
                        min_face_size=args.min_face_size, max_faces=args.max_faces, sort=args.sort,
                        face_index=args.face_index, only_center_face=args.only_center_face, device=device,
@@ -42,7 +42,7 @@ def run(args) -> dict:
     import warnings
 
     from ..core.batch import BatchReport, expand_inputs
-    from ..core.crop import align_faces, detect_faces
+    from ..core.crop.step import align_faces, detect_faces
     from ..core.image_io import load_image, save_image
     from ..core.output_paths import OutputNamer, check_name, prepare_folder, write_output
     from ..core.pipeline import resolve_device

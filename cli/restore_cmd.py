@@ -80,7 +80,7 @@ def run(args) -> dict:
     from ..core.output_paths import (OutputNamer, describe_os_error, names_image_file, prepare_folder,
                                      restore_targets, write_output)
     from ..errors import OutputError
-    from ..core.paste import PasteOptions
+    from ..core.paste.options import PasteOptions
     from ..core.pipeline import RestoreOptions, build_steps, resolve_device, restore_images
 
     device = resolve_device(args.device)

@@ -59,7 +59,8 @@ def _score_one(path, metric, args, load_image, score_face_crops, score_images) -
     entry = {"path": str(path), "metric": metric.name, "lower_better": metric.lower_better}
     if args.faces:
         try:
-            from ..core.crop import CropOptions, crop_faces
+            from ..core.crop.options import CropOptions
+            from ..core.crop.step import crop_faces
         except ImportError as err:
             raise FaceRefineError(f"--faces needs the crop step, which is not available: {err}") from err
         device = args.device if args.device in ("cpu", "cuda") else "cpu"

@@ -18,17 +18,19 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..models.device import resolve_device  # noqa: F401 - the one device resolver, re-exported for callers
-from .crop import CropOptions, RawDetections, align_faces, detect_faces
+from .crop.options import CropOptions
+from .crop.step import align_faces, detect_faces
 from .grayscale import keep_grayscale
 from .heap import release_free_memory
 from .image_io import sanitize_images
 from .lookup.lookup import concat_latents
 from .lookup.options import LookupOptions
 from .lookup.pipeline_step import LookupStep, prepare_lookup
-from .paste import PasteOptions, paste_back
+from .paste.options import PasteOptions
+from .paste.step import paste_back
 from .refine.options import RefineOptions
 from .refine.pipeline_step import RefineStep, prepare_refine
-from .types import FaceCrops, FaceLatent
+from .types import FaceCrops, FaceLatent, RawDetections
 
 log = logging.getLogger("facerefine")
 
@@ -91,8 +93,8 @@ def build_steps(options: RestoreOptions) -> RestoreSteps:
     device = resolve_device(options.device)
     # every weights file the run needs is resolved here, before the first image: a missing one stops the
     # run at once with one message, and no image is treated differently from the others (issue 18)
-    from .crop.detectors import get_detector
-    get_detector(options.crop_options(device).detector, device)
+    from .crop.detectors import load_detector
+    load_detector(options.crop_options(device).detector, device)
     lookup_step = prepare_lookup(options.lookup, device)
     refine_step = prepare_refine(options.refine, device, options.seed) if lookup_step is not None else None
     if refine_step is not None:
@@ -254,10 +256,9 @@ def restore_faces(crops: FaceCrops, steps: RestoreSteps, notes: list, timings: O
 
 def clear_cache() -> None:
     """Forget loaded detectors and face parsers (restorer steps keep their own caches)."""
-    from .crop.detectors import clear_cache as clear_detectors
-    from .paste.masks import clear_cache as clear_parsers
-    clear_detectors()
-    clear_parsers()
+    from ..models.cache import clear
+    clear("detector")
+    clear("parser")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

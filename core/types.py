@@ -1,4 +1,4 @@
-"""Data passed between the pipeline steps: FACE_CROPS and FACE_LATENT.
+"""Data passed between the pipeline steps: detections, FACE_CROPS and FACE_LATENT.
 
 Steps never mutate their inputs; they return new objects via ``replace``.
 Tensors stay on whatever device produced them (no numpy round trips).
@@ -21,6 +21,19 @@ class QualityScore:
     raw: float
     normalized: float
     lower_better: bool
+
+
+@dataclass
+class RawDetections:
+    """Detections of one image: boxes [n,4], scores [n], landmarks [n,5,2] (float32, CPU)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    landmarks: torch.Tensor
+
+    @staticmethod
+    def empty() -> "RawDetections":
+        return RawDetections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2))
 
 
 @dataclass(frozen=True)

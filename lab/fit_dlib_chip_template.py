@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     import dlib
     import torch
 
-    from ..core.crop import CropOptions, crop_faces
+    from ..core.crop.options import CropOptions
+
+    from ..core.crop.step import crop_faces
     from .datasets import london_split
     ap = argparse.ArgumentParser()
     ap.add_argument("--limit", type=int, default=0)

@@ -46,7 +46,8 @@ def load_photo(path, size: Optional[int] = None) -> torch.Tensor:
 
 def reference_landmarks(photo: torch.Tensor, detector: str = "mtcnn") -> np.ndarray:
     """5 landmarks of the (single, largest) face of a clean photo [H,W,3], by the crop step's detector."""
-    from ..core.crop import CropOptions, detect_faces
+    from ..core.crop.options import CropOptions
+    from ..core.crop.step import detect_faces
     det = detect_faces(photo[None], CropOptions(detector=detector, max_faces=1))[0]
     if det.landmarks.shape[0] == 0:
         raise ValueError("no face found in the reference photo")

@@ -59,7 +59,7 @@ def evaluate(photo_path=None, restorer: str = "auto", frames: int = 48, size: in
     marks = reference_landmarks(photo)
     clip = make_clip(photo, marks, frames=frames, frame_size=size, seed=seed, zoom=zoom)
     affines = true_crop_affines(clip, marks, 128)
-    from ..core.crop import CropOptions
+    from ..core.crop.options import CropOptions
     base = RestoreOptions.from_values(restorer=restorer, device=device,
                                       crop=CropOptions(detector="mtcnn", crop_size=crop_size))
     default_mode = VideoOptions.temporal_mode

@@ -40,7 +40,8 @@ class FaceRefineFaceCrop:
 
     def crop(self, image, detector="auto", crop_size=512, sort="largest", face_index="", max_faces=0,
              only_center_face=False, min_face_size=0, det_threshold=0.0):
-        from ..core.crop import CropOptions, crop_faces
+        from ..core.crop.options import CropOptions
+        from ..core.crop.step import crop_faces
         device = runtime.get_device("auto")
         options = CropOptions(detector=detector, crop_size=int(crop_size), sort=sort, face_index=face_index or None,
                               max_faces=int(max_faces), only_center_face=bool(only_center_face),

@@ -32,7 +32,8 @@ class FaceRefinePasteBack:
 
     def paste(self, image, face_crops, mask="auto", erode=8.0, feather=16.0, protect_hair=False, visibility=1.0,
               color_correction="lab"):
-        from ..core.paste import PasteOptions, paste_back
+        from ..core.paste.options import PasteOptions
+        from ..core.paste.step import paste_back
         options = PasteOptions(mask=mask, erode=float(erode), feather=float(feather), protect_hair=bool(protect_hair),
                                visibility=float(visibility), color_correction=color_correction,
                                device=str(runtime.get_device("auto")))

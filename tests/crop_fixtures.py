@@ -4,7 +4,9 @@ import math
 import numpy as np
 import torch
 
-from facerefine.core.crop import FFHQ_TEMPLATE_512, RawDetections
+from facerefine.core.crop.align import FFHQ_TEMPLATE_512
+
+from facerefine.core.types import RawDetections
 
 
 def texture(size=512, seed=0):

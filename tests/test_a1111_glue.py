@@ -293,7 +293,7 @@ def test_extras_ui_controls(monkeypatch, tmp_path, with_accordion):
     assert list(controls) == ["enable", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
                               "visibility", "color_correction", "reference"]
     assert controls["enable"].value is False  # off unless the user opens it
-    from facerefine.core.paste import COLOR_MODES
+    from facerefine.core.paste.options import COLOR_MODES
     assert [value for _, value in controls["color_correction"].choices] == list(COLOR_MODES)
 
 

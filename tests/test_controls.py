@@ -27,8 +27,8 @@ def test_table_matches_the_steps_constants():
     from facerefine.core.crop.align import CROP_SIZES
     from facerefine.core.crop.detectors import DETECTORS
     from facerefine.core.lookup.lookup import MODES
-    from facerefine.core.paste.color import COLOR_MODES
-    from facerefine.core.paste.masks import MASK_KINDS
+    from facerefine.core.paste.options import COLOR_MODES
+    from facerefine.core.paste.options import MASK_KINDS
     from facerefine.core.refine.refine import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH
     from facerefine.core.refine.samplers import SAMPLERS
     assert controls.MODES == tuple(MODES) and controls.SAMPLERS == tuple(SAMPLERS)

@@ -4,7 +4,10 @@ import hashlib
 import pytest
 import torch
 
-from facerefine.core.crop import CropOptions, crop_faces, detect_faces
+from facerefine.models import cache as model_cache
+from facerefine.core.crop.options import CropOptions
+
+from facerefine.core.crop.step import crop_faces, detect_faces
 from facerefine.core.crop import detectors
 from facerefine.core.crop.mtcnn import MTCNN
 from facerefine.errors import WeightsNotFoundError
@@ -15,9 +18,9 @@ from facerefine.models.registry import get_spec
 
 @pytest.fixture(autouse=True)
 def _fresh_detectors():
-    detectors.clear_cache()
+    model_cache.clear("detector")
     yield
-    detectors.clear_cache()
+    model_cache.clear("detector")
 
 
 def test_mtcnn_net_shapes():
@@ -49,7 +52,7 @@ def test_random_mtcnn_cascade_runs_on_a_batch():
 
 def test_auto_uses_the_embedded_detector_offline():
     assert detectors.resolve_name("auto") == "mtcnn"
-    assert detectors.get_detector("auto").name == "mtcnn"
+    assert detectors.load_detector("auto").name == "mtcnn"
 
 
 def test_no_face_in_noise_gives_empty_crops_and_warning():
@@ -76,7 +79,7 @@ def test_retinaface_backend_with_random_weights(tmp_path, monkeypatch):
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()},
                target / "detection_mobilenet0.25_Final.pth")
     assert str(target).startswith(home)
-    det = detectors.get_detector("retinaface-mobilenet")
+    det = detectors.load_detector("retinaface-mobilenet")
     out = det.detect(torch.rand(2, 3, 96, 96) * 255)
     assert len(out) == 2 and all(d.landmarks.shape[1:] == (5, 2) for d in out)
     crops = crop_faces(torch.rand(1, 96, 96, 3), CropOptions(detector="retinaface-mobilenet", det_threshold=0.0,

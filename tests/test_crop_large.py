@@ -9,9 +9,11 @@ SCRIPT = textwrap.dedent("""
     import numpy as np, torch
     sys.path.insert(0, sys.argv[1])
     from crop_fixtures import place_faces, similarity
-    from facerefine.core.crop import CropOptions, align_faces, crop_faces
-    from facerefine.core.paste import PasteOptions, paste_back
-    from facerefine.core.crop import RawDetections
+    from facerefine.core.crop.options import CropOptions
+    from facerefine.core.crop.step import align_faces, crop_faces
+    from facerefine.core.paste.options import PasteOptions
+    from facerefine.core.paste.step import paste_back
+    from facerefine.core.types import RawDetections
     patch, det, _ = place_faces(3000, 3000, [similarity(5.0, 3.0, 200.0, 150.0)])
     image = torch.full((1, 8000, 8000, 3), 0.35)
     image[:, 1500:4500, 2000:5000] = patch

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from crop_fixtures import psnr
-from facerefine.core.crop import CropOptions, align_faces, detect_faces
+from facerefine.core.crop.options import CropOptions
+from facerefine.core.crop.step import align_faces, detect_faces
 from facerefine.core.image_io import load_image
-from facerefine.core.paste import PasteOptions, paste_back
+from facerefine.core.paste.options import PasteOptions
+from facerefine.core.paste.step import paste_back
 
 
 @pytest.fixture(scope="module")

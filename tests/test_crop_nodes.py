@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from crop_fixtures import place_faces, similarity
-from facerefine.core.crop import align_faces
+from facerefine.core.crop.step import align_faces
 from facerefine.errors import FaceRefineError
 from facerefine.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from facerefine.nodes.crop_nodes import FaceRefineCropsToImage, FaceRefineFaceCrop, FaceRefineImageToCrops

@@ -110,7 +110,7 @@ def test_score_step_scores_before_and_after(scene):
 
 
 def test_no_face_returns_input_with_a_warning(monkeypatch):
-    from facerefine.core.crop import RawDetections
+    from facerefine.core.types import RawDetections
     monkeypatch.setattr(pipeline, "detect_faces", lambda images, options, timings=None: [RawDetections.empty()])
     image = torch.rand(1, 40, 50, 3)
     res = restore_images(image, RestoreOptions(device="cpu"), steps=RestoreSteps())

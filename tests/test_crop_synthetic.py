@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from crop_fixtures import place_faces, psnr, similarity
-from facerefine.core.crop import CropOptions, RawDetections, align_faces, crop_faces, detect_faces, template
-from facerefine.core.crop import _select
+from facerefine.core.crop.options import CropOptions
+from facerefine.core.types import RawDetections
+from facerefine.core.crop.step import align_faces, crop_faces, detect_faces
+from facerefine.core.crop.align import template
+from facerefine.core.crop.step import _select
 from facerefine.core.crop.align import estimate_affine
 from facerefine.core.crop.warp import invert_affine
 from facerefine.errors import FaceRefineError

@@ -46,7 +46,8 @@ def test_port_matches_dlib_on_10_london_faces(london_dir):
     """The torch port (embedded fp16 weights) vs dlib's own network, on dlib's own 150x150 chips, and the
     in-graph chip (crop step + its 5 landmarks) vs dlib's whole detector/shape/chip pipeline."""
     dlib, models = _dlib_and_models()
-    from facerefine.core.crop import CropOptions, crop_faces
+    from facerefine.core.crop.options import CropOptions
+    from facerefine.core.crop.step import crop_faces
     from facerefine.core.refine.guidance import crop_landmarks
     detector = dlib.get_frontal_face_detector()
     shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
@@ -95,7 +96,9 @@ def setup():
     """A real London face, degraded (48 px), through the embedded compact restorer and its latent prior."""
     from conftest import SHARED_DATA
 
-    from facerefine.core.crop import CropOptions, crop_faces
+    from facerefine.core.crop.options import CropOptions
+
+    from facerefine.core.crop.step import crop_faces
     from facerefine.core.lookup import load_restorer, lookup
     from facerefine.core.refine.pipeline_step import load_prior
     london = SHARED_DATA / "london"

@@ -21,7 +21,8 @@ TESTS = Path(__file__).resolve().parent
 # for `crop` the child finds one face filling any image (no detector weights needed); then the real command
 _ONE_FACE = r"""
 import torch
-from facerefine.core.crop import FFHQ_TEMPLATE_512, RawDetections
+from facerefine.core.crop.align import FFHQ_TEMPLATE_512
+from facerefine.core.types import RawDetections
 
 def one_face(images, options, timings=None):
     h, w = images.shape[1:3]
@@ -30,7 +31,7 @@ def one_face(images, options, timings=None):
 """
 _CHILD = _ONE_FACE + r"""
 import sys
-from facerefine.core import crop
+from facerefine.core.crop import step as crop
 if sys.argv[1] == "crop":
     crop.detect_faces = one_face
 from facerefine.cli import main
@@ -95,7 +96,7 @@ def test_two_crop_processes_into_one_folder_keep_both_crops(capsys, tmp_path, mo
     out = tmp_path / "crops"
     found = {}
     exec(_ONE_FACE, found)
-    from facerefine.core import crop
+    from facerefine.core.crop import step as crop
     monkeypatch.setattr(crop, "detect_faces", found["one_face"])  # the child's one-face detector here too
     from facerefine.core import image_io
     other = _other_run_writes_first(monkeypatch, image_io, "save_image",

@@ -10,7 +10,7 @@ import torch
 
 from crop_fixtures import place_faces, similarity
 from facerefine.core import pipeline
-from facerefine.core.crop import RawDetections
+from facerefine.core.types import RawDetections
 from facerefine.core.pipeline import RestoreOptions, build_steps, restore_images
 
 TESTS = Path(__file__).resolve().parent

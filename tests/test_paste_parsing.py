@@ -2,21 +2,24 @@
 import pytest
 import torch
 
-from facerefine.core.paste import PasteOptions, face_masks, paste_back
+from facerefine.models import cache as model_cache
+from facerefine.core.paste.options import PasteOptions
+
+from facerefine.core.paste.step import face_masks, paste_back
 from facerefine.core.paste import masks as masks_mod
-from facerefine.core.paste import resolve_mask_kind
+from facerefine.core.paste.step import resolve_mask_kind
 from facerefine.errors import WeightsNotFoundError
 from facerefine.models.locate import home_dir
 
 from crop_fixtures import place_faces, similarity
-from facerefine.core.crop import align_faces
+from facerefine.core.crop.step import align_faces
 
 
 @pytest.fixture(autouse=True)
 def _fresh():
-    masks_mod.clear_cache()
+    model_cache.clear("parser")
     yield
-    masks_mod.clear_cache()
+    model_cache.clear("parser")
 
 
 def test_labels_to_mask_excludes_hair_and_background():
@@ -35,7 +38,7 @@ def test_labels_to_mask_excludes_hair_and_background():
 def test_missing_parser_weights_fall_back_to_landmarks_offline():
     assert resolve_mask_kind("auto") == "landmarks"
     with pytest.raises(WeightsNotFoundError, match="parsing_parsenet.pth"):
-        masks_mod.get_parser("parsenet")
+        masks_mod.load_parser("parsenet")
 
 
 def test_random_bisenet_drives_the_paste_mask():

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from crop_fixtures import place_faces, psnr, similarity
-from facerefine.core.crop import align_faces
-from facerefine.core.paste import PasteOptions, face_masks, paste_back
+from facerefine.core.crop.step import align_faces
+from facerefine.core.paste.options import PasteOptions
+from facerefine.core.paste.step import face_masks, paste_back
 from facerefine.core.paste.color import lab_transfer, lowfreq_transfer
 from facerefine.core.paste.masks import face_outline, soften
 from facerefine.core.types import FaceCrops

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _crop(path, size=512):
-    from facerefine.core.crop import CropOptions, crop_faces
+    from facerefine.core.crop.options import CropOptions
+    from facerefine.core.crop.step import crop_faces
     from facerefine.core.image_io import load_image
     return crop_faces(load_image(path).image, CropOptions(crop_size=size, max_faces=1))
 

@@ -93,7 +93,7 @@ def test_nan_output_names_the_face_and_the_file(tiny_iqpfr, tmp_path):
 
 
 def _face_crops(FaceCrops, n=1):
-    from facerefine.core.crop import align_faces
+    from facerefine.core.crop.step import align_faces
     from facerefine.core.crop.mtcnn import RawDetections
     from facerefine.core.crop.options import CropOptions
     images = torch.rand(1, 96, 96, 3, generator=torch.Generator().manual_seed(0))
@@ -215,12 +215,13 @@ def test_auto_detector_skips_a_bad_retinaface_file(tmp_path):
     folder.mkdir(parents=True)
     (folder / "detection_Resnet50_Final.pth").write_bytes(b"PK\x03\x04 truncated")
     from facerefine.core.crop import detectors
-    detectors.clear_cache()
+    from facerefine.models import cache as model_cache
+    model_cache.clear("detector")
     try:
         with pytest.warns(RuntimeWarning, match=r"skipped retinaface .*detection_Resnet50_Final\.pth"):
-            det = detectors.get_detector("auto")
+            det = detectors.load_detector("auto")
         assert det.name == detectors.EMBEDDED
         with pytest.raises(WeightsFormatError):
-            detectors.get_detector("retinaface")
+            detectors.load_detector("retinaface")
     finally:
-        detectors.clear_cache()
+        model_cache.clear("detector")

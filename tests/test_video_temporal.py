@@ -85,7 +85,8 @@ def test_cut_resets_the_track_state(tiny_restorer, clip):
 
 
 def test_track_colour_is_steadier_than_per_frame(clip):
-    from facerefine.core.paste import PasteOptions, face_masks
+    from facerefine.core.paste.options import PasteOptions
+    from facerefine.core.paste.step import face_masks
     from facerefine.core.video import TrackColor
     crops = _crops(clip)
     gen = torch.Generator().manual_seed(0)

@@ -85,7 +85,8 @@ def test_identity_gate_refuses_a_stranger_at_the_same_place():
 
 
 def test_appearance_embedding_tells_people_apart(london_dir):
-    from facerefine.core.crop import CropOptions, crop_faces
+    from facerefine.core.crop.options import CropOptions
+    from facerefine.core.crop.step import crop_faces
     from facerefine.lab.video_clip import load_photo
     files = sorted((london_dir / "neutral").glob("*.jpg"))[:2]
     photos = [load_photo(f, 256) for f in files]

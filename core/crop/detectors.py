@@ -1,12 +1,11 @@
 """Face detectors with 5 landmarks: embedded MTCNN (always available) and facexlib RetinaFace.
 
 Every backend takes [B,3,H,W] RGB 0..255 on its device and returns one RawDetections per
-image in that image's pixels. Loaded detectors are cached per (name, device).
+image in that image's pixels. Loaded detectors are cached per (name, device) in models/cache.py.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from typing import Callable
 
@@ -16,7 +15,9 @@ import torch
 from ...errors import FaceRefineError, WeightsNotFoundError
 from ...models.loading import load_into, load_state_dict
 from ...models.locate import resolve
-from .mtcnn import MTCNN, RawDetections
+from ...models.cache import cached
+from ..types import RawDetections
+from .mtcnn import MTCNN
 
 log = logging.getLogger("facerefine")
 
@@ -26,10 +27,6 @@ RETINAFACE = {"retinaface": ("retinaface-resnet50", "resnet50"),
               "retinaface-mobilenet": ("retinaface-mobilenet", "mobile0.25")}
 DETECTORS = ("auto", EMBEDDED, *RETINAFACE)
 DEFAULT_THRESHOLD = {EMBEDDED: 0.9, "retinaface": 0.8}
-
-_cache: dict[tuple[str, str], "Detector"] = {}
-_lock = threading.Lock()
-
 
 class Detector:
     """A loaded backend: ``detect(images_0_255 [B,3,H,W], min_face) -> list[RawDetections]``."""
@@ -60,29 +57,22 @@ def resolve_name(name: str) -> str:
     return name
 
 
-def get_detector(name: str = "auto", device: str | torch.device = "cpu") -> Detector:
-    """Load (once) and return a detector. 'auto' = RetinaFace if its weights are present, else MTCNN;
-    with 'auto', a RetinaFace file that cannot be loaded is skipped with a warning naming it."""
+def load_detector(name: str = "auto", device: str | torch.device = "cpu") -> Detector:
+    """Load (once per device, models/cache.py) and return a detector. 'auto' = RetinaFace if its weights are
+    present, else MTCNN; with 'auto', a RetinaFace file that cannot be loaded is skipped with a warning naming it."""
     auto = (name or "auto").lower() == "auto"
     name = resolve_name(name)
     device = torch.device(device)
-    key = (name, str(device))
-    with _lock:
-        if key not in _cache:
-            try:
-                _cache[key] = _load_mtcnn(device) if name == EMBEDDED else _load_retinaface(name, device)
-            except FaceRefineError as err:
-                if not auto or name == EMBEDDED:
-                    raise
-                msg = (f"detector 'auto': skipped {name} ({str(err).splitlines()[0]}); "
-                       f"using the embedded {EMBEDDED}")
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                log.warning("FaceRefine: %s", msg)
-                fallback = (EMBEDDED, str(device))
-                if fallback not in _cache:
-                    _cache[fallback] = _load_mtcnn(device)
-                return _cache[fallback]
-        return _cache[key]
+    load = (lambda: _load_mtcnn(device)) if name == EMBEDDED else (lambda: _load_retinaface(name, device))
+    try:
+        return cached("detector", (name, str(device)), load)
+    except FaceRefineError as err:
+        if not auto or name == EMBEDDED:
+            raise
+        msg = f"detector 'auto': skipped {name} ({str(err).splitlines()[0]}); using the embedded {EMBEDDED}"
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        log.warning("FaceRefine: %s", msg)
+        return cached("detector", (EMBEDDED, str(device)), lambda: _load_mtcnn(device))
 
 
 def _load_mtcnn(device: torch.device) -> Detector:
@@ -124,8 +114,3 @@ def _run_retinaface(model, images: torch.Tensor) -> list[RawDetections]:
         out.append(RawDetections(torch.from_numpy(b[:, :4].copy()), torch.from_numpy(b[:, 4].copy()),
                                  torch.from_numpy(m.reshape(-1, 5, 2).copy())))
     return out
-
-
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()

@@ -5,28 +5,14 @@ landmarks are 5x2 (eye L, eye R, nose, mouth L, mouth R as seen in the image).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms, roi_align
 
 from ...models.arch.mtcnn import MTCNNNets
+from ..types import RawDetections
 
 CELL, STRIDE = 12, 2
-
-
-@dataclass
-class RawDetections:
-    """Detections of one image: boxes [n,4], scores [n], landmarks [n,5,2] (float32, CPU)."""
-
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    landmarks: torch.Tensor
-
-    @staticmethod
-    def empty() -> "RawDetections":
-        return RawDetections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2))
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:

@@ -1,24 +1,18 @@
 """Soft face masks in crop space: from landmarks (offline) or facexlib face parsing."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ...errors import FaceRefineError, WeightsNotFoundError
 from ...models.loading import load_into, load_state_dict
+from ...models.cache import cached
 from ...models.locate import resolve
 
-MASK_KINDS = ("auto", "landmarks", "parsenet", "bisenet", "box")
 # CelebAMask-HQ labels used by facexlib's ParseNet and BiSeNet
 BACKGROUND, NECK, NECKLACE, CLOTH, HAIR, HAT = 0, 14, 15, 16, 17, 18
 NOT_FACE = (BACKGROUND, NECK, NECKLACE, CLOTH, HAIR, HAT)
-
-_parsers: dict[tuple[str, str], torch.nn.Module] = {}
-_lock = threading.Lock()
-
 
 def face_outline(landmarks_crop: np.ndarray, protect_hair: bool = False, points: int = 72) -> np.ndarray:
     """Polygon [P,2] of the face oval (brow/forehead to chin, cheek to cheek) from 5 crop landmarks.
@@ -82,15 +76,14 @@ def build_parser(kind: str) -> torch.nn.Module:
     raise FaceRefineError(f"unknown face parser '{kind}'")
 
 
-def get_parser(kind: str, device: str | torch.device = "cpu") -> torch.nn.Module:
-    key = (kind, str(device))
-    with _lock:
-        if key not in _parsers:
-            path = resolve(kind, "facedetection")  # offline-safe; error names file, folders, URL
-            model = build_parser(kind)
-            load_into(model, load_state_dict(path), kind, path.name)
-            _parsers[key] = model.to(device).eval()
-        return _parsers[key]
+def load_parser(kind: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """facexlib's ParseNet or BiSeNet with its weights, once per device (models/cache.py)."""
+    def load():
+        path = resolve(kind, "facedetection")  # offline-safe; error names file, folders, URL
+        model = build_parser(kind)
+        load_into(model, load_state_dict(path), kind, path.name)
+        return model.to(device).eval()
+    return cached("parser", (kind, str(device)), load)
 
 
 @torch.inference_mode()
@@ -143,8 +136,3 @@ def soften(masks: torch.Tensor, erode: float, feather: float) -> torch.Tensor:
             m = np.where(m > 1 - 1e-4, 1.0, m).astype(np.float32)  # blur round-off inside the face
         out.append(m)
     return torch.from_numpy(np.stack(out)).clamp(0, 1)
-
-
-def clear_cache() -> None:
-    with _lock:
-        _parsers.clear()

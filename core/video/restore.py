@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from ...errors import FaceRefineError
-from ..crop import detect_faces
+from ..crop.step import detect_faces
 from ..crop.align import crop_one, estimate_affine
 from ..crop.warp import invert_affine, mapped_box
 from ..heap import release_free_memory
 from ..image_io import sanitize_images
-from ..paste import face_masks, paste_back
+from ..paste.step import face_masks, paste_back
 from ..types import FaceCrops, FaceInfo
 from .flow import GUIDES, FlowBlend
 from .smooth import OneEuroFilter, SmoothOptions, face_scale, smooth_sequence

@@ -229,7 +229,7 @@ class TrackColor:
     """
 
     def __init__(self, mode: str = "lab", momentum: float = 0.8):
-        from ..paste.color import COLOR_MODES
+        from ..paste.options import COLOR_MODES
         if mode not in COLOR_MODES:
             raise ValueError(f"colour correction must be one of {COLOR_MODES}, got '{mode}'")
         self.mode, self.momentum = mode, float(momentum)

@@ -8,9 +8,12 @@ import torch
 
 from ...core import refine as refine_mod
 from ...core import score as score_mod
-from ...core.crop import CropOptions, RawDetections, align_faces, detect_faces
+from ...core.crop.options import CropOptions
+from ...core.types import RawDetections
+from ...core.crop.step import align_faces, detect_faces
 from ...core.lookup import decode, lookup
-from ...core.paste import PasteOptions, paste_back
+from ...core.paste.options import PasteOptions
+from ...core.paste.step import paste_back
 from .measure import measure_interleaved, module_bytes
 from .setup import (FFHQ_5_POINTS_512, FULL_CROP, BenchContext, RestorerSetup, StageUnavailable, group_photo,
                     inference_context, nested_get, one_face_image, setup_restorer, synthetic_face_crops)

@@ -145,7 +145,8 @@ def face_key(path: Path) -> int:
 def align_photos(paths: list[Path], size: int, detector: str, device: str = "cpu",
                  notes: Optional[list] = None) -> tuple[torch.Tensor, list, list[Path]]:
     """Each photo through the crop step (largest face) -> 8-bit HQ crops [N,3,S,S], FaceInfo list, kept paths."""
-    from ...core.crop import CropOptions, crop_faces
+    from ...core.crop.options import CropOptions
+    from ...core.crop.step import crop_faces
     from ...core.image_io import load_image
     options = CropOptions(detector=detector, crop_size=size, max_faces=1, sort="largest", device=device)
     crops, faces, kept = [], [], []
