@@ -43,7 +43,7 @@ def run(args) -> dict:
 def _compact_v2(args) -> dict:
     from pathlib import Path
 
-    from ..lab import train_v2
+    from ..lab.train import compact_v2 as train_v2
     config = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "compact_v2.json")
     cfg = train_v2.V2TrainConfig.load(config, steps=args.steps, out_dir=args.out_dir, max_minutes=args.max_minutes,
                                       threads=args.threads)

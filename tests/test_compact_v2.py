@@ -126,7 +126,7 @@ def test_export_refuses_files_over_40_mb(tmp_path):
 
 
 def _tiny_train_config(tmp_path, shared_data):
-    from facerefine.lab.train_v2 import V2TrainConfig
+    from facerefine.lab.train.compact_v2 import V2TrainConfig
     return V2TrainConfig(out_dir=str(tmp_path / "run"), sources=[["ffhq256", 256, 1.0]], patch=32, batch_size=2,
                          steps=6, warmup=2, checkpoint_every=2, threads=1,
                          model={k: list(v) if isinstance(v, tuple) else v for k, v in TINY.__dict__.items()})
@@ -142,7 +142,7 @@ def shared_data():
 
 
 def test_training_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
-    from facerefine.lab import train_v2
+    from facerefine.lab.train import compact_v2 as train_v2
     # a small face pool keeps the cache quick; resume equality does not depend on the pool size
     real_paths = train_v2.source_paths
     monkeypatch.setattr(train_v2, "source_paths", lambda names: real_paths(names)[:24])
@@ -162,7 +162,7 @@ def test_training_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
 
 
 def test_same_step_gives_the_same_training_batch(tmp_path, shared_data, monkeypatch):
-    from facerefine.lab import train_v2
+    from facerefine.lab.train import compact_v2 as train_v2
     cfg = _tiny_train_config(tmp_path, shared_data)
     pools = [(np.random.default_rng(0).integers(0, 255, (4, 256, 256, 3), dtype=np.uint8), 1.0)]
     a, b = train_v2.make_batch(cfg, pools, 5), train_v2.make_batch(cfg, pools, 5)
@@ -171,7 +171,8 @@ def test_same_step_gives_the_same_training_batch(tmp_path, shared_data, monkeypa
 
 
 def test_held_out_london_identities_are_refused(shared_data):
-    from facerefine.lab import datasets, train_v2
+    from facerefine.lab import datasets
+    from facerefine.lab.train import compact_v2 as train_v2
     if not (shared_data / "london").is_dir():
         pytest.skip("London faces absent")
     names = {datasets.london_identity(p) for p in train_v2.source_paths(["london-train"])}

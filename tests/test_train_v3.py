@@ -1,4 +1,4 @@
-"""v3 training (lab/train_v3.py): legs resume bit-for-bit, batches are deterministic, the losses see the face."""
+"""v3 training (lab/train/compact_v3.py): legs resume bit-for-bit, batches are deterministic, the losses see the face."""
 import sys
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from test_compact_v2 import TINY, shared_data  # noqa: E402,F401,F811  (the v2 t
 
 
 def tiny_config(tmp_path, **overrides):
-    from facerefine.lab.train_v3 import V3TrainConfig
+    from facerefine.lab.train.compact_v3 import V3TrainConfig
     return V3TrainConfig(out_dir=str(tmp_path / "run"), sources=[["ffhq256", 256, 1.0]], patch=48, batch_size=4,
                          steps=4, warmup=1, checkpoint_every=2, threads=1, init=None, d_channels=8,
                          model={k: list(v) if isinstance(v, tuple) else v for k, v in TINY.__dict__.items()},
@@ -20,7 +20,8 @@ def tiny_config(tmp_path, **overrides):
 
 
 def test_a_leg_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
-    from facerefine.lab import train_v2, train_v3
+    from facerefine.lab.train import compact_v2 as train_v2
+    from facerefine.lab.train import compact_v3 as train_v3
     real_paths = train_v2.source_paths
     monkeypatch.setattr(train_v2, "source_paths", lambda names: real_paths(names)[:16])
     straight = tiny_config(tmp_path / "a")
@@ -40,7 +41,7 @@ def test_a_leg_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
 
 
 def test_batches_are_deterministic_and_half_are_whole_faces(tmp_path):
-    from facerefine.lab import train_v3
+    from facerefine.lab.train import compact_v3 as train_v3
     cfg = tiny_config(tmp_path)
     pools = [(np.random.default_rng(0).integers(0, 255, (4, 256, 256, 3), dtype=np.uint8), 1.0)]
     degrade = train_v3.degrader(cfg)
@@ -53,7 +54,7 @@ def test_batches_are_deterministic_and_half_are_whole_faces(tmp_path):
 
 
 def test_worker_processes_give_the_inline_batches(tmp_path):
-    from facerefine.lab import train_v3
+    from facerefine.lab.train import compact_v3 as train_v3
     pools = [(np.random.default_rng(1).integers(0, 255, (3, 256, 256, 3), dtype=np.uint8), 1.0)]
     inline = list(train_v3.batches(tiny_config(tmp_path), pools, 2, 5))
     forked = list(train_v3.batches(tiny_config(tmp_path, workers=2), pools, 2, 5))
@@ -63,7 +64,7 @@ def test_worker_processes_give_the_inline_batches(tmp_path):
 
 
 def test_component_boxes_sit_on_the_eyes_and_mouth():
-    from facerefine.lab.train_v3 import component_boxes, components
+    from facerefine.lab.train.compact_v3 import component_boxes, components
     from facerefine.models.arch.identity import FFHQ_TEMPLATE
     for size in (48, 160, 512):
         boxes = component_boxes(size)
@@ -78,7 +79,7 @@ def test_component_boxes_sit_on_the_eyes_and_mouth():
 
 def test_identity_loss_is_zero_for_the_same_face_and_grows_with_damage(shared_data):
     from PIL import Image
-    from facerefine.lab.train_v3 import identity_loss
+    from facerefine.lab.train.compact_v3 import identity_loss
     from facerefine.models.arch.identity import load_dlib
     face = np.array(Image.open(sorted((shared_data / "ffhq256").glob("*"))[0]).convert("RGB").resize((160, 160)))
     hq = torch.from_numpy(face).permute(2, 0, 1)[None].float() / 127.5 - 1
@@ -101,7 +102,7 @@ def test_3dsk_templates_give_the_pupils(tmp_path):
 
 
 def test_an_old_photos_tone_is_kept_in_the_target():
-    from facerefine.lab.train_v3 import tone_like
+    from facerefine.lab.train.compact_v3 import tone_like
     rng = np.random.default_rng(0)
     hq = rng.uniform(0, 255, (32, 32, 3)).astype(np.float32)
     grey = np.repeat(hq.mean(axis=2, keepdims=True), 3, axis=2)

@@ -7,9 +7,9 @@ CPU recipe in three commands, each bounded in wall time:
     python -m facerefine.lab.train.refine_v2 identity --minutes 5    # IRN on cached embeddings
 
 Faces: London TRAINING identities (``lab.datasets.london_split``; the held-out ones are refused by
-``lab.train_v2.source_paths``) at 512² and 256², ffhq256 and stylegan256 at 256², the aligned caches that
-``lab.train_v2`` builds (``runs/cache/v2_*.npy``). Each face is degraded once with v2's own training
-degradation (``lab.train_v2.degrade_patch``, seeded per face).
+``lab.train.compact_v2.source_paths``) at 512² and 256², ffhq256 and stylegan256 at 256², the aligned caches that
+``lab.train.compact_v2`` builds (``runs/cache/v2_*.npy``). Each face is degraded once with v2's own training
+degradation (``lab.train.compact_v2.degrade_patch``, seeded per face).
 
 What is cached per face (v2's latent grid is crop/16: 16² at 256, 32² at 512):
 
@@ -52,7 +52,7 @@ def load_restorer(path: str = "weights/facerefine_compact_v2.safetensors"):
 
 def _faces(name: str, size: int) -> np.ndarray:
     from ..train.data import build_cache
-    from ..train_v2 import source_paths
+    from .compact_v2 import source_paths
     return build_cache(source_paths([name]), size, Path("runs/cache") / f"v2_{name}_{size}.npy")
 
 
@@ -96,7 +96,7 @@ def encode_batch(model, embedder, hq: torch.Tensor, lq: torch.Tensor, invert_ste
 
 def cmd_cache(args) -> None:
     from ...models.arch.identity import load_dlib
-    from ..train_v2 import degrade_patch
+    from .compact_v2 import degrade_patch
     torch.set_num_threads(args.threads)
     model = load_restorer(args.restorer)
     embedder = load_dlib("dlib-face-recognition")

@@ -16,7 +16,7 @@ random patches of 256² / 512² faces (detail at the scale of a 512² inference 
 and component terms act on quality-1 samples only (the slider's lower values ask for less detail).
 
 Everything random comes from generators seeded by (seed, step): a leg resumed from its checkpoint continues
-bit-for-bit (tests/test_train_v3.py). ``python -m facerefine.lab.train_v3 --config configs/compact_v3.json``;
+bit-for-bit (tests/test_train_v3.py). ``python -m facerefine.lab.train.compact_v3 --config configs/compact_v3.json``;
 ``--export`` writes the EMA weights; docs/training.md logs each leg.
 """
 from __future__ import annotations
@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.arch.identity import FFHQ_TEMPLATE, DlibEmbedder, load_dlib
-from ..models.arch.iqpfr_v2 import IQPFRv2
-from . import train_v2
-from .train_v2 import V2TrainConfig, charbonnier, image_gradients, load_faces, lr_at
+from ...models.arch.identity import FFHQ_TEMPLATE, DlibEmbedder, load_dlib
+from ...models.arch.iqpfr_v2 import IQPFRv2
+from . import compact_v2
+from .compact_v2 import V2TrainConfig, charbonnier, image_gradients, load_faces, lr_at
+from .iqpfr import straight_through_forward
 
 
 @dataclass
@@ -65,7 +66,7 @@ class V3TrainConfig(V2TrainConfig):
 
 # -- data ------------------------------------------------------------------------------------------
 def degrader(cfg: V3TrainConfig):
-    from .degrade_world import DEFAULT_HOLD_OUT, DegradeWorld
+    from ..degrade_world import DEFAULT_HOLD_OUT, DegradeWorld
     return DegradeWorld(hold_out=tuple(DEFAULT_HOLD_OUT if cfg.hold_out is None else cfg.hold_out))
 
 
@@ -228,7 +229,7 @@ def discriminator_loss(disc: Discriminators, out, hq, quality, whole) -> torch.T
 def initial_generator(cfg: V3TrainConfig) -> IQPFRv2:
     """v2's weights (fp16 file -> float32) with their own config, or a fresh model of cfg.model."""
     if cfg.init:
-        from ..models.locate import resolve
+        from ...models.locate import resolve
         return IQPFRv2.from_file(resolve(cfg.init, "facerefine")).float()
     return IQPFRv2(cfg.model_config())
 
@@ -304,7 +305,7 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
             group["lr"] = lr_at(cfg, step)
         disc.requires_grad_(False)
         with autocast:
-            out, _ = model(lq, fidelity=0.0, quality=quality, straight_through=True)
+            out, _ = straight_through_forward(model, lq, quality)
             loss, parts = generator_losses(cfg, out, target, hq, quality, whole, disc, embedder)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -343,13 +344,13 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
 def export(cfg: V3TrainConfig, dest: Optional[str] = None) -> Path:
     """The EMA weights of the leg's checkpoint -> fp16 safetensors (the restart point and the candidate),
     in the architecture of the model the leg started from."""
-    return train_v2.export(cfg, dest, model=initial_generator(cfg))
+    return compact_v2.export(cfg, dest, model=initial_generator(cfg))
 
 
 def main(argv=None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "compact_v3.json"))
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs" / "compact_v3.json"))
     ap.add_argument("--steps", type=int)
     ap.add_argument("--out-dir")
     ap.add_argument("--max-minutes", type=float)

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.arch.iqpfr_v2 import IQPFRv2, IQPFRv2Config
-from . import datasets
-from .train.data import build_cache, resolve_sources
+from ...models.arch.iqpfr_v2 import IQPFRv2, IQPFRv2Config
+from .. import datasets
+from .data import build_cache, resolve_sources
+from .iqpfr import straight_through_forward
 
 MAX_EXPORT_MB = 40.0
 
@@ -221,7 +222,7 @@ def train(cfg: V2TrainConfig, log=print, stop_after: Optional[int] = None) -> di
         lq, target, quality = make_batch(cfg, pools, step)
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, step)
-        restored, _ = model(lq, fidelity=0.0, quality=quality, straight_through=True)
+        restored, _ = straight_through_forward(model, lq, quality)
         loss, parts = loss_fn(restored, target, cfg.grad_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -261,7 +262,7 @@ def export(cfg: V2TrainConfig, dest: Optional[str] = None, max_megabytes: float 
 def main(argv=None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "compact_v2.json"))
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parents[2] / "configs" / "compact_v2.json"))
     ap.add_argument("--steps", type=int)
     ap.add_argument("--out-dir")
     ap.add_argument("--max-minutes", type=float)
