@@ -79,8 +79,8 @@ def relative(timed: dict) -> list:
 
 def test_writer_without_timestamps_keeps_one_frame_per_tick_of_the_rate(tmp_path):
     """Frames written without stamps (ComfyUI batches) are spaced at the given rate, whatever the time base."""
-    from facerefine.core.video.io import VideoWriter
+    from facerefine.core.video.io import FrameFormat, VideoWriter
     frames = np.zeros((6, 32, 32, 3), np.uint8)
-    with VideoWriter(tmp_path / "plain.mp4", 32, 32, Fraction(25), time_base=TB) as w:
+    with VideoWriter(tmp_path / "plain.mp4", FrameFormat(32, 32, Fraction(25), TB)) as w:
         w.write(frames)
     assert np.allclose(timing(tmp_path / "plain.mp4")["times"], [i / 25 for i in range(6)], atol=float(TB))

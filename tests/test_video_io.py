@@ -8,7 +8,7 @@ import torch
 
 av = pytest.importorskip("av")
 
-from facerefine.core.video.io import VideoWriter, probe, read_frames  # noqa: E402
+from facerefine.core.video.io import FrameFormat, VideoWriter, probe, read_frames  # noqa: E402
 
 FPS = Fraction(24000, 1001)
 
@@ -98,14 +98,14 @@ def test_writer_keeps_rate_odd_sizes_and_leaves_nothing_on_error(tmp_path):
     frames = rng.integers(0, 255, size=(5, 46, 64, 3), dtype=np.uint8)
     frames = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)[:, :91, :127]   # odd 127x91
     dst = tmp_path / "odd.mkv"
-    with VideoWriter(dst, 127, 91, Fraction(30000, 1001)) as w:
+    with VideoWriter(dst, FrameFormat(127, 91, Fraction(30000, 1001))) as w:
         w.write(frames)
     info = probe(dst)
     assert (info.width, info.height, info.fps, info.has_audio) == (127, 91, Fraction(30000, 1001), False)
     assert decode_all(dst).shape == (5, 91, 127, 3)
     bad = tmp_path / "bad.mp4"
     with pytest.raises(Exception):
-        with VideoWriter(bad, 64, 64, Fraction(25)) as w:
+        with VideoWriter(bad, FrameFormat(64, 64, Fraction(25))) as w:
             w.write(frames)     # wrong size: refused
     assert not bad.exists() and not list(tmp_path.glob(".bad*"))
 

@@ -5,6 +5,9 @@ import torch
 
 from facerefine.core.types import FaceCrops, FaceInfo
 from facerefine.core.crop.warp import invert_affine
+from facerefine.core.lookup.options import LookupOptions
+
+OFF = LookupOptions(quality=1.0, fidelity=0.5, mode="off")  # per-frame lookup, no quality slider
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +50,7 @@ def test_strength_zero_is_per_frame_lookup(tiny_restorer, clip):
     from facerefine.core.video import TemporalLookup
     crops = _crops(clip)
     per_frame, _ = lookup(crops, tiny_restorer, quality=1.0, fidelity=0.5, mode="off")
-    ours = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.0, mode="off")(crops, [0] * len(crops))
+    ours = TemporalLookup(tiny_restorer, OFF, strength=0.0)(crops, [0] * len(crops))
     assert torch.allclose(ours.crops, per_frame.crops, atol=1e-5)
 
 
@@ -56,8 +59,8 @@ def test_temporal_lookup_lowers_flicker(tiny_restorer, clip):
     from facerefine.lab.eval.flicker import crops_flicker
     crops = _crops(clip)
     ids = [0] * len(crops)
-    per_frame = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.0, mode="off")(crops, ids)
-    temporal = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.7, mode="off")
+    per_frame = TemporalLookup(tiny_restorer, OFF, strength=0.0)(crops, ids)
+    temporal = TemporalLookup(tiny_restorer, OFF, strength=0.7)
     # fed in two chunks: the state carries across calls
     half = len(crops) // 2
     a = temporal(crops.select(list(range(half))), ids[:half])
@@ -66,21 +69,21 @@ def test_temporal_lookup_lowers_flicker(tiny_restorer, clip):
     f_frame, f_temp = crops_flicker(per_frame.crops), crops_flicker(steady)
     assert f_temp < 0.7 * f_frame, (f_temp, f_frame)
     # one call over the whole clip gives the same result as two chunks
-    whole = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.7, mode="off")(crops, ids)
+    whole = TemporalLookup(tiny_restorer, OFF, strength=0.7)(crops, ids)
     assert torch.allclose(whole.crops, steady, atol=1e-5)
     # another track id does not inherit the state
-    other = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.7, mode="off")(crops.select([0, 1]), [0, 1])
+    other = TemporalLookup(tiny_restorer, OFF, strength=0.7)(crops.select([0, 1]), [0, 1])
     assert torch.allclose(other.crops, per_frame.crops[:2], atol=1e-5)
 
 
 def test_cut_resets_the_track_state(tiny_restorer, clip):
     from facerefine.core.video import TemporalLookup
     crops = _crops(clip)
-    t = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.7, mode="off")
+    t = TemporalLookup(tiny_restorer, OFF, strength=0.7)
     t(crops.select([0]), [0])
     flipped = FaceCrops(crops.crops[1:2].flip(-2), crops.faces[1:2], crops.crop_size)   # a different picture
     out = t(flipped, [0])
-    alone = TemporalLookup(tiny_restorer, 1.0, 0.5, strength=0.0, mode="off")(flipped, [0])
+    alone = TemporalLookup(tiny_restorer, OFF, strength=0.0)(flipped, [0])
     assert torch.allclose(out.crops, alone.crops, atol=1e-5)
 
 

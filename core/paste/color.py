@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 
 
-def _masked_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_stats(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     total = w.sum(dim=(-2, -1), keepdim=True).clamp(min=1e-6)
     mean = (x * w).sum(dim=(-2, -1), keepdim=True) / total
     var = ((x - mean) ** 2 * w).sum(dim=(-2, -1), keepdim=True) / total
@@ -18,14 +18,14 @@ def lab_transfer(restored: torch.Tensor, original: torch.Tensor, mask: torch.Ten
     from kornia.color import lab_to_rgb, rgb_to_lab
     # statistics of 4x pooled copies: colour and shading contrast, not the fine detail a restorer adds
     pooled_mask = F.avg_pool2d(mask, 4)
-    mean_r, std_r = _masked_stats(rgb_to_lab(F.avg_pool2d(restored.clamp(0, 1), 4)), pooled_mask)
-    mean_o, std_o = _masked_stats(rgb_to_lab(F.avg_pool2d(original.clamp(0, 1), 4)), pooled_mask)
+    mean_r, std_r = masked_stats(rgb_to_lab(F.avg_pool2d(restored.clamp(0, 1), 4)), pooled_mask)
+    mean_o, std_o = masked_stats(rgb_to_lab(F.avg_pool2d(original.clamp(0, 1), 4)), pooled_mask)
     lab_r = rgb_to_lab(restored.clamp(0, 1))
     out = (lab_r - mean_r) * (std_o / std_r).clamp(0.5, 2.0) + mean_o
     return lab_to_rgb(out, clip=True)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian low-pass; large sigmas run on a pooled copy (same result up to interpolation)."""
     from kornia.filters import gaussian_blur2d
     size = x.shape[-2:]
@@ -44,9 +44,9 @@ def lowfreq_transfer(restored: torch.Tensor, original: torch.Tensor, mask: torch
     sigma = sigma or size / 64.0
     w = (mask > 0.01).float()
     # mask-normalised blur, so background outside the face does not bleed in
-    norm = _blur(w, sigma).clamp(min=1e-4)
-    low_r = _blur(restored * w, sigma) / norm
-    low_o = _blur(original * w, sigma) / norm
+    norm = smooth(w, sigma).clamp(min=1e-4)
+    low_r = smooth(restored * w, sigma) / norm
+    low_o = smooth(original * w, sigma) / norm
     return (restored - low_r + low_o).clamp(0, 1)
 
 

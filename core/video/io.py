@@ -45,6 +45,15 @@ def require_av():
 
 
 @dataclass(frozen=True)
+class FrameFormat:
+    """What a written video stream needs to know of its frames."""
+    width: int
+    height: int
+    fps: Fraction
+    time_base: Optional[Fraction] = None  # keep the source's timestamps unit (ignored for AVI / MPEG-4)
+
+
+@dataclass(frozen=True)
 class VideoInfo:
     width: int
     height: int
@@ -55,6 +64,10 @@ class VideoInfo:
     audio_codec: Optional[str]
     codec: str
     time_base: Optional[Fraction] = None  # of the video stream: the unit of its frames' timestamps
+
+    @property
+    def frame_format(self) -> FrameFormat:
+        return FrameFormat(self.width, self.height, self.fps, self.time_base)
 
 
 def _checked_stream(c, path):
@@ -118,8 +131,9 @@ class VideoWriter:
     (and MPEG-4 Part 2 takes no fine time base): there, frames go to the nearest tick of the average rate.
     """
 
-    def __init__(self, path, width: int, height: int, fps: Fraction, audio_from=None, codec: Optional[str] = None,
-                 crf: int = 18, audio: bool = True, namer=None, time_base: Optional[Fraction] = None):
+    def __init__(self, path, frames: FrameFormat, audio_from=None, codec: Optional[str] = None, crf: int = 18,
+                 audio: bool = True, namer=None):
+        width, height, fps, time_base = frames.width, frames.height, frames.fps, frames.time_base
         av = require_av()
         self.path = Path(path)
         self.namer = namer  # core.output_paths.OutputNamer: the name is reserved when the clip is complete

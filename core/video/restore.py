@@ -110,8 +110,7 @@ class SequenceRestorer:
                                              quality_condition=options.lookup.quality_condition or None)
                 mode = video.temporal_mode
                 latent = video.temporal if "latent" in mode else 0.0
-                self.temporal = TemporalLookup(restorer, options.lookup.quality, options.lookup.fidelity,
-                                               latent, video.output_blend, options.lookup.mode)
+                self.temporal = TemporalLookup(restorer, options.lookup, latent, video.output_blend)
                 if "flow" in mode:
                     self.flow = FlowBlend(video.temporal, video.flow_tolerance, video.flow_guide)
                 if self.temporal.note:
@@ -256,8 +255,8 @@ def restore_video(src, dst, options, video: VideoOptions = VideoOptions(),
     seq = SequenceRestorer(options, video, fps=float(info.fps), restorer=restorer, planned=planned)
     done = faces = 0
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(dst, info.width, info.height, info.fps, audio_from=src if video.audio else None,
-                     codec=video.codec, crf=video.crf, namer=namer, time_base=info.time_base) as writer:
+    with VideoWriter(dst, info.frame_format, audio_from=src if video.audio else None, codec=video.codec,
+                     crf=video.crf, namer=namer) as writer:
         for frames, stamps in read_frames(src, video.chunk):
             res = seq.process(torch.from_numpy(frames).float() / 255.0)
             out = (res.images.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..crop.warp import compose, invert_affine, scale_matrix, warp
+from ..lookup.options import LookupOptions
 from ..types import FaceCrops
 
 IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -86,18 +87,20 @@ class TemporalLookup(TrackStates):
     output_blend: the same for the final restored crop (all restorers; the only option without a codebook).
     """
 
-    def __init__(self, restorer, quality: float = 1.0, fidelity: float = 0.5, strength: float = 0.6,
-                 output_blend: Optional[float] = None, mode: str = "auto", blend_skips: bool = True,
-                 batch_size: int = 8, reset_similarity: float = 0.5):
+    blend_skips = True         # the encoder skips are blended over time like the latent
+    batch_size = 8             # faces per model call
+    reset_similarity = 0.5     # a latent less similar than this to the track's last one starts the track afresh
+
+    def __init__(self, restorer, lookup: LookupOptions, strength: float = 0.6, output_blend: Optional[float] = None):
         from ..lookup.lookup import resolve_mode
         self.restorer = restorer
-        self.quality, self.fidelity = float(quality), float(fidelity)
+        self.quality, self.fidelity = float(lookup.quality), float(lookup.fidelity)
         self.strength = float(strength)
         if not 0.0 <= self.strength < 1.0:
             raise ValueError(f"temporal strength must be within 0..1 (exclusive of 1), got {strength}")
         has_codebook = restorer.codebook is not None
         self.output_blend = float(output_blend if output_blend is not None else (0.0 if has_codebook else strength))
-        run_mode, note = resolve_mode(restorer, mode, quality, critic=lambda x: x)
+        run_mode, note = resolve_mode(restorer, lookup.mode or "auto", self.quality, critic=lambda x: x)
         self.note = note
         if run_mode == "training-free":
             # critic-steered codes are picked per frame by a search: they would bring the flicker back
@@ -105,9 +108,6 @@ class TemporalLookup(TrackStates):
             self.note = ("video mode: training-free quality steering is per frame, so it is off here; "
                          "use a restorer with trained quality conditioning for the slider")
         self.mode = run_mode
-        self.blend_skips = blend_skips
-        self.batch_size = max(1, int(batch_size))
-        self.reset_similarity = reset_similarity
         self.states: dict[int, _TrackState] = {}
 
 
@@ -251,7 +251,7 @@ class TrackColor:
         """restored: FACE_CROPS; original: the input crops [N,3,S,S]; masks [N,S,S] soft paste masks."""
         from kornia.color import lab_to_rgb, rgb_to_lab
 
-        from ..paste.color import _blur, _masked_stats
+        from ..paste.color import masked_stats, smooth
         if self.mode == "none" or len(restored) == 0:
             return restored
         size = restored.crop_size
@@ -268,8 +268,8 @@ class TrackColor:
             # frame); the target, the original face's statistics, is averaged over the track
             if self.mode == "lab":
                 pw = F.avg_pool2d(w, 4)
-                mean_r, std_r = _masked_stats(rgb_to_lab(F.avg_pool2d(x, 4)), pw)
-                mean_o, std_o = _masked_stats(rgb_to_lab(F.avg_pool2d(o, 4)), pw)
+                mean_r, std_r = masked_stats(rgb_to_lab(F.avg_pool2d(x, 4)), pw)
+                mean_o, std_o = masked_stats(rgb_to_lab(F.avg_pool2d(o, 4)), pw)
                 mean_o, std_o = self._ema(tid, (mean_o, std_o))
                 self.states[tid] = (face.affine, (mean_o, std_o))
                 lab = (rgb_to_lab(x) - mean_r) * (std_o / std_r).clamp(0.5, 2.0) + mean_o
@@ -277,11 +277,11 @@ class TrackColor:
             else:
                 sigma = size / 64.0
                 hard = (w > 0.01).float()
-                norm = _blur(hard, sigma).clamp(min=1e-4)
-                low_o = _blur(o * hard, sigma) / norm
+                norm = smooth(hard, sigma).clamp(min=1e-4)
+                low_o = smooth(o * hard, sigma) / norm
                 (low_o,) = self._ema(tid, (low_o,))
                 self.states[tid] = (face.affine, (low_o,))
-                out.append((x - _blur(x * hard, sigma) / norm + low_o).clamp(0, 1))
+                out.append((x - smooth(x * hard, sigma) / norm + low_o).clamp(0, 1))
         corrected = torch.cat(out)
         return FaceCrops(corrected, restored.faces, restored.crop_size, restored.parsing_masks,
                          restored.history + (f"color:{self.mode}:track",))
