@@ -7,6 +7,7 @@ Every ``import``/``from ... import`` in every module counts, at module level or 
 ``from ..core import score`` is an edge to ``core.score``. Reported:
 - import loops: the strongly connected components with more than one module (or a module importing itself);
 - upward imports: a runtime module (everything outside lab/ and tests/) importing the lab;
+- runtime functions with more than 8 parameters or 80 lines (docs/ARCHITECTURE.md allows two of each);
 - the largest files (lines).
 tests/test_architecture.py asserts no loops and no upward imports.
 """
@@ -164,13 +165,41 @@ def largest_files(root: Optional[Path] = None, top: int = 10, runtime_only: bool
     return sorted(sizes, key=lambda t: -t[1])[:top]
 
 
+MAX_PARAMS, MAX_LINES = 8, 80  # docs/ARCHITECTURE.md: a function takes an options object beyond this
+
+
+def function_sizes(root: Optional[Path] = None, lab=LAB) -> list[dict]:
+    """Every runtime function: module, name, parameters (self/cls not counted, *args/**kwargs one each), lines."""
+    root = Path(root) if root else package_root()
+    rows = []
+    for name, path in modules(root).items():
+        if not is_runtime(name, lab):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs] + [x.arg for x in (a.vararg, a.kwarg) if x]
+            params = len(names) - (1 if names[:1] in (["self"], ["cls"]) else 0)
+            rows.append({"module": name, "function": node.name, "params": params,
+                         "lines": node.end_lineno - node.lineno + 1})
+    return rows
+
+
+def oversized(root: Optional[Path] = None, lab=LAB) -> dict[str, list[dict]]:
+    """Runtime functions over the budgets: {"params": [...], "lines": [...]}, largest first."""
+    rows = function_sizes(root, lab)
+    return {"params": sorted((r for r in rows if r["params"] > MAX_PARAMS), key=lambda r: -r["params"]),
+            "lines": sorted((r for r in rows if r["lines"] > MAX_LINES), key=lambda r: -r["lines"])}
+
+
 def report(root: Optional[Path] = None, lab=LAB) -> dict:
     root = Path(root) if root else package_root()
     g = graph(root)
     runtime = [m for m in g if is_runtime(m, lab)]
     return {"root": str(root), "modules": len(g), "runtime_modules": len(runtime),
             "runtime_lines": sum(n for _, n in largest_files(root, top=10 ** 6, runtime_only=True, lab=lab)),
-            "loops": loops(g), "upward_imports": upward_imports(g, lab),
+            "loops": loops(g), "upward_imports": upward_imports(g, lab), "oversized": oversized(root, lab),
             "largest_files": largest_files(root), "largest_runtime_files": largest_files(root, runtime_only=True,
                                                                                         lab=lab)}
 
@@ -194,6 +223,10 @@ def main(argv=None) -> int:
     print(f"runtime -> lab imports: {len(r['upward_imports'])}")
     for a, b in r["upward_imports"]:
         print(f"  {a} -> {b}")
+    for kind, limit in (("params", MAX_PARAMS), ("lines", MAX_LINES)):
+        print(f"runtime functions with more than {limit} {kind}: {len(r['oversized'][kind])}")
+        for f in r["oversized"][kind]:
+            print(f"  {f[kind]:4d} {f['module']}.{f['function']}")
     print("largest runtime files:")
     for f, n in r["largest_runtime_files"]:
         print(f"  {n:5d} {f}")

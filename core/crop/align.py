@@ -10,7 +10,6 @@ from .warp import invert_affine, mapped_box, warp
 # values facexlib's FaceRestoreHelper uses, so crops match what CodeFormer/GFPGAN expect.
 FFHQ_TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
                               [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float64)
-CROP_SIZES = (256, 512, 1024)
 
 
 def template(crop_size: int) -> np.ndarray:

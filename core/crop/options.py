@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from ...errors import FaceRefineError
-from .align import CROP_SIZES
 
+CROP_SIZES = (256, 512, 1024)
 SORT_ORDERS = ("largest", "left_to_right", "confidence")
 
 

@@ -246,14 +246,21 @@ def _worker_batch(step: int):
 
 
 def batches(cfg: V3TrainConfig, pools: list, first: int, end: int):
-    """make_batch for each step from ``first`` to ``end``, inline or in ``cfg.workers`` forked processes."""
+    """make_batch for each step from ``first`` to ``end``, inline or in ``cfg.workers`` forked processes.
+    At most 2 batches per worker are prepared ahead: ``Pool.imap`` has no back-pressure, and the batches it
+    piled up in shared memory filled /dev/shm and got the first leg-2 run OOM-killed."""
     if cfg.workers <= 0:
         degrade = degrader(cfg)
         yield from (make_batch(cfg, pools, step, degrade) for step in range(first, end))
         return
     import multiprocessing
+    from collections import deque
     with multiprocessing.get_context("fork").Pool(cfg.workers, _worker_init, (cfg, pools)) as pool:
-        yield from pool.imap(_worker_batch, range(first, end), chunksize=2)
+        pending: deque = deque()
+        for step in range(first, end):
+            while len(pending) < 2 * cfg.workers and step + len(pending) < end:
+                pending.append(pool.apply_async(_worker_batch, (step + len(pending),)))
+            yield pending.popleft().get()
 
 
 def save_checkpoint(path: Path, **state) -> None:
