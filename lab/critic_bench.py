@@ -72,7 +72,7 @@ def load_faces(paths: Sequence[Path], size: int = 512) -> tuple[torch.Tensor, di
     [N,1,S,S]) from the landmarks."""
     import cv2
 
-    from ..core.crop.align import _umeyama_similarity, template
+    from ..core.crop.align import template, umeyama_similarity
     from PIL import Image
     faces, regions = [], {"face": [], "eyes": [], "lips": []}
     for p in paths:
@@ -87,7 +87,7 @@ def load_faces(paths: Sequence[Path], size: int = 512) -> tuple[torch.Tensor, di
         lip = pts[list(A.LONDON_LIPS)]
         src = np.array([pts[0], pts[1], lip[lip[:, 0].argmin()], lip[lip[:, 0].argmax()]])  # pupils, mouth corners
         tpl = template(size)[[0, 1, 3, 4]]
-        mat = _umeyama_similarity(src, tpl)
+        mat = umeyama_similarity(src, tpl)
         warped = cv2.warpAffine(arr, mat, (size, size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         faces.append(torch.from_numpy(warped.copy()).permute(2, 0, 1).float() / 255)
         q = pts @ mat[:, :2].T + mat[:, 2]

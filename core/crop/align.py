@@ -23,11 +23,11 @@ def estimate_affine(landmarks: np.ndarray, crop_size: int) -> np.ndarray:
     dst = template(crop_size)
     m, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
     if m is None or not np.isfinite(m).all():  # degenerate points: least squares similarity
-        m = _umeyama_similarity(src, dst)
+        m = umeyama_similarity(src, dst)
     return m.astype(np.float64)
 
 
-def _umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
     u, sig, vt = np.linalg.svd(d.T @ s / len(src))
