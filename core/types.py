@@ -135,7 +135,6 @@ class FaceLatent:
     logits: Optional[torch.Tensor] = None           # [N, h*w, K] lookup logits
     skip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # encoder skips for the fidelity path
     fidelity: float = 0.5
-    quality: float = 1.0
     lq_crops: Optional[torch.Tensor] = None         # the degraded crops the lookup started from [N,3,S,S]
     extra: dict[str, Any] = field(default_factory=dict)
 

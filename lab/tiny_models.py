@@ -67,7 +67,7 @@ def make_tiny_codeformer(path, *, dim_embd: int = 32, n_layers: int = 1, codeboo
 def make_tiny_gfpgan(path, *, narrow: float = 0.125, num_style_feat: int = 64, num_mlp: int = 2,
                      seed: int = 0) -> Path:
     """spandrel GFPGANv1Clean (the v1.3/v1.4 architecture), 512^2, with narrow channels."""
-    from ..models.restorers import gfpgan_class
+    from ..models.spandrel_loader import gfpgan_class
     GFPGAN = gfpgan_class()
     torch.manual_seed(seed)
     model = GFPGAN(out_size=512, num_style_feat=num_style_feat, channel_multiplier=2, num_mlp=num_mlp,

@@ -80,7 +80,7 @@ def evaluate(photo_path=None, restorer: str = "auto", frames: int = 48, size: in
     result["frame_psnr"] = {"input": float(frame_psnr(clip.degraded, clip.clean).mean())}
     result["seconds"] = {}
     if restorer != "none":
-        from ..core.lookup.restorer import load_restorer
+        from ..models.restorers import load_restorer
         handle = load_restorer(restorer, device)
         runs = [("per_frame", VideoOptions(chunk=chunk, temporal=0.0))]
         runs += [(mode, VideoOptions(chunk=chunk, temporal=temporal, temporal_mode=mode,

@@ -182,7 +182,7 @@ EMBEDDED_RESTORER = "facerefine-compact-v2"
 def restorer_candidates() -> list[str]:
     """What 'auto' tries, in order: every community restorer found on disk (registry name, or the A1111
     file name), then the embedded compact model. A candidate that fails to load is skipped with a warning
-    (core.lookup.restorer.load_restorer)."""
+    (models.restorers.load_restorer)."""
     from .folders import find_existing
     found = []
     for name in AUTO_RESTORERS:

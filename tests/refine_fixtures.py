@@ -6,6 +6,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from facerefine.core.lookup.options import LookupOptions
+
 # FFHQ 512 template landmarks; crops below are "already aligned", so source = crop pixels.
 TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
                          [201.26117, 371.41043], [313.08905, 371.15118]])
@@ -31,7 +33,7 @@ def tiny_restorer_path(tmp_dir: str) -> str:
 
 
 def load_tiny_restorer(tmp_dir):
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     return load_restorer(tiny_restorer_path(str(tmp_dir)), "cpu")
 
 
@@ -51,11 +53,11 @@ def lookup_latent(face_crops, restorer, fidelity: float = 0.5):
     """The lookup step's outputs (FACE_CROPS restored, FACE_LATENT) via core.lookup when it exists,
     else the same calls on the restorer's lookup surface."""
     try:
-        from facerefine.core.lookup import lookup
+        from facerefine.core.lookup.lookup import lookup
     except ImportError:
         lookup = None
     if lookup is not None:
-        return lookup(face_crops, restorer, quality=1.0, fidelity=fidelity)
+        return lookup(face_crops, restorer, LookupOptions(quality=1.0, fidelity=fidelity))
     from facerefine.core.types import FaceLatent
     cb = restorer.codebook
     x = torch.nn.functional.interpolate(face_crops.crops, size=(restorer.img_size,) * 2, mode="bilinear",
@@ -66,7 +68,7 @@ def lookup_latent(face_crops, restorer, fidelity: float = 0.5):
         idx = logits.argmax(-1)
         q = cb.finish_quantize(cb.code_features(idx), lq)
         out = ((cb.decode(q, skips, fidelity) + 1) / 2).clamp(0, 1)
-    latent = FaceLatent(restorer.name, restorer.architecture, lq, q, idx, logits, skips, fidelity, 1.0)
+    latent = FaceLatent(restorer.name, restorer.architecture, lq, q, idx, logits, skips, fidelity)
     return face_crops.with_crops(out, "lookup"), latent
 
 

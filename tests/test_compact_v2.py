@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from facerefine.core.lookup.options import LookupOptions
 from facerefine.errors import FaceRefineError, WrongArchitectureError
 from facerefine.models.arch.iqpfr_v2 import IQPFRv2, IQPFRv2Config, read_config
 
@@ -38,7 +39,7 @@ def _crops(n: int, size: int):
 
 @pytest.fixture
 def restorer(tmp_path):
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     path = _random_model().save(tmp_path / "v2.safetensors")
     return load_restorer(str(path))
 
@@ -46,13 +47,13 @@ def restorer(tmp_path):
 def test_fidelity_one_returns_input_and_zero_changes_it(restorer):
     from facerefine.core.lookup.lookup import lookup
     crops = _crops(2, 256)
-    same, _ = lookup(crops, restorer, quality=1.0, fidelity=1.0)
+    same, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=1.0))
     assert (same.crops - crops.crops).abs().mean() * 255 <= 0.5
-    full, _ = lookup(crops, restorer, quality=1.0, fidelity=0.0)
+    full, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.0))
     assert (full.crops - crops.crops).abs().mean() * 255 > 0.5
-    default, _ = lookup(crops, restorer, quality=1.0, fidelity=0.5)  # full correction up to w = 0.5
+    default, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.5))  # full correction up to w = 0.5
     assert torch.allclose(default.crops, full.crops, atol=1e-6)
-    half, _ = lookup(crops, restorer, quality=1.0, fidelity=0.75)  # then fading towards the input
+    half, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.75))  # then fading towards the input
     gap = lambda out: (out.crops - crops.crops).abs().mean()
     assert gap(same) < gap(half) < gap(full)
 
@@ -61,26 +62,27 @@ def test_fidelity_one_returns_input_and_zero_changes_it(restorer):
 def test_runs_at_crop_size_with_batch_equal_single(restorer, size):
     from facerefine.core.lookup.lookup import lookup
     crops = _crops(3, size)
-    batch, latent = lookup(crops, restorer, quality=0.7, fidelity=0.3, batch_size=3)
+    batch, latent = lookup(crops, restorer, LookupOptions(quality=0.7, fidelity=0.3, batch_size=3))
     assert batch.crops.shape == (3, 3, size, size) and batch.crops.dtype == torch.float32
     assert 0.0 <= float(batch.crops.min()) and float(batch.crops.max()) <= 1.0
     assert latent.quantized.shape[-1] == size // 16  # token grid at 1/16 of the crop: no fixed bottleneck
-    single = torch.cat([lookup(crops.select([i]), restorer, quality=0.7, fidelity=0.3)[0].crops for i in range(3)])
+    options = LookupOptions(quality=0.7, fidelity=0.3)
+    single = torch.cat([lookup(crops.select([i]), restorer, options)[0].crops for i in range(3)])
     assert torch.allclose(batch.crops, single, atol=1e-5)
 
 
 def test_quality_value_reaches_the_output(restorer):
     from facerefine.core.lookup.lookup import lookup
     crops = _crops(1, 256)
-    low, _ = lookup(crops, restorer, quality=0.0, fidelity=0.0)
-    high, _ = lookup(crops, restorer, quality=1.0, fidelity=0.0)
+    low, _ = lookup(crops, restorer, LookupOptions(quality=0.0, fidelity=0.0))
+    high, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.0))
     assert (low.crops - high.crops).abs().mean() > 1e-4
 
 
 def test_decoding_the_latent_again_gives_the_lookup_output(restorer):
     from facerefine.core.lookup.lookup import decode, lookup
     crops = _crops(1, 256)
-    out, latent = lookup(crops, restorer, quality=0.4, fidelity=0.2)
+    out, latent = lookup(crops, restorer, LookupOptions(quality=0.4, fidelity=0.2))
     with torch.inference_mode():
         again = decode(restorer, latent.quantized, latent.skip_features, latent.fidelity)
     assert torch.allclose(again, out.crops, atol=1e-5)
@@ -184,7 +186,7 @@ def test_held_out_london_identities_are_refused(shared_data):
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped compact v2 weights not present")
 def test_shipped_model_quality_slider_changes_a_london_face():
     from facerefine.core.lookup.lookup import lookup
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     from facerefine.core.types import FaceCrops
     from facerefine.lab import datasets
     from facerefine.lab.train.data import align_face
@@ -196,9 +198,9 @@ def test_shipped_model_quality_slider_changes_a_london_face():
     crops = FaceCrops(crops=torch.from_numpy(face).permute(2, 0, 1)[None].float() / 255, faces=base.faces,
                       crop_size=512)
     restorer = load_restorer(str(WEIGHTS))
-    low, _ = lookup(crops, restorer, quality=0.0, fidelity=0.0)
-    high, _ = lookup(crops, restorer, quality=1.0, fidelity=0.0)
+    low, _ = lookup(crops, restorer, LookupOptions(quality=0.0, fidelity=0.0))
+    high, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.0))
     face = (slice(None), slice(None), slice(150, 440), slice(130, 382))  # the face inside the 512² FFHQ frame
     assert (low.crops - high.crops)[face].abs().mean() * 255 >= 1.5
-    same, _ = lookup(crops, restorer, quality=1.0, fidelity=1.0)
+    same, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=1.0))
     assert (same.crops - crops.crops).abs().mean() * 255 <= 0.5

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from facerefine.core.lookup.options import LookupOptions
 from facerefine.lab import artifacts as A
 from facerefine.lab import critic_bench as B
 
@@ -53,7 +54,7 @@ def clean_scores(faces, critic):
 
 
 def test_default_critic_is_face_iqa_everywhere():
-    from facerefine.core.lookup.lookup import DEFAULT_CRITIC
+    from facerefine.core.lookup.options import DEFAULT_CRITIC
     from facerefine.core.score import canonical_name, get_critic, get_metric
     assert WEIGHTS.stat().st_size < 2_000_000
     assert canonical_name("auto") == "face-iqa" and canonical_name(DEFAULT_CRITIC) == "face-iqa"
@@ -123,7 +124,7 @@ def test_default_critic_follows_the_shipped_quality_slider(faces, critic):
     """The slider the users move and the critic that labels and steers it agree: on degraded held-out faces the
     embedded default restorer's output scores higher (mean of 5 faces) as quality goes 0 -> 0.5 -> 1."""
     from facerefine.core.lookup.lookup import lookup
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     from facerefine.core.types import FaceCrops, FaceInfo
     from facerefine.models.registry import EMBEDDED_RESTORER
     import numpy as np
@@ -136,7 +137,7 @@ def test_default_critic_follows_the_shipped_quality_slider(faces, critic):
     restorer = load_restorer(EMBEDDED_RESTORER)
     means = []
     for q in (0.0, 0.5, 1.0):
-        out, _ = lookup(crops, restorer, quality=q, fidelity=0.0)
+        out, _ = lookup(crops, restorer, LookupOptions(quality=q, fidelity=0.0))
         means.append(float(critic.normalized(out.crops).mean()))
     assert means[0] < means[1] < means[2], means
 

@@ -25,7 +25,7 @@ def test_restorer_none_crops_and_pastes_only(scene):
 
 
 class FakeLookup:
-    """Stands in for core.lookup.pipeline_step.LookupStep: darkens the faces, returns a latent."""
+    """Stands in for core.lookup.step.LookupStep: darkens the faces, returns a latent."""
     name = "lookup"
     restorer = "the restorer handle"
 

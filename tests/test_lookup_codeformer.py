@@ -10,9 +10,11 @@ import torch
 
 from tiny_models import make_tiny_codeformer, make_tiny_gfpgan, make_tiny_quality_condition
 
-from facerefine.core.lookup import decode, load_restorer, lookup
+from facerefine.core.lookup.lookup import decode, lookup
+from facerefine.core.lookup.options import LookupOptions
 from facerefine.core.types import FaceCrops, FaceInfo
 from facerefine.errors import FaceRefineError, WrongArchitectureError
+from facerefine.models.restorers import load_restorer
 
 DIM, LAYERS = 32, 1
 
@@ -39,11 +41,11 @@ def restorer(cf_path):
 def runs(restorer):
     """Our lookup at w=0 (+ decode at w=1 from its latent) and spandrel's own forward at w=0 and w=1."""
     face = one_face()
-    ours_w0, latent = lookup(face, restorer, quality=1.0, fidelity=0.0, mode="off")
+    ours_w0, latent = lookup(face, restorer, LookupOptions(quality=1.0, fidelity=0.0, mode="off"))
     with torch.inference_mode():
         ours_w1 = decode(restorer, latent.quantized, latent.skip_features, 1.0)
         x = face.crops * 2 - 1
-        net = restorer.loaded.module
+        net = restorer.module
         ref = {w: ((net(x, weight=w)[0] + 1) / 2).clamp(0, 1) for w in (0.0, 1.0)}
     return {"face": face, "w0": ours_w0.crops, "w1": ours_w1, "latent": latent, "ref": ref}
 
@@ -51,7 +53,7 @@ def runs(restorer):
 def test_detected_and_loaded_through_spandrel(restorer):
     from spandrel_extra_arches.architectures.CodeFormer import CodeFormer
     assert restorer.architecture == "CodeFormer"
-    assert isinstance(restorer.loaded.module, CodeFormer)
+    assert isinstance(restorer.module, CodeFormer)
     assert restorer.supports_quality and not restorer.has_trained_conditioning
 
 
@@ -111,7 +113,7 @@ def test_gfpgan_state_dict_as_conditioning_is_a_clear_error(restorer, tmp_path):
 
 def test_trained_mode_without_conditioning_is_a_user_error(restorer, runs):
     with pytest.raises(FaceRefineError, match="conditioning"):
-        lookup(runs["face"], restorer, mode="trained")
+        lookup(runs["face"], restorer, LookupOptions(mode="trained"))
 
 
 def test_loaded_by_registry_name_from_facerefine_home(cf_path, tmp_path, monkeypatch):

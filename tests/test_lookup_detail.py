@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from facerefine.core.lookup.detail import carry_detail
+from facerefine.core.lookup.input_detail import carry_detail
 
 
 def test_detail_band_follows_fidelity():

@@ -5,9 +5,13 @@ import torch
 
 from tiny_models import make_tiny_iqpfr, make_tiny_quality_condition, tiny_iqpfr_config
 
-from facerefine.core.lookup import budget_grid, concat_latents, decode, load_restorer, lookup
+from facerefine.core.lookup.latent import concat_latents
+from facerefine.core.lookup.lookup import decode, lookup
+from facerefine.core.lookup.options import LookupOptions, SteerOptions
+from facerefine.core.lookup.steering import budget_grid
 from facerefine.core.types import FaceCrops, FaceInfo
 from facerefine.errors import FaceRefineError, WrongArchitectureError
+from facerefine.models.restorers import load_restorer
 
 
 def make_crops(n, size=32, seed=0):
@@ -55,8 +59,9 @@ def test_loaded_by_file_name_from_the_models_folder(iq_path, tmp_path, monkeypat
 
 def test_batch_of_three_equals_three_single_calls(restorer):
     crops = make_crops(3)
-    batched, lat = lookup(crops, restorer, quality=0.7, fidelity=0.5, mode="trained")
-    singles = [lookup(crops.select([i]), restorer, quality=0.7, fidelity=0.5, mode="trained") for i in range(3)]
+    batched, lat = lookup(crops, restorer, LookupOptions(quality=0.7, fidelity=0.5, mode="trained"))
+    options = LookupOptions(quality=0.7, fidelity=0.5, mode="trained")
+    singles = [lookup(crops.select([i]), restorer, options) for i in range(3)]
     torch.testing.assert_close(batched.crops, torch.cat([s[0].crops for s in singles]), atol=1e-5, rtol=0)
     assert torch.equal(lat.indices, torch.cat([s[1].indices for s in singles]))
     merged = concat_latents([s[1] for s in singles])
@@ -67,7 +72,7 @@ def test_batch_of_three_equals_three_single_calls(restorer):
 
 def test_latent_contents_and_decode_reproduce_the_output(restorer):
     crops = make_crops(2, seed=1)
-    out, lat = lookup(crops, restorer, fidelity=0.3, mode="off")
+    out, lat = lookup(crops, restorer, LookupOptions(fidelity=0.3, mode="off"))
     assert lat.lq_features.shape == (2, 32, 8, 8)
     assert lat.quantized.shape == (2, 64, 8, 8)              # universal + HQ branch channels
     assert lat.indices.shape == (2, 128) and lat.logits.shape == (2, 128, 32)
@@ -80,7 +85,7 @@ def test_latent_contents_and_decode_reproduce_the_output(restorer):
 
 def test_decode_passes_gradients_to_the_latent(restorer):
     """The refine step needs d(face)/d(latent) through decode, from a latent made under inference_mode."""
-    _, lat = lookup(make_crops(1, seed=2), restorer, mode="off")
+    _, lat = lookup(make_crops(1, seed=2), restorer, LookupOptions(mode="off"))
     z = lat.quantized.clone().requires_grad_(True)
     face = decode(restorer, z, lat.skip_features, 0.5)
     face.mean().backward()
@@ -93,22 +98,22 @@ def test_channels_last_layout_gives_the_same_result(iq_path):
     plain = load_restorer(str(iq_path))
     cl = load_restorer(str(iq_path)).to("cpu", channels_last=True)
     assert cl.channels_last and cl.module.encoder.blocks[0].weight.is_contiguous(memory_format=torch.channels_last)
-    a, _ = lookup(crops, plain, mode="off")
-    b, _ = lookup(crops, cl, mode="off")
+    a, _ = lookup(crops, plain, LookupOptions(mode="off"))
+    b, _ = lookup(crops, cl, LookupOptions(mode="off"))
     torch.testing.assert_close(a.crops, b.crops, atol=1e-5, rtol=0)
 
 
 def test_off_input_size_is_resized_and_back(restorer):
     crops = make_crops(1, size=48, seed=3)
-    out, _ = lookup(crops, restorer, mode="off")
+    out, _ = lookup(crops, restorer, LookupOptions(mode="off"))
     assert out.crops.shape == (1, 3, 48, 48) and out.crop_size == 48
 
 
 def test_zero_initialised_conditioning_is_exactly_the_unconditioned_lookup(restorer):
     crops = make_crops(2, seed=4)
-    off, _ = lookup(crops, restorer, mode="off")
+    off, _ = lookup(crops, restorer, LookupOptions(mode="off"))
     for q in (0.0, 1.0):
-        trained, _ = lookup(crops, restorer, quality=q, mode="trained")
+        trained, _ = lookup(crops, restorer, LookupOptions(quality=q, mode="trained"))
         assert torch.equal(trained.crops, off.crops)
 
 
@@ -120,15 +125,16 @@ def test_trained_conditioning_changes_the_lookup_with_quality(tmp_path):
         for p in r.codebook.quality_condition.to_film.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     crops = make_crops(2, seed=5)
-    _, low = lookup(crops, r, quality=0.0, mode="trained")
-    _, high = lookup(crops, r, quality=1.0, mode="trained")
+    _, low = lookup(crops, r, LookupOptions(quality=0.0, mode="trained"))
+    _, high = lookup(crops, r, LookupOptions(quality=1.0, mode="trained"))
     assert not torch.equal(low.indices, high.indices)
 
 
 def test_steering_strength_zero_is_exactly_the_base_output(restorer):
     crops = make_crops(2, seed=6)
-    base, base_lat = lookup(crops, restorer, fidelity=0.5, mode="off")
-    steered, lat = lookup(crops, restorer, quality=0.0, fidelity=0.5, mode="training-free", critic=grey_critic)
+    base, base_lat = lookup(crops, restorer, LookupOptions(fidelity=0.5, mode="off"))
+    steered, lat = lookup(crops, restorer,
+                          LookupOptions(quality=0.0, fidelity=0.5, mode="training-free", critic=grey_critic))
     assert torch.equal(steered.crops, base.crops)
     assert torch.equal(lat.indices, base_lat.indices)
 
@@ -137,8 +143,9 @@ def test_steering_raises_the_critic_monotonically_with_strength(restorer):
     crops = make_crops(4, seed=7)
     means, per_face = [], []
     for strength in (0.0, 0.05, 0.25, 1.0):
-        out, lat = lookup(crops, restorer, quality=strength, fidelity=0.5, mode="training-free",
-                          critic=grey_critic, steer_rounds=1, top_k=8)
+        options = LookupOptions(quality=strength, fidelity=0.5, mode="training-free", critic=grey_critic,
+                                steer=SteerOptions(rounds=1, top_k=8))
+        out, lat = lookup(crops, restorer, options)
         scores = grey_critic(out.crops)
         means.append(float(scores.mean()))
         per_face.append(scores)
@@ -152,7 +159,8 @@ def test_steering_raises_the_critic_monotonically_with_strength(restorer):
 
 
 def test_default_rounds_never_score_below_the_base(restorer):
-    _, lat = lookup(make_crops(2, seed=8), restorer, quality=0.5, mode="training-free", critic=grey_critic)
+    options = LookupOptions(quality=0.5, mode="training-free", critic=grey_critic)
+    _, lat = lookup(make_crops(2, seed=8), restorer, options)
     assert bool((lat.extra["critic_after"] >= lat.extra["critic_before"]).all())
     assert lat.extra["mode"] == "training-free" and int(lat.extra["changed_tokens"].sum()) > 0
 
@@ -161,8 +169,8 @@ def test_critic_without_gradients_still_works(restorer):
     def flat_critic(x):
         with torch.no_grad():
             return grey_critic(x)
-    _, lat = lookup(make_crops(1, seed=9), restorer, quality=0.3, mode="training-free", critic=flat_critic,
-                    steer_rounds=1)
+    options = LookupOptions(quality=0.3, mode="training-free", critic=flat_critic, steer=SteerOptions(rounds=1))
+    _, lat = lookup(make_crops(1, seed=9), restorer, options)
     assert "no gradients" in " ".join(lat.extra["steer_notes"])
     assert bool((lat.extra["critic_after"] >= lat.extra["critic_before"]).all())
 
@@ -176,41 +184,18 @@ def test_budget_grid_is_nested():
 def test_bad_arguments_are_user_errors(restorer):
     crops = make_crops(1)
     with pytest.raises(FaceRefineError, match="quality"):
-        lookup(crops, restorer, quality=1.5)
+        lookup(crops, restorer, LookupOptions(quality=1.5))
     with pytest.raises(FaceRefineError, match="mode"):
-        lookup(crops, restorer, mode="magic")
+        lookup(crops, restorer, LookupOptions(mode="magic"))
     with pytest.raises(FaceRefineError, match="FACE_CROPS"):
         lookup(crops.crops, restorer)
     empty, lat = lookup(FaceCrops.empty(64), restorer)
     assert empty.is_empty and len(lat) == 0
 
 
-def test_training_step_runs_both_stages_and_learns(tmp_path):
-    from facerefine.models.arch.iqpfr import IQPFR, training_step
-    torch.manual_seed(0)
-    model = IQPFR(tiny_iqpfr_config(**FAST))
-    hq = make_crops(2, seed=10).crops
-    lq = torch.nn.functional.avg_pool2d(hq, 4).repeat_interleave(4, -1).repeat_interleave(4, -2)
-    batch = {"hq": hq, "lq": lq, "quality": torch.tensor([0.8, 0.4])}
-    opt = torch.optim.Adam(model.stage_parameters("codebook"), lr=2e-3)
-    first = training_step(model, batch, "codebook", opt)
-    for _ in range(6):
-        last = training_step(model, batch, "codebook", opt)
-    assert set(first) >= {"l1", "vq", "lq_l1", "total"} and last["l1"] < first["l1"]
-    opt2 = torch.optim.Adam(model.stage_parameters("lookup"), lr=2e-3)
-    teacher = IQPFR(tiny_iqpfr_config(**FAST))
-    teacher.load_state_dict(model.state_dict())
-    first = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher, uncond_prob=0.0)
-    for _ in range(6):
-        last = training_step(model, batch, "lookup", opt2, fidelity=0.5, teacher=teacher, uncond_prob=0.0)
-    training_step(model, batch, "lookup", opt2, uncond_prob=1.0)  # unconditioned branch runs too
-    assert set(first) >= {"ce", "feat", "fuse_l1", "total"} and last["ce"] < first["ce"]
-    path = model.save(tmp_path / "trained.safetensors")
-    assert load_restorer(str(path)).architecture == "IQPFR"
-
-
 def test_default_compact_config_fits_the_size_budget():
-    from facerefine.models.arch.iqpfr import IQPFR, IQPFRConfig, parameter_megabytes
+    from facerefine.lab.train.iqpfr import parameter_megabytes
+    from facerefine.models.arch.iqpfr import IQPFR, IQPFRConfig
     assert parameter_megabytes(IQPFR(IQPFRConfig())) <= 40.0
 
 

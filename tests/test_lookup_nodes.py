@@ -8,6 +8,8 @@ from tiny_models import make_tiny_iqpfr
 
 from test_lookup_iqpfr import FAST, make_crops
 
+from facerefine.core.lookup.options import LookupOptions
+
 
 # one torch thread: small ops on a shared CPU are faster without OpenMP spin-waits
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +34,8 @@ def test_loader_lists_the_folder_and_loads(models_home):
 
 
 def test_lookup_node_batches_like_the_core_function(models_home):
-    from facerefine.core.lookup import load_restorer, lookup
+    from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.restorers import load_restorer
     from facerefine.nodes.loader_nodes import FaceRefineRestorerLoader
     from facerefine.nodes.lookup_nodes import FaceRefineCodebookLookup
     (restorer,) = FaceRefineRestorerLoader().load("tiny_iqpfr.safetensors")
@@ -41,7 +44,7 @@ def test_lookup_node_batches_like_the_core_function(models_home):
     result = node.lookup(crops, restorer, quality=0.4, fidelity=0.5, mode="trained", device="cpu", face_batch=2)
     out, latent = result["result"] if isinstance(result, dict) else result
     ref, ref_latent = lookup(crops, load_restorer(str(models_home / "facerestore_models" / "tiny_iqpfr.safetensors")),
-                             quality=0.4, fidelity=0.5, mode="trained")
+                             LookupOptions(quality=0.4, fidelity=0.5, mode="trained"))
     torch.testing.assert_close(out.crops, ref.crops, atol=1e-5, rtol=0)
     assert torch.equal(latent.indices, ref_latent.indices) and len(latent) == 3
     assert set(latent.skip_features) == set(ref_latent.skip_features)
@@ -55,10 +58,10 @@ def test_lookup_node_user_error_for_trained_mode_on_plain_model(models_home):
 
     class PlainCodeFormer:  # handle stand-in: has no conditioning weights
         pass
-    from facerefine.core.lookup import load_restorer
+    from facerefine.models.restorers import RESTORERS, load_restorer
     r = load_restorer(str(models_home / "facerestore_models" / "tiny_iqpfr.safetensors"))
-    r.loaded.architecture = "CodeFormer"
-    r.loaded.codebook.quality_condition = None
+    r.arch = next(a for a in RESTORERS if a.id == "CodeFormer")
+    r.codebook.quality_condition = None
     with pytest.raises(FaceRefineError, match="conditioning"):
         FaceRefineCodebookLookup().lookup(make_crops(1), r, mode="trained", device="cpu")
 

@@ -5,9 +5,11 @@ import torch
 
 from tiny_models import make_tiny_gfpgan, make_tiny_quality_condition, make_tiny_restoreformer
 
-from facerefine.core.lookup import load_restorer, lookup
+from facerefine.core.lookup.lookup import lookup
+from facerefine.core.lookup.options import LookupOptions
 from facerefine.core.types import FaceCrops, FaceInfo
 from facerefine.errors import FaceRefineError, WeightsFormatError, WeightsNotFoundError, WrongArchitectureError
+from facerefine.models.restorers import load_restorer
 
 
 def faces(n, size=512, seed=0):
@@ -34,12 +36,12 @@ def test_gfpgan_gives_its_base_output_and_ignores_the_slider(tmp_path):
     r = load_restorer(str(make_tiny_gfpgan(tmp_path / "GFPGANv1.4.safetensors")))
     assert r.architecture == "GFPGAN" and not r.supports_quality
     crops = faces(2)
-    out, lat = lookup(crops, r, quality=1.0, fidelity=0.9, mode="training-free", critic=never_called)
+    out, lat = lookup(crops, r, LookupOptions(quality=1.0, fidelity=0.9, mode="training-free", critic=never_called))
     with torch.inference_mode():
-        ref = ((r.loaded.module(crops.crops * 2 - 1, return_rgb=False, randomize_noise=False)[0] + 1) / 2).clamp(0, 1)
+        ref = ((r.module(crops.crops * 2 - 1, return_rgb=False, randomize_noise=False)[0] + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(out.crops, ref, atol=1e-5, rtol=0)
     assert "quality slider" in lat.extra["note"] and lat.extra["mode"] == "off" and not lat.extra["decodable"]
-    single, _ = lookup(crops.select([1]), r, quality=0.0, mode="auto")
+    single, _ = lookup(crops.select([1]), r, LookupOptions(quality=0.0, mode="auto"))
     torch.testing.assert_close(single.crops, out.crops[1:], atol=1e-5, rtol=0)  # batch = one at a time
 
 
@@ -47,16 +49,17 @@ def test_restoreformer_through_spandrel_call(tmp_path):
     r = load_restorer(str(make_tiny_restoreformer(tmp_path / "RestoreFormer++.safetensors")))
     assert r.architecture == "RestoreFormer"
     crops = faces(1, seed=1)
-    out, lat = lookup(crops, r, quality=0.3, mode="auto")
+    out, lat = lookup(crops, r, LookupOptions(quality=0.3, mode="auto"))
     with torch.inference_mode():
-        ref = r.loaded.descriptor(crops.crops).clamp(0, 1)
+        ref = r.descriptor(crops.crops).clamp(0, 1)
     torch.testing.assert_close(out.crops, ref, atol=1e-5, rtol=0)
     assert "no lookup Transformer" in lat.extra["note"]
 
 
 def test_restoreformer_lightning_prefix_is_accepted(tmp_path):
     from facerefine.models.loading import load_state_dict
-    from facerefine.models.restorers import canonical_state_dict, detect_architecture
+    from facerefine.models.restorers import detect_architecture
+    from facerefine.models.spandrel_loader import canonical_state_dict
     sd = load_state_dict(make_tiny_restoreformer(tmp_path / "rf.safetensors"))
     wrapped = {f"vqvae.{k}": v for k, v in sd.items()}
     wrapped["loss.discriminator.main.0.weight"] = torch.zeros(1)

@@ -30,7 +30,7 @@ import json, warnings
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    from facerefine.models.restorers import install_extra_arches
+    from facerefine.models.spandrel_loader import install_extra_arches
     install_extra_arches()
     from facerefine.models.arch.iqpfr import spandrel_codeformer_blocks
     spandrel_codeformer_blocks()

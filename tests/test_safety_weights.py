@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from facerefine.core.lookup.options import LookupOptions
 from facerefine.errors import FaceRefineError, WeightsFormatError, WrongArchitectureError
 from facerefine.models import loading
 from facerefine.models.loading import save_safetensors
@@ -48,9 +49,9 @@ def test_wrong_dtype_is_refused_at_load(tiny_iqpfr, tmp_path, dtype):
     with pytest.raises(WeightsFormatError, match=r"merge\.weight") as err:
         loading.load_state_dict(bad)
     assert str(dtype).replace("torch.", "") in str(err.value)
-    from facerefine.models.restorers import load_restorer_file
+    from facerefine.models.restorers import load_restorer
     with pytest.raises(WeightsFormatError):
-        load_restorer_file(bad)
+        load_restorer(str(bad))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -78,9 +79,9 @@ def test_int8_and_nan_in_a_pth_too(tmp_path):
 
 def test_nan_output_names_the_face_and_the_file(tiny_iqpfr, tmp_path):
     """Finite weights that overflow at run time: the lookup refuses the output instead of a black face."""
-    from facerefine.core.lookup import lookup
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.core.lookup.lookup import lookup
     from facerefine.core.types import FaceCrops
+    from facerefine.models.restorers import load_restorer
 
     def change(sd):
         sd["generator.blocks.0.weight"] = torch.full_like(sd["generator.blocks.0.weight"], 3e38)
@@ -88,7 +89,7 @@ def test_nan_output_names_the_face_and_the_file(tiny_iqpfr, tmp_path):
     restorer = load_restorer(str(huge))
     crops = _face_crops(FaceCrops, n=2)
     with pytest.raises(FaceRefineError, match=r"NaN/inf pixels for face 0 \(image 0\), face 1") as err:
-        lookup(crops, restorer, quality=1.0, fidelity=0.5, mode="off")
+        lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.5, mode="off"))
     assert "overflow.safetensors" in str(err.value)
 
 
@@ -116,21 +117,21 @@ def _with_config(tiny_iqpfr, tmp_path, config_text) -> Path:
     ('[1, 2]', "JSON object"),
 ])
 def test_bad_config_gives_a_clear_error(tiny_iqpfr, tmp_path, text, match):
-    from facerefine.models.restorers import load_restorer_file
+    from facerefine.models.restorers import load_restorer
     bad = _with_config(tiny_iqpfr, tmp_path, text)
     with pytest.raises(WrongArchitectureError, match=match) as err:
-        load_restorer_file(bad)
+        load_restorer(str(bad))
     assert "cfg.safetensors" in str(err.value)
 
 
 _HUGE_CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
-from facerefine.models.restorers import load_restorer_file  # imports (torch) are not what is measured
+from facerefine.models.restorers import load_restorer  # imports (torch) are not what is measured
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.monotonic()
 try:
-    load_restorer_file(sys.argv[1])
+    load_restorer(sys.argv[1])
     out = {"ok": True}
 except Exception as err:
     out = {"ok": False, "type": type(err).__name__, "error": str(err)[:400]}
@@ -161,8 +162,8 @@ def test_config_asking_for_a_huge_model_fails_fast_with_little_memory(tiny_iqpfr
 
 
 def test_valid_tiny_iqpfr_still_loads(tiny_iqpfr):
-    from facerefine.models.restorers import load_restorer_file
-    loaded = load_restorer_file(tiny_iqpfr)
+    from facerefine.models.restorers import load_restorer
+    loaded = load_restorer(str(tiny_iqpfr))
     assert loaded.architecture == "IQPFR"
     assert all(p.device.type == "cpu" for p in loaded.module.parameters())
 
@@ -193,7 +194,7 @@ def test_auto_restorer_skips_a_bad_codeformer_file_with_a_warning(tmp_path):
     folder = Path(os.environ["FACEREFINE_HOME"]) / "facerestore_models"
     folder.mkdir(parents=True)
     (folder / "codeformer.pth").write_bytes(b"<html>not a checkpoint</html>" * 10)
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     with pytest.warns(RuntimeWarning, match=r"skipped codeformer .*codeformer\.pth"):
         restorer = load_restorer("auto")
     from facerefine.models.registry import restorer_candidates
@@ -205,7 +206,7 @@ def test_explicit_bad_restorer_still_fails(tmp_path):
     folder = Path(os.environ["FACEREFINE_HOME"]) / "facerestore_models"
     folder.mkdir(parents=True)
     (folder / "codeformer.pth").write_bytes(b"\x80\x02garbage" * 20)
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     with pytest.raises(WeightsFormatError, match="codeformer.pth"):
         load_restorer("codeformer")
 

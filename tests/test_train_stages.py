@@ -64,7 +64,7 @@ def test_stage_loss_decreases(trained, stage):
 def test_exports_load(trained):
     from pathlib import Path
 
-    from facerefine.core.lookup import load_restorer
+    from facerefine.models.restorers import load_restorer
     from facerefine.models.arch.identity import load_identity_recovery
     from facerefine.models.arch.latent_prior import load_latent_prior
     cfg, _, results = trained
@@ -111,7 +111,8 @@ def test_stage_names_and_errors(tmp_path):
 
 def test_packaged_configs_parse_and_fit_budget():
     from facerefine.lab.train.stages import iqpfr_config
-    from facerefine.models.arch.iqpfr import IQPFR, parameter_megabytes
+    from facerefine.lab.train.iqpfr import parameter_megabytes
+    from facerefine.models.arch.iqpfr import IQPFR
     compact = load_config("configs/compact.json")
     full = load_config("configs/full512.json")
     assert full["resolution"] == 512 and iqpfr_config(full).latent_size == 32

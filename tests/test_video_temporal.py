@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_restorer(tmp_path_factory):
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     from facerefine.lab.tiny_models import make_tiny_iqpfr
     path = make_tiny_iqpfr(tmp_path_factory.mktemp("tiny") / "tiny_iqpfr.safetensors")
     return load_restorer(str(path), "cpu")
@@ -49,7 +49,7 @@ def test_strength_zero_is_per_frame_lookup(tiny_restorer, clip):
     from facerefine.core.lookup.lookup import lookup
     from facerefine.core.video import TemporalLookup
     crops = _crops(clip)
-    per_frame, _ = lookup(crops, tiny_restorer, quality=1.0, fidelity=0.5, mode="off")
+    per_frame, _ = lookup(crops, tiny_restorer, LookupOptions(quality=1.0, fidelity=0.5, mode="off"))
     ours = TemporalLookup(tiny_restorer, OFF, strength=0.0)(crops, [0] * len(crops))
     assert torch.allclose(ours.crops, per_frame.crops, atol=1e-5)
 

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import FaceRefineError
+from ...models.cache import cached
+from ...models.restorers import Restorer
 from ..types import FaceCrops, FaceLatent
-from .detail import carry_detail
-from .restorer import Restorer
-from .steering import Critic, steer
+from .input_detail import carry_detail
+from .latent import empty_latent, merge_latent
+from .options import DEFAULT_CRITIC, MODES, LookupOptions
+from .steering import CodeBatch, Critic, steer
 
 log = logging.getLogger("facerefine")
-
-MODES = ("auto", "trained", "training-free", "off")
-DEFAULT_CRITIC = "auto"   # core.score default critic: face-iqa (issue 18)
 
 
 def no_slider_note(arch: str) -> str:
@@ -49,18 +49,18 @@ def resolve_mode(restorer: Restorer, mode: str, quality: float, critic) -> tuple
     return mode, None
 
 
-_critic_error: list = []
-
-
 def _default_critic_error() -> Optional[str]:
-    if not _critic_error:
-        try:
-            from ..score import get_info
-            get_info(DEFAULT_CRITIC)
-            _critic_error.append(None)
-        except Exception as err:  # score package missing/incomplete: say why in the note
-            _critic_error.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
-    return _critic_error[0]
+    """Why the default critic cannot load (checked once), or None."""
+    return cached("critic-check", DEFAULT_CRITIC, _check_default_critic)
+
+
+def _check_default_critic() -> Optional[str]:
+    try:
+        from ..score import get_info
+        get_info(DEFAULT_CRITIC)
+        return None
+    except Exception as err:  # score package missing/incomplete: say why in the note
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def as_critic(critic, device) -> Critic:
@@ -77,78 +77,93 @@ def as_critic(critic, device) -> Critic:
     raise FaceRefineError(f"critic must be a callable or a quality metric, got {type(critic).__name__}")
 
 
-def _to_model(crops: torch.Tensor, size: int, device) -> torch.Tensor:
+def to_model(crops: torch.Tensor, size: int, device) -> torch.Tensor:
+    """Crops on the restorer's device, float, resized to the size it runs at."""
     x = crops.to(device=device, dtype=torch.float32, non_blocking=True)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     return x
 
 
-def native_size(restorer: Restorer, crop_size: int) -> int:
-    """Fully convolutional restorers (IQPFRv2) run at the crop's own size (a multiple of 16); others at theirs."""
-    model = restorer.codebook
-    if getattr(model, "fully_convolutional", False) and crop_size % model.latent_stride == 0:
-        return crop_size
-    return restorer.img_size
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every batch of one lookup call shares."""
+
+    restorer: Restorer
+    options: LookupOptions
+    mode: str                              # the mode that runs (resolve_mode)
+    note: Optional[str]                    # why it differs from the mode asked for
+    critic: Optional[Critic]               # training-free steering's critic, else None
+    keep_latent: bool
+
+    @property
+    def quality(self) -> float:
+        return float(self.options.quality)
+
+    @property
+    def fidelity(self) -> float:
+        return float(self.options.fidelity)
 
 
-def lookup(face_crops: FaceCrops, restorer: Restorer, quality: float = 1.0, fidelity: float = 0.5,
-           mode: str = "auto", critic=None, top_k: int = 8, steer_rounds: int = 2, max_fraction: float = 0.5,
-           batch_size: int = 8, keep_latent: bool = True,
-           progress: Optional[Callable[[int, int], None]] = None) -> tuple[FaceCrops, FaceLatent]:
-    """Restore every face crop.
+def lookup(face_crops: FaceCrops, restorer: Restorer, options: LookupOptions = LookupOptions(), *,
+           keep_latent: bool = True, progress: Optional[Callable[[int, int], None]] = None
+           ) -> tuple[FaceCrops, FaceLatent]:
+    """Restore every face crop (``options.restorer`` is not read: ``restorer`` is the loaded handle).
 
     quality: IQPFR slider 0..1. In 'trained' mode it is the NR-IQA score the lookup is conditioned on;
         in 'training-free' mode it is the steering strength (0 = exactly the base output).
     fidelity: CodeFormer w (0 = the codebook's face, 1 = closest to the input).
     mode: 'auto' (trained if the restorer has conditioning weights, else training-free if a critic exists,
         else off), 'trained', 'training-free' or 'off' (plain base model).
-    critic: differentiable NR-IQA callable x [N,3,H,W] 0..1 -> [N] (or a core.score Metric / metric name)
-        for training-free steering; default core.score 'face-iqa'.
-    Faces run in batches of ``batch_size``; results equal one-at-a-time calls.
+    critic: for training-free steering; default core.score 'face-iqa'.
+    Faces run in batches of ``options.batch_size``; results equal one-at-a-time calls.
     """
-    if not isinstance(face_crops, FaceCrops):
-        raise FaceRefineError(f"lookup needs FACE_CROPS, got {type(face_crops).__name__}")
-    if not isinstance(restorer, Restorer):
-        raise FaceRefineError(f"lookup needs a RESTORER handle (load_restorer), got {type(restorer).__name__}")
-    quality, fidelity = float(quality), float(fidelity)
-    if not 0.0 <= quality <= 1.0:
-        raise FaceRefineError(f"quality must be within 0..1, got {quality}")
-    if not 0.0 <= fidelity <= 1.0:
-        raise FaceRefineError(f"fidelity must be within 0..1, got {fidelity}")
-    run_mode, note = resolve_mode(restorer, mode, quality, critic)
-    steering = run_mode == "training-free" and quality > 0
-    critic_fn = as_critic(critic, restorer.device) if steering else None
+    run = _start(face_crops, restorer, options, keep_latent)
     n = len(face_crops)
     if n == 0:
-        return face_crops, _empty_latent(restorer, fidelity, quality, run_mode)
+        return face_crops, empty_latent(restorer, run.fidelity, run.mode)
     outs, parts = [], []
-    batch_size = max(1, int(batch_size))
+    batch_size = max(1, int(options.batch_size))
     # steering needs autograd on code vectors: plain no_grad there, inference_mode otherwise
-    grad_ctx = torch.no_grad if steering else torch.inference_mode
-    model_size = native_size(restorer, face_crops.crops.shape[-1])
+    grad_ctx = torch.no_grad if run.critic is not None else torch.inference_mode
+    model_size = restorer.model_size(face_crops.crops.shape[-1])
     with grad_ctx(), restorer.autocast():
         for start in range(0, n, batch_size):
-            x = _to_model(face_crops.crops[start:start + batch_size], model_size, restorer.device)
+            x = to_model(face_crops.crops[start:start + batch_size], model_size, restorer.device)
             if restorer.codebook is None:
-                out = restorer.loaded.run_whole(x).float()
+                out = restorer.run_whole(x).float()
             else:
-                out, part = _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k,
-                                            steer_rounds, max_fraction, keep_latent)
+                out, part = _codebook_batch(run, x)
                 parts.append(part)
             check_finite_output(out, restorer, face_crops, start)
             outs.append(out.clamp(0, 1))
             if progress is not None:
                 progress(min(start + batch_size, n), n)
-    restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, model_size, fidelity)
-    step = f"lookup:{restorer.architecture}:{run_mode}"
-    new_crops = face_crops.with_crops(restored, step)
-    latent = _merge_latent(restorer, parts, fidelity, quality, run_mode, n)
+    restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, model_size, run.fidelity)
+    new_crops = face_crops.with_crops(restored, f"lookup:{restorer.architecture}:{run.mode}")
+    latent = merge_latent(restorer, parts, run.fidelity, run.mode, n)
     latent = dataclasses.replace(latent, lq_crops=face_crops.crops)  # identity target for refine, no copy
-    if note:
-        latent.extra["note"] = note
-        log.info("FaceRefine lookup: %s", note)
+    if run.note:
+        latent.extra["note"] = run.note
+        log.info("FaceRefine lookup: %s", run.note)
     return new_crops, latent
+
+
+def _start(face_crops: FaceCrops, restorer: Restorer, options: LookupOptions, keep_latent: bool) -> _Run:
+    """Check the arguments, pick the mode and the critic."""
+    if not isinstance(face_crops, FaceCrops):
+        raise FaceRefineError(f"lookup needs FACE_CROPS, got {type(face_crops).__name__}")
+    if not isinstance(restorer, Restorer):
+        raise FaceRefineError(f"lookup needs a RESTORER handle (load_restorer), got {type(restorer).__name__}")
+    quality, fidelity = float(options.quality), float(options.fidelity)
+    if not 0.0 <= quality <= 1.0:
+        raise FaceRefineError(f"quality must be within 0..1, got {quality}")
+    if not 0.0 <= fidelity <= 1.0:
+        raise FaceRefineError(f"fidelity must be within 0..1, got {fidelity}")
+    run_mode, note = resolve_mode(restorer, options.mode, quality, options.critic)
+    steering = run_mode == "training-free" and quality > 0
+    critic = as_critic(options.critic, restorer.device) if steering else None
+    return _Run(restorer, options, run_mode, note, critic, keep_latent)
 
 
 def check_finite_output(out: torch.Tensor, restorer: Restorer, face_crops: FaceCrops, start: int) -> None:
@@ -159,99 +174,36 @@ def check_finite_output(out: torch.Tensor, restorer: Restorer, face_crops: FaceC
     faces = [start + i for i in torch.nonzero(~finite).flatten().tolist()]
     where = ", ".join(f"face {i} (image {face_crops.faces[i].image_index})" if i < len(face_crops.faces)
                       else f"face {i}" for i in faces[:8])
-    path = getattr(restorer.loaded, "path", None)
     raise FaceRefineError(
-        f"restorer {restorer.name} ({path or 'no file'}) produced NaN/inf pixels for {where}: its weights are "
-        f"broken or overflow{' in half precision' if restorer.device.type == 'cuda' else ''}; "
+        f"restorer {restorer.name} ({restorer.path or 'no file'}) produced NaN/inf pixels for {where}: its weights "
+        f"are broken or overflow{' in half precision' if restorer.device.type == 'cuda' else ''}; "
         f"try another restorer or re-download the file")
 
 
-def _codebook_batch(restorer, x, quality, fidelity, run_mode, critic_fn, top_k, rounds, max_fraction, keep_latent):
-    model = restorer.codebook
+def _codebook_batch(run: _Run, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """One batch through the codebook: encode, (conditioned) logits, top-1 codes, steering, decode."""
+    model = run.restorer.codebook
     lq, skips = model.encode(x * 2 - 1)
     film = None
-    if run_mode == "trained":
-        film = model.film(torch.full((x.shape[0],), quality, device=x.device))
+    if run.mode == "trained":
+        film = model.film(torch.full((x.shape[0],), run.quality, device=x.device))
     logits = model.logits(lq, film)
     # top-1 of the softmax, exactly as CodeFormer's forward picks it
     indices = torch.topk(F.softmax(logits, dim=2), 1, dim=2)[1].squeeze(2)
     info = {}
-    if run_mode == "training-free" and quality > 0:
-        result = steer(model, lq, skips, logits, indices, fidelity, critic_fn, quality, top_k=top_k,
-                       rounds=rounds, max_fraction=max_fraction)
+    if run.critic is not None:
+        result = steer(CodeBatch(model, lq, skips, logits, indices, run.fidelity), run.critic, run.quality,
+                       run.options.steer)
         indices = result.indices
         info = {"critic_before": result.score_before.cpu(), "critic_after": result.score_after.cpu(),
                 "changed_tokens": result.changed.cpu(), "decodes": result.decodes, "notes": result.notes}
-    if hasattr(model, "with_quality"):  # IQPFRv2: the decoder is quality-conditioned too
-        skips = model.with_quality(skips, torch.full((x.shape[0],), quality, device=x.device))
+    skips = model.with_quality(skips, torch.full((x.shape[0],), run.quality, device=x.device))
     quantized = model.finish_quantize(model.code_features(indices), lq)
-    out = (model.decode(quantized, skips, fidelity).float() + 1) / 2  # clamped after the NaN/inf check
+    out = (model.decode(quantized, skips, run.fidelity).float() + 1) / 2  # clamped after the NaN/inf check
     part = {"indices": indices, "info": info}
-    if keep_latent:
+    if run.keep_latent:
         part.update(lq=lq, quantized=quantized, logits=logits, skips=skips)
     return out, part
-
-
-def _merge_latent(restorer, parts, fidelity, quality, run_mode, n) -> FaceLatent:
-    extra = {"mode": run_mode, "img_size": restorer.img_size, "decodable": restorer.codebook is not None}
-    if not parts or "lq" not in parts[0]:
-        latent = _empty_latent(restorer, fidelity, quality, run_mode, n)
-        if parts:
-            latent = dataclasses.replace(latent, indices=torch.cat([p["indices"] for p in parts]))
-        latent.extra.update(extra)
-        _merge_info(latent, parts)
-        return latent
-    one = len(parts) == 1
-
-    def cat(key):
-        return parts[0][key] if one else torch.cat([p[key] for p in parts])
-
-    skips = parts[0]["skips"] if one else {k: torch.cat([p["skips"][k] for p in parts]) for k in parts[0]["skips"]}
-    latent = FaceLatent(restorer=restorer.name, architecture=restorer.architecture, lq_features=cat("lq"),
-                        quantized=cat("quantized"), indices=cat("indices"), logits=cat("logits"),
-                        skip_features=skips, fidelity=fidelity, quality=quality, extra=extra)
-    _merge_info(latent, parts)
-    return latent
-
-
-def _merge_info(latent, parts) -> None:
-    infos = [p["info"] for p in parts if p.get("info")]
-    if infos:
-        for key in ("critic_before", "critic_after", "changed_tokens"):
-            latent.extra[key] = torch.cat([i[key] for i in infos])
-        latent.extra["decodes"] = sum(i["decodes"] for i in infos)
-        latent.extra["steer_notes"] = sorted({m for i in infos for m in i["notes"]})
-
-
-def _empty_latent(restorer, fidelity, quality, run_mode, n: int = 0) -> FaceLatent:
-    empty = torch.zeros(n, 0, 1, 1)
-    return FaceLatent(restorer=restorer.name, architecture=restorer.architecture, lq_features=empty,
-                      quantized=empty, fidelity=fidelity, quality=quality,
-                      extra={"mode": run_mode, "decodable": restorer.codebook is not None})
-
-
-def concat_latents(latents: list[FaceLatent]) -> FaceLatent:
-    """One FACE_LATENT from per-batch ones (same restorer and settings), faces in order."""
-    if len(latents) == 1:
-        return latents[0]
-    first = latents[0]
-
-    def cat(values):
-        values = [v for v in values if v is not None]
-        return torch.cat(values) if values else None
-
-    extra = dict(first.extra)
-    for key, value in first.extra.items():
-        if isinstance(value, torch.Tensor):
-            extra[key] = torch.cat([lat.extra[key] for lat in latents])
-    if "decodes" in extra:
-        extra["decodes"] = sum(lat.extra.get("decodes", 0) for lat in latents)
-    return dataclasses.replace(
-        first, lq_features=cat([lat.lq_features for lat in latents]),
-        quantized=cat([lat.quantized for lat in latents]), indices=cat([lat.indices for lat in latents]),
-        logits=cat([lat.logits for lat in latents]), lq_crops=cat([lat.lq_crops for lat in latents]),
-        skip_features={k: torch.cat([lat.skip_features[k] for lat in latents]) for k in first.skip_features},
-        extra=extra)
 
 
 def decode(restorer: Restorer, quantized: torch.Tensor, skip_features: Mapping[str, torch.Tensor],
@@ -277,4 +229,4 @@ def decode(restorer: Restorer, quantized: torch.Tensor, skip_features: Mapping[s
     return ((out.float() + 1) / 2).clamp(0, 1)
 
 
-__all__ = ["MODES", "lookup", "decode", "concat_latents", "resolve_mode", "as_critic", "no_slider_note"]
+__all__ = ["as_critic", "check_finite_output", "decode", "lookup", "no_slider_note", "resolve_mode", "to_model"]

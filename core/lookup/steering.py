@@ -20,11 +20,33 @@ score is non-decreasing in strength for every face. strength 0 never gets here (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 
+from ...models.codebook import CodebookModel
+from .options import SteerOptions
+
 Critic = Callable[[torch.Tensor], torch.Tensor]
+NO_GRADIENT_NOTE = "critic has no gradients; candidates ranked by logit margin"
+
+
+@dataclass
+class CodeBatch:
+    """One batch of a lookup as steering sees it: the model's latent, its logits and top-1 codes."""
+
+    model: CodebookModel
+    lq_feat: torch.Tensor
+    skips: Mapping[str, torch.Tensor]
+    logits: torch.Tensor                   # [N, L, K]
+    indices: torch.Tensor                  # [N, L]
+    fidelity: float
+
+    def render(self, idx: torch.Tensor, raw: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Codes (or their vectors ``raw``) -> faces [N,3,S,S] in 0..1."""
+        raw = self.model.code_features(idx) if raw is None else raw
+        out = self.model.decode(self.model.finish_quantize(raw, self.lq_feat), self.skips, self.fidelity)
+        return ((out.float() + 1) / 2).clamp(0, 1)
 
 
 @dataclass
@@ -47,68 +69,86 @@ def budget_grid(strength: float, tokens: int, max_fraction: float, factor: int =
     return grid
 
 
-def steer(model, lq_feat: torch.Tensor, skips: Mapping[str, torch.Tensor], logits: torch.Tensor,
-          indices: torch.Tensor, fidelity: float, critic: Critic, strength: float, *, top_k: int = 8,
-          rounds: int = 2, max_fraction: float = 0.5, grid_factor: int = 4) -> SteerResult:
-    """Return steered code indices for a batch. ``model``: the shared lookup surface (decode -> [-1,1])."""
-    n, tokens, k_all = logits.shape
-    grid = budget_grid(strength, tokens, max_fraction, grid_factor)
-    k = max(1, min(int(top_k), k_all))
-    cand = logits.topk(k, dim=-1).indices                                  # [N,L,k]
-    books = model.codebooks                                                # [G,K,C]
-    group = torch.div(torch.arange(tokens, device=logits.device), tokens // books.shape[0], rounding_mode="floor")
-    cand_feats = books[group.view(1, -1, 1).expand_as(cand), cand]       # [N,L,k,C]
-
-    def render(idx: torch.Tensor, raw=None) -> torch.Tensor:
-        raw = model.code_features(idx) if raw is None else raw
-        out = model.decode(model.finish_quantize(raw, lq_feat), skips, fidelity)
-        return ((out.float() + 1) / 2).clamp(0, 1)
-
-    cur = indices.clone()
-    best_score = None
-    start_score = None
-    decodes = 0
-    notes: list[str] = []
-    for _ in range(max(1, int(rounds))):
-        with torch.enable_grad():
-            raw = model.code_features(cur).detach().float().requires_grad_(True)
-            score = critic(render(cur, raw)).float()
-            decodes += 1
-            grad = None
-            if score.requires_grad:
-                grad = torch.autograd.grad(score.sum(), raw)[0]
-        score = score.detach()
+def steer(batch: CodeBatch, critic: Critic, strength: float, options: SteerOptions = SteerOptions()) -> SteerResult:
+    """Steered code indices for a batch (strength > 0)."""
+    grid = budget_grid(strength, batch.logits.shape[1], options.max_fraction, options.grid_factor)
+    cand, cand_feats = _candidates(batch, options.top_k)
+    cur = batch.indices.clone()
+    start_score = best_score = None
+    decodes, notes = 0, []
+    for _ in range(max(1, int(options.rounds))):
+        score, raw, grad = _scored(batch, cur, critic)
+        decodes += 1
         if start_score is None:
             start_score, best_score = score.clone(), score.clone()
-        if grad is not None:
-            gain = ((cand_feats.float() - raw.detach().unsqueeze(2)) * grad.unsqueeze(2)).sum(-1)   # [N,L,k]
-        else:  # critic without gradients: try the least unlikely alternatives first
-            if "critic has no gradients" not in notes:
-                notes.append("critic has no gradients; candidates ranked by logit margin")
-            gain = logits.gather(-1, cand).float() - logits.gather(-1, cur.unsqueeze(-1)).float()
-        gain = gain.masked_fill(cand == cur.unsqueeze(-1), float("-inf"))
-        token_gain, which = gain.max(dim=-1)                              # [N,L]
-        proposal = cand.gather(-1, which.unsqueeze(-1)).squeeze(-1)       # [N,L]
-        if grad is not None:
-            token_gain = token_gain.masked_fill(token_gain <= 0, float("-inf"))
-        order = token_gain.argsort(dim=-1, descending=True)               # [N,L]
-        usable = torch.isfinite(token_gain).sum(-1)                      # [N]
-        round_best = best_score.clone()
-        round_idx = cur.clone()
-        for m in grid:
-            take = order[:, :m]
-            allowed = torch.arange(m, device=cur.device).unsqueeze(0) < usable.unsqueeze(1)  # [N,m]
-            trial = cur.clone()
-            new_codes = proposal.gather(1, take)
-            trial.scatter_(1, take, torch.where(allowed, new_codes, trial.gather(1, take)))
-            s = critic(render(trial)).float().detach()
-            decodes += 1
-            better = s > round_best
-            round_best = torch.where(better, s, round_best)
-            round_idx = torch.where(better.unsqueeze(1), trial, round_idx)
-        improved = round_best > best_score
-        if not bool(improved.any()):
+        if grad is None and NO_GRADIENT_NOTE not in notes:
+            notes.append(NO_GRADIENT_NOTE)
+        proposals = _proposals(batch, cand, cand_feats, cur, raw, grad)
+        round_best, round_idx = _try_grid(batch, critic, grid, cur, proposals, best_score)
+        decodes += len(grid)
+        if not bool((round_best > best_score).any()):
             break
         cur, best_score = round_idx, round_best
-    changed = (cur != indices).sum(-1)
+    changed = (cur != batch.indices).sum(-1)
     return SteerResult(cur, start_score, best_score, changed, decodes, notes)
+
+
+def _candidates(batch: CodeBatch, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's top-k codes [N,L,k] and their vectors [N,L,k,C]."""
+    logits = batch.logits
+    tokens, k_all = logits.shape[1:]
+    k = max(1, min(int(top_k), k_all))
+    cand = logits.topk(k, dim=-1).indices
+    books = batch.model.codebooks                                          # [G,K,C]
+    group = torch.div(torch.arange(tokens, device=logits.device), tokens // books.shape[0], rounding_mode="floor")
+    return cand, books[group.view(1, -1, 1).expand_as(cand), cand]
+
+
+def _scored(batch: CodeBatch, cur: torch.Tensor, critic: Critic):
+    """(critic score [N], the code vectors, the score's gradient there or None)."""
+    with torch.enable_grad():
+        raw = batch.model.code_features(cur).detach().float().requires_grad_(True)
+        score = critic(batch.render(cur, raw)).float()
+        grad = None
+        if score.requires_grad:
+            grad = torch.autograd.grad(score.sum(), raw)[0]
+    return score.detach(), raw, grad
+
+
+def _proposals(batch: CodeBatch, cand, cand_feats, cur, raw, grad):
+    """Each token's best swap (first-order gain ``g_t . (e_c - e_cur)``), tokens ranked by gain, and how many
+    tokens of each face have a usable swap."""
+    if grad is not None:
+        gain = ((cand_feats.float() - raw.detach().unsqueeze(2)) * grad.unsqueeze(2)).sum(-1)   # [N,L,k]
+    else:  # critic without gradients: try the least unlikely alternatives first
+        logits = batch.logits
+        gain = logits.gather(-1, cand).float() - logits.gather(-1, cur.unsqueeze(-1)).float()
+    gain = gain.masked_fill(cand == cur.unsqueeze(-1), float("-inf"))
+    token_gain, which = gain.max(dim=-1)                              # [N,L]
+    proposal = cand.gather(-1, which.unsqueeze(-1)).squeeze(-1)       # [N,L]
+    if grad is not None:
+        token_gain = token_gain.masked_fill(token_gain <= 0, float("-inf"))
+    order = token_gain.argsort(dim=-1, descending=True)               # [N,L]
+    usable = torch.isfinite(token_gain).sum(-1)                      # [N]
+    return proposal, order, usable
+
+
+def _try_grid(batch: CodeBatch, critic: Critic, grid: list[int], cur, proposals, best_score):
+    """Apply the best m proposals for every m of the grid; each face keeps its best-scoring candidate."""
+    proposal, order, usable = proposals
+    round_best = best_score.clone()
+    round_idx = cur.clone()
+    for m in grid:
+        take = order[:, :m]
+        allowed = torch.arange(m, device=cur.device).unsqueeze(0) < usable.unsqueeze(1)  # [N,m]
+        trial = cur.clone()
+        new_codes = proposal.gather(1, take)
+        trial.scatter_(1, take, torch.where(allowed, new_codes, trial.gather(1, take)))
+        s = critic(batch.render(trial)).float().detach()
+        better = s > round_best
+        round_best = torch.where(better, s, round_best)
+        round_idx = torch.where(better.unsqueeze(1), trial, round_idx)
+    return round_best, round_idx
+
+
+__all__ = ["CodeBatch", "Critic", "SteerResult", "budget_grid", "steer"]

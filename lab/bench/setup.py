@@ -178,7 +178,7 @@ class RestorerSetup:
     description: str
     bare: Callable[[torch.Tensor], object]    # the bare forward on [N,3,S,S] in -1..1
     bare_module: torch.nn.Module
-    handle: object = None                    # the core.lookup Restorer wrapping bare_module
+    handle: object = None                    # the models.restorers Restorer wrapping bare_module
     parameters: int = 0
     layout: str = ""
 
@@ -217,7 +217,7 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
         path = save_safetensors(full_codeformer_state(), ctx.workdir / "codeformer-random-full.safetensors")
         description = "random weights, full-size CodeFormer shapes (as codeformer.pth)"
 
-    from ...core.lookup import load_restorer
+    from ...models.restorers import load_restorer
     handle = load_restorer(str(path), device)
     if hasattr(handle, "precision"):
         handle.precision = "fp32" if opts.dtype == "fp32" else "auto"
@@ -227,7 +227,7 @@ def setup_restorer(ctx: BenchContext) -> RestorerSetup:
         from ...models.arch.iqpfr import IQPFR
         from ...models.loading import load_state_dict
         sd = load_state_dict(path)
-        if IQPFR.is_iqpfr_state_dict(sd):
+        if IQPFR.is_state_dict(sd):
             module = IQPFR.from_file(path, sd).to(device).eval()
             architecture = "IQPFR"
         else:
@@ -267,7 +267,7 @@ def _layout(module: torch.nn.Module) -> str:
 
 
 def _find_module(handle) -> Optional[torch.nn.Module]:
-    """The restorer network inside a core.lookup handle (shared, so the bare and the pipeline use one copy)."""
+    """The restorer network inside a restorer handle (shared, so the bare and the pipeline use one copy)."""
     for attr in ("model", "module", "net", "network", "descriptor"):
         obj = getattr(handle, attr, None)
         if isinstance(obj, torch.nn.Module):

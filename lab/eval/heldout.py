@@ -190,7 +190,7 @@ class Restorers:
             return self._loaded[name]
         if name in self._missing:
             return None
-        from ...core.lookup import load_restorer
+        from ...models.restorers import load_restorer
         try:
             self._loaded[name] = load_restorer(name, self.opts.device)
         except (FaceRefineError, OSError) as err:
@@ -201,14 +201,15 @@ class Restorers:
         return self._loaded[name]
 
     def run(self, restorer, lq: torch.Tensor, faces: list, quality: float, fidelity: float) -> tuple:
-        from ...core.lookup import lookup
+        from ...core.lookup.lookup import lookup
+        from ...core.lookup.options import LookupOptions
         from ...core.types import FaceCrops
         size = lq.shape[-1]
 
         def one(i: int) -> torch.Tensor:
             crops = FaceCrops(lq[i:i + 1], (faces[i],), size, history=("crop",))
-            out, _ = lookup(crops, restorer, quality=quality, fidelity=fidelity, mode=self.opts.lookup_mode,
-                            keep_latent=False)
+            options = LookupOptions(quality=quality, fidelity=fidelity, mode=self.opts.lookup_mode)
+            out, _ = lookup(crops, restorer, options, keep_latent=False)
             return out.crops.float().cpu().clamp(0, 1)
 
         if id(restorer) not in self._warm:  # one-off costs (lazy critic loading, allocator) are not timed

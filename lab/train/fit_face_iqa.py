@@ -85,6 +85,7 @@ def restored_samples(face: torch.Tensor, regions: dict, fi: int, restorer, class
     from kornia.metrics import ssim as kssim
 
     from ...core.lookup.lookup import lookup
+    from ...core.lookup.options import LookupOptions
     from ...core.types import FaceCrops, FaceInfo
     from ..degrade import degrade_fixed
     from ..eval.classical import classical_restore
@@ -98,7 +99,8 @@ def restored_samples(face: torch.Tensor, regions: dict, fi: int, restorer, class
         crops = FaceCrops(crops=lq, faces=info, crop_size=512)
         cands = {"lq": lq, "classical": classical_restore(lq, classical[sev])}
         for q in (1.0, 0.0):
-            cands[f"v2_q{q:g}"] = lookup(crops, restorer, quality=q, fidelity=0.5)[0].crops.float().clamp(0, 1)
+            out = lookup(crops, restorer, LookupOptions(quality=q, fidelity=0.5))[0]
+            cands[f"v2_q{q:g}"] = out.crops.float().clamp(0, 1)
         for name, img in cands.items():
             img = (img * 255).round() / 255
             smap = kssim(img, face, 11).mean(1, keepdim=True)
@@ -173,7 +175,7 @@ def fit_weights(z: torch.Tensor, pairs: list[tuple[int, int]], l2: float = 1e-3,
 
 def restored_features(paths: list[Path], cache: Optional[str], t0: float) -> tuple[torch.Tensor, list[dict]]:
     """Features and meta of ``restored_samples`` for every training face (own cache: ``<cache>.restored``)."""
-    from ...core.lookup.restorer import load_restorer
+    from ...models.restorers import load_restorer
     from ...models.registry import EMBEDDED_RESTORER
     from ..eval.classical import load_params
     store = Path(str(cache) + ".restored") if cache else None

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import FaceRefineError, WeightsNotFoundError
+from .iqpfr import quantize_dual, stage_parameters
 
 IQPFR_FILE = "iqpfr.safetensors"          # latest full model (stage 1, then updated by stage 2)
 CODEBOOK_FILE = "vqgan.safetensors"       # stage-1 result, kept as the lookup stage's frozen teacher
@@ -165,7 +166,7 @@ class VQGANStage(Stage):
         from ...models.arch.iqpfr import IQPFR
         init = settings.get("init")
         self.model = (IQPFR.from_file(init) if init else IQPFR(iqpfr_config(cfg))).to(device)
-        self.params = self.model.stage_parameters("codebook")
+        self.params = stage_parameters(self.model, "codebook")
         self.opt = self.adam(self.params)
         self.w = {"l1": 1.0, "grad": 0.5, "vq": 1.0, "lq_l1": 0.5, **settings.get("weights", {})}
 
@@ -233,7 +234,7 @@ class LookupStage(Stage):
             self.teacher = copy.deepcopy(self.model).eval()
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
-            self.params = self.model.stage_parameters("lookup")
+            self.params = stage_parameters(self.model, "lookup")
             for p in self.model.parameters():
                 p.requires_grad_(False)
             for p in self.params:
@@ -243,11 +244,10 @@ class LookupStage(Stage):
     def _init_community(self):
         """Fine-tune only the quality conditioning of a frozen CodeFormer-family checkpoint."""
         from ...models.arch.quality_condition import QualityCondition
-        from ...models.locate import resolve
-        from ...models.restorers import load_restorer_file
-        loaded = load_restorer_file(Path(resolve(self.base, "facerestore_models")), str(self.base))
+        from ...models.restorers import load_restorer
+        loaded = load_restorer(self.base)
         cb = loaded.codebook
-        if cb is None or loaded.architecture != "CodeFormer":
+        if cb is None or not loaded.arch.conditionable:
             raise FaceRefineError(f"{self.base} is {loaded.architecture}: conditioning fine-tuning needs a "
                                   f"CodeFormer checkpoint (it has the lookup Transformer)")
         if cb.quality_condition is None:
@@ -290,7 +290,7 @@ class LookupStage(Stage):
                 flat = z_hq.flatten(2).transpose(1, 2).float()
                 target = torch.cdist(flat, book.unsqueeze(0).expand(flat.shape[0], -1, -1)).argmin(-1)
             else:
-                *_, target = self.teacher.quantize_dual(z_hq)
+                *_, target = quantize_dual(self.teacher, z_hq)
         with self.amp.autocast():
             lq_feat, skips = m.encode(y)
             logits = m.logits(lq_feat, m.film(q)).float()
@@ -300,7 +300,7 @@ class LookupStage(Stage):
                 fidelity = float(torch.rand(1)) if fidelity is None else fidelity
                 if w["fuse_l1"] > 0 and m.config.connect_list:
                     with torch.no_grad():
-                        quantized = m.finish_quantize(m.code_features(logits.argmax(-1)))
+                        quantized = m.finish_quantize(m.code_features(logits.argmax(-1)), lq_feat)
                     out = m.decode(quantized, skips, fidelity).float()
                     losses["fuse_l1"] = w["fuse_l1"] * F.l1_loss(out, x)
         losses["total"] = sum(losses.values())
@@ -349,7 +349,7 @@ class PriorStage(Stage):
         degraded latent = the LQ encoder output (what the lookup sees)."""
         m = self.restorer
         z_hq = m.encode(hq * 2 - 1)[0]
-        q_u, q_h, *_ = m.quantize_dual(z_hq)
+        q_u, q_h, *_ = quantize_dual(m, z_hq)
         return torch.cat([q_u, q_h], dim=1), m.encode(lq * 2 - 1)[0]
 
     def step(self, hq, lq, step, indices=None):
@@ -431,7 +431,7 @@ class IdentityStage(Stage):
             lq_feat, _ = m.encode(lq * 2 - 1)
             quality = torch.ones(lq.shape[0], device=lq.device)
             logits = m.logits(lq_feat, m.film(quality))
-            restored = m.finish_quantize(m.code_features(logits.argmax(-1)))
+            restored = m.finish_quantize(m.code_features(logits.argmax(-1)), lq_feat)
 
         def decode(z):
             return ((m.decode(z, {}, 0.0) + 1) / 2).clamp(0, 1)

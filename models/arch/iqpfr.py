@@ -12,10 +12,7 @@ VectorQuantizer, TransformerSALayer, Fuse_sft_block); we call them, we do not co
 - The **lookup Transformer** predicts both code sets (tokens ``0..hw-1`` universal, ``hw..2hw-1`` HQ)
   and is FiLM-conditioned on the target NR-IQA score (models.arch.quality_condition).
 
-Method surface shared with the CodeFormer adapter (models.restorers.CodeFormerCodebook), used by core/lookup:
-``encode(x) -> (lq_feat, skips)``, ``film(quality)``, ``logits(lq_feat, film) -> [N,L,K]``,
-``code_features(indices [N,L]) -> [N,L,C]``, ``finish_quantize(raw, lq_feat) -> quantized``,
-``decode(quantized, skips, fidelity) -> image in [-1,1]``, plus ``codebooks [G,K,C]``.
+Implements the codebook interface (models/codebook.py). Training (losses, stage parameters) is in lab/train/.
 """
 from __future__ import annotations
 
@@ -23,7 +20,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +209,7 @@ class IQPFR(nn.Module):
         """[G=2, K, C]: universal and HQ codebooks."""
         return torch.stack([self.quantize.embedding.weight, self.quantize_hq.embedding.weight])
 
-    # --- shared lookup surface ------------------------------------------------------------------
+    # --- codebook interface (models/codebook.py) -------------------------------------------------
     def encode(self, x: torch.Tensor):
         skips = {}
         for i, block in enumerate(self.encoder.blocks):
@@ -245,12 +241,15 @@ class IQPFR(nn.Module):
         return torch.cat([F.embedding(indices[:, :hw], self.quantize.embedding.weight),
                           F.embedding(indices[:, hw:], self.quantize_hq.embedding.weight)], dim=1)
 
-    def finish_quantize(self, raw: torch.Tensor, lq_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def finish_quantize(self, raw: torch.Tensor, lq_feat: torch.Tensor) -> torch.Tensor:
         """[N, 2hw, C] -> quantized [N, 2C, h, w] (universal channels then HQ channels)."""
         n, two_hw, ch = raw.shape
         s = self.latent_hw
         u, h = raw[:, : two_hw // 2], raw[:, two_hw // 2:]
         return torch.cat([u, h], dim=2).view(n, s, s, 2 * ch).permute(0, 3, 1, 2)
+
+    def with_quality(self, skips: Mapping[str, torch.Tensor], quality: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        return skips  # the decoder is not quality-conditioned
 
     def decode(self, quantized: torch.Tensor, skips: Mapping[str, torch.Tensor], fidelity: float = 0.5) -> torch.Tensor:
         x = self.merge(quantized)
@@ -266,30 +265,8 @@ class IQPFR(nn.Module):
         lq, skips = self.encode(x)
         q = torch.as_tensor(quality, dtype=torch.float32, device=x.device).expand(x.shape[0])
         logits = self.logits(lq, self.film(q))
-        quantized = self.finish_quantize(self.code_features(logits.argmax(-1)))
+        quantized = self.finish_quantize(self.code_features(logits.argmax(-1)), lq)
         return self.decode(quantized, skips, fidelity), logits
-
-    # --- codebook (VQ) stage helpers --------------------------------------------------------------
-    def quantize_dual(self, z: torch.Tensor):
-        """Nearest-code quantisation of an encoder latent into both branches (HQ = residual)."""
-        q_u, loss_u, stats_u = self.quantize(z)
-        q_h, loss_h, stats_h = self.quantize_hq(z - q_u.detach())
-        idx = torch.cat([stats_u["min_encoding_indices"].view(z.shape[0], -1),
-                         stats_h["min_encoding_indices"].view(z.shape[0], -1)], dim=1)
-        return q_u, q_h, loss_u, loss_h, idx
-
-    def stage_parameters(self, stage: str) -> list[nn.Parameter]:
-        """Parameters trained in a stage: 'codebook' (VQ autoencoder) or 'lookup' (encoder, Transformer,
-        quality conditioning, fidelity fusion; codebooks, merge and generator stay fixed)."""
-        if stage == "codebook":
-            mods = [self.encoder, self.quantize, self.quantize_hq, self.merge, self.generator]
-        elif stage == "lookup":
-            mods = [self.encoder, self.feat_emb, self.ft_layers, self.idx_pred_layer, self.idx_pred_hq,
-                    self.quality_condition, self.fuse_convs_dict]
-            return [self.position_emb] + [p for m in mods for p in m.parameters()]
-        else:
-            raise ValueError(f"unknown stage {stage!r}; use 'codebook' or 'lookup'")
-        return [p for m in mods for p in m.parameters()]
 
     # --- files ------------------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -297,7 +274,7 @@ class IQPFR(nn.Module):
         return save_safetensors(self.state_dict(), path, metadata={"format": FORMAT, "config": self.config.to_json()})
 
     @staticmethod
-    def is_iqpfr_state_dict(sd: Mapping) -> bool:
+    def is_state_dict(sd: Mapping) -> bool:
         return "quantize_hq.embedding.weight" in sd and "merge.weight" in sd and "idx_pred_hq.1.weight" in sd
 
     @classmethod
@@ -305,7 +282,7 @@ class IQPFR(nn.Module):
         from ..loading import load_into, load_state_dict
         path = Path(path)
         sd = load_state_dict(path) if sd is None else sd
-        if not cls.is_iqpfr_state_dict(sd):
+        if not cls.is_state_dict(sd):
             raise WrongArchitectureError(f"{path.name} is not an IQPFR checkpoint (no dual-branch codebook keys)")
         config = read_config(path)
         if config is None:
@@ -342,72 +319,3 @@ def read_config(path) -> Optional[IQPFRConfig]:
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise WrongArchitectureError(f"{path.name}: cannot read its safetensors header ({err})") from err
     return IQPFRConfig.from_json(meta["config"], path.name) if "config" in meta else None
-
-
-# --- training ------------------------------------------------------------------------------------
-def training_step(model: IQPFR, batch: Mapping[str, torch.Tensor], stage: str,
-                  optimizer: Optional[torch.optim.Optimizer] = None, *, fidelity: Optional[float] = None,
-                  weights: Optional[Mapping[str, float]] = None, teacher: Optional[IQPFR] = None,
-                  uncond_prob: float = 0.1) -> dict[str, float]:
-    """One optimisation step. ``batch``: ``hq`` and ``lq`` [B,3,S,S] in 0..1 (S = config.img_size);
-    ``quality`` [B] normalised NR-IQA score (0..1) of ``hq`` (the lookup stage's conditioning target).
-
-    stage 'codebook': HQ faces reconstructed through both codebooks, LQ faces through the universal
-    codebook alone (so it stays quality-agnostic); L1 + VQ codebook/commitment losses.
-    stage 'lookup': cross-entropy of the quality-conditioned Transformer against the HQ face's codes
-    (both branches), an L2 pull of the LQ latent to the HQ latent, and L1 of the fidelity-fused decode
-    (random w unless given). ``teacher``: a frozen copy of the codebook-stage model that supplies the HQ
-    codes and latents in the lookup stage (as CodeFormer does); without it the model's own encoder is
-    used under no_grad. With probability ``uncond_prob`` a lookup step runs without conditioning, so the
-    unconditioned lookup (mode 'off') stays meaningful. Returns float losses; steps ``optimizer`` when given.
-    """
-    w = {"l1": 1.0, "vq": 1.0, "lq_l1": 0.5, "ce": 1.0, "feat": 1.0, "fuse_l1": 1.0, **(weights or {})}
-    model.train()
-    hq = batch["hq"] * 2 - 1
-    lq = batch["lq"] * 2 - 1
-    losses: dict[str, torch.Tensor] = {}
-    if stage == "codebook":
-        z = model.encode(hq)[0]
-        q_u, q_h, loss_u, loss_h, _ = model.quantize_dual(z)
-        rec = model.decode(torch.cat([q_u, q_h], dim=1), {}, 0.0)
-        losses["l1"] = w["l1"] * F.l1_loss(rec, hq)
-        losses["vq"] = w["vq"] * (loss_u + loss_h)
-        z_lq = model.encode(lq)[0]
-        q_lq, loss_lq, _ = model.quantize(z_lq)
-        rec_lq = model.decode(torch.cat([q_lq, torch.zeros_like(q_lq)], dim=1), {}, 0.0)
-        losses["lq_l1"] = w["lq_l1"] * F.l1_loss(rec_lq, lq)
-        losses["vq"] = losses["vq"] + w["vq"] * loss_lq
-    elif stage == "lookup":
-        with torch.no_grad():
-            source = teacher if teacher is not None else model
-            z_hq = source.encode(hq)[0]
-            *_, target_idx = source.quantize_dual(z_hq)
-        lq_feat, skips = model.encode(lq)
-        quality = batch.get("quality")
-        if quality is None:
-            quality = torch.ones(hq.shape[0])
-        film = None if random.random() < uncond_prob else model.film(quality.to(hq.device))
-        logits = model.logits(lq_feat, film)
-        losses["ce"] = w["ce"] * F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target_idx.reshape(-1))
-        losses["feat"] = w["feat"] * F.mse_loss(lq_feat, z_hq)
-        fw = random.random() if fidelity is None else float(fidelity)
-        if fw > 0 and model.config.connect_list:
-            with torch.no_grad():
-                quantized = model.finish_quantize(model.code_features(logits.argmax(-1)))
-            out = model.decode(quantized, skips, fw)
-            losses["fuse_l1"] = w["fuse_l1"] * F.l1_loss(out, hq)
-    else:
-        raise ValueError(f"unknown stage {stage!r}; use 'codebook' or 'lookup'")
-    total = sum(losses.values())
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-    out = {k: float(v.detach()) for k, v in losses.items()}
-    out["total"] = float(total.detach())
-    return out
-
-
-def parameter_megabytes(model: nn.Module, bytes_per_param: int = 2) -> float:
-    """Size of the weights file in MB at fp16 (the compact-model budget is <= 40 MB)."""
-    return sum(p.numel() for p in model.state_dict().values()) * bytes_per_param / 1e6

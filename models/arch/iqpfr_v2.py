@@ -15,11 +15,9 @@ decoder), but built for the crop it restores and the 2-core CPU it trains on:
   Transformer and every decoder block; training targets at quality ``q`` carry ``q`` of the HQ face's
   detail above a smooth base, so the slider moves from "clean and smooth" (0) to "full detail" (1).
 
-Lookup surface shared with v1 / the CodeFormer adapter (core/lookup, core/refine):
-``encode(x) -> (lq_feat, skips)``, ``film(quality)``, ``logits(lq_feat, film) -> [N, 2hw, K]``,
-``code_features(indices) -> [N, 2hw, C]``, ``finish_quantize(raw, lq_feat) -> [N, 2C, h, w]``,
-``decode(quantized, skips, fidelity) -> [-1, 1]``. ``skips`` carries the input crop and the quality
-value (set by :meth:`with_quality`), so a later step can decode an edited latent.
+Implements the codebook interface (models/codebook.py). ``skips`` carries the input crop and the quality
+value (set by :meth:`with_quality`), so a later step can decode an edited latent. The straight-through
+training lookup is in lab/train/iqpfr.py.
 """
 from __future__ import annotations
 
@@ -184,7 +182,7 @@ class IQPFRv2(nn.Module):
         nn.init.zeros_(self.to_out.weight)
         nn.init.zeros_(self.to_out.bias)
 
-    # -- lookup surface ------------------------------------------------------------------------
+    # -- codebook interface (models/codebook.py) ------------------------------------------------
     @property
     def codebooks(self) -> torch.Tensor:
         return self.codebook
@@ -231,24 +229,13 @@ class IQPFRv2(nn.Module):
         hw = indices.shape[1] // 2
         return torch.cat([self.codebook[0][indices[:, :hw]], self.codebook[1][indices[:, hw:]]], dim=1)
 
-    def soft_code_features(self, logits: torch.Tensor) -> torch.Tensor:
-        """Training lookup: hard top-1 codes forward, softmax-weighted codes backward (straight-through)."""
-        hw = logits.shape[1] // 2
-        probs = logits.float().softmax(dim=2)
-        soft = torch.cat([probs[:, :hw] @ self.codebook[0], probs[:, hw:] @ self.codebook[1]], dim=1)
-        hard = self.code_features(probs.argmax(dim=2))
-        return hard + soft - soft.detach()
-
-    def finish_quantize(self, raw: torch.Tensor, lq_feat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def finish_quantize(self, raw: torch.Tensor, lq_feat: torch.Tensor) -> torch.Tensor:
         """[N, 2hw, C] code vectors -> [N, 2C, h, w] (universal channels, then HQ channels)."""
-        if lq_feat is None:
-            raise ValueError("IQPFRv2.finish_quantize needs lq_feat for the token grid shape")
         n, _, h, w = lq_feat.shape
         c = self.config.emb_dim
         return raw.reshape(n, 2, h * w, c).permute(0, 1, 3, 2).reshape(n, 2 * c, h, w)
 
-    @staticmethod
-    def with_quality(skips: Mapping[str, torch.Tensor], quality: torch.Tensor) -> dict:
+    def with_quality(self, skips: Mapping[str, torch.Tensor], quality: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return {**skips, "quality": quality.reshape(-1).float()}
 
     def decode(self, quantized: torch.Tensor, skips: Mapping[str, torch.Tensor], fidelity: float = 0.5) -> torch.Tensor:
@@ -279,16 +266,14 @@ class IQPFRv2(nn.Module):
         correction = F.pixel_shuffle(self.to_out(F.silu(h)), 4)
         return x + correction_strength(fidelity) * correction.to(x.dtype)
 
-    def forward(self, x: torch.Tensor, fidelity: float = 0.0, quality: float | torch.Tensor = 1.0,
-                straight_through: bool = False):
-        """x in [-1, 1] -> (restored [-1, 1], logits). Training uses ``straight_through=True``."""
+    def forward(self, x: torch.Tensor, fidelity: float = 0.0, quality: float | torch.Tensor = 1.0):
+        """x in [-1, 1] -> (restored [-1, 1], logits)."""
         n = x.shape[0]
         if not torch.is_tensor(quality):
             quality = torch.full((n,), float(quality), device=x.device)
         lq, skips = self.encode(x)
         logits = self.logits(lq, self.film(quality))
-        raw = self.soft_code_features(logits) if straight_through else \
-            self.code_features(logits.argmax(dim=2))
+        raw = self.code_features(logits.argmax(dim=2))
         out = self.decode(self.finish_quantize(raw, lq), self.with_quality(skips, quality), fidelity)
         return out, logits
 
@@ -343,13 +328,3 @@ def read_config(path) -> Optional[IQPFRv2Config]:
     if meta.get("format") not in (None, FORMAT):
         raise WrongArchitectureError(f"{Path(path).name} has format {meta.get('format')!r}, not {FORMAT}")
     return IQPFRv2Config.from_json(meta["config"]) if "config" in meta else None
-
-
-def count_flops(model: IQPFRv2, size: int) -> float:
-    """Forward multiply-adds x 2 for one face of size² (torch's FLOP counter)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    x = torch.zeros(1, 3, size, size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return float(counter.get_total_flops())

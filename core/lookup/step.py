@@ -1,12 +1,13 @@
 """The lookup step as the pipeline calls it: the restorer loaded once, then called per batch of crops."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
+from ...models.restorers import load_restorer
 from ..types import FaceCrops, FaceLatent
 from .lookup import lookup
 from .options import LookupOptions
-from .restorer import load_restorer
 
 
 class LookupStep:
@@ -16,15 +17,13 @@ class LookupStep:
     name = "lookup"
 
     def __init__(self, options: LookupOptions, device: str):
-        self.options = options
+        self.options = replace(options, mode=options.mode or "auto", critic=options.critic or None)
         self.restorer = load_restorer(options.restorer, device, quality_condition=options.quality_condition or None)
         self._noted: set = set()
 
     def __call__(self, face_crops: FaceCrops) -> tuple[FaceCrops, FaceLatent, Optional[str]]:
         """The note (e.g. why the slider fell back to another mode) is returned once per step, not per call."""
-        o = self.options
-        restored, latent = lookup(face_crops, self.restorer, quality=o.quality, fidelity=o.fidelity,
-                                  mode=o.mode or "auto", critic=o.critic or None)
+        restored, latent = lookup(face_crops, self.restorer, self.options)
         note = latent.extra.get("note")
         if note in self._noted:
             note = None

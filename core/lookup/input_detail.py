@@ -1,4 +1,4 @@
-"""Detail above a restorer's own resolution.
+"""The input's detail above a restorer's own resolution, carried into its output.
 
 A restorer that works below the crop size (the compact 64² model) cannot produce detail finer than its
 own band. Fidelity ``w`` then passes ``w`` × the input's band above that resolution through, so a sharp
