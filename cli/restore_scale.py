@@ -131,7 +131,7 @@ def run_videos(args, options, videos: list[Path], report) -> dict:
     results = []
     restorer = None
     if options.wants_restorer and video.temporal > 0:
-        from ..core.lookup.restorer import load_restorer
+        from ..models.restorers import load_restorer
         from ..core.pipeline import resolve_device
         restorer = load_restorer(options.lookup.restorer, resolve_device(options.device),
                                  quality_condition=options.lookup.quality_condition or None)

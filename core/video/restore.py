@@ -105,7 +105,7 @@ class SequenceRestorer:
         if options.wants_restorer:
             if video.temporal > 0:
                 if restorer is None:
-                    from ..lookup.restorer import load_restorer
+                    from ...models.restorers import load_restorer
                     restorer = load_restorer(options.lookup.restorer, self.device,
                                              quality_condition=options.lookup.quality_condition or None)
                 mode = video.temporal_mode

@@ -131,13 +131,8 @@ class TemporalLookup(TrackStates):
     @torch.inference_mode()
     def __call__(self, face_crops: FaceCrops, track_ids: list[int]) -> FaceCrops:
         """Restore the faces (in frame order; ``track_ids[i]`` is the track of face i)."""
-        from ..lookup.detail import carry_detail
-        from ..lookup.lookup import _to_model
-        try:
-            from ..lookup.lookup import native_size
-        except ImportError:  # older lookup module: the restorer's own size
-            def native_size(restorer, crop_size):
-                return restorer.img_size
+        from ..lookup.input_detail import carry_detail
+        from ..lookup.lookup import to_model
         n = len(face_crops)
         if n == 0:
             return face_crops
@@ -147,13 +142,12 @@ class TemporalLookup(TrackStates):
         size = face_crops.crop_size
         affines = [f.affine for f in face_crops.faces]
         a = self.strength
-        model_size = native_size(r, size)
+        model_size = r.model_size(size)
         priors: list = []   # (previous state or None, relative affine) of each face
         news: list = []     # the state each face leaves for the next frame of its track
         with r.autocast():
             if r.codebook is None:
-                outs = [r.loaded.run_whole(_to_model(face_crops.crops[i:i + self.batch_size], model_size,
-                                                     r.device)).float()
+                outs = [r.run_whole(to_model(face_crops.crops[i:i + self.batch_size], model_size, r.device)).float()
                         for i in range(0, n, self.batch_size)]
                 restored = torch.cat(outs)
                 for tid, aff in zip(track_ids, affines):
@@ -164,7 +158,7 @@ class TemporalLookup(TrackStates):
                 model = r.codebook
                 lqs, skips = [], []
                 for i in range(0, n, self.batch_size):
-                    x = _to_model(face_crops.crops[i:i + self.batch_size], model_size, r.device)
+                    x = to_model(face_crops.crops[i:i + self.batch_size], model_size, r.device)
                     lq_b, sk_b = model.encode(x * 2 - 1)
                     lqs.append(lq_b)
                     skips.append(sk_b)
