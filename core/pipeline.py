@@ -23,13 +23,13 @@ from .crop.step import align_faces, detect_faces
 from .grayscale import keep_grayscale
 from .heap import release_free_memory
 from .image_io import sanitize_images
-from .lookup.lookup import concat_latents
+from .lookup.latent import concat_latents
 from .lookup.options import LookupOptions
-from .lookup.pipeline_step import LookupStep, prepare_lookup
+from .lookup.step import LookupStep, prepare_lookup
 from .paste.options import PasteOptions
 from .paste.step import paste_back
 from .refine.options import RefineOptions
-from .refine.pipeline_step import RefineStep, prepare_refine
+from .refine.step import RefineStep, prepare_refine
 from .types import FaceCrops, FaceLatent, RawDetections
 
 log = logging.getLogger("facerefine")
@@ -96,7 +96,8 @@ def build_steps(options: RestoreOptions) -> RestoreSteps:
     from .crop.detectors import load_detector
     load_detector(options.crop_options(device).detector, device)
     lookup_step = prepare_lookup(options.lookup, device)
-    refine_step = prepare_refine(options.refine, device, options.seed) if lookup_step is not None else None
+    refine_step = (prepare_refine(options.refine, device, options.seed, options.crop_options(device))
+                   if lookup_step is not None else None)
     if refine_step is not None:
         refine_step.prepare(lookup_step.restorer)
     return RestoreSteps(lookup_step, refine_step)

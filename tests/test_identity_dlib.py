@@ -12,7 +12,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import refine_fixtures as fx  # noqa: E402
 
-from facerefine.core.refine import refine_latent  # noqa: E402
+from facerefine.core.lookup.options import LookupOptions  # noqa: E402
+from facerefine.core.refine.options import RefineOptions  # noqa: E402
+from facerefine.core.refine.reference import ReferenceFace  # noqa: E402
+from facerefine.core.refine.refine import RefineRun, refine_latent  # noqa: E402
 from facerefine.errors import FaceRefineError, WeightsFormatError, WrongArchitectureError  # noqa: E402
 from facerefine.models.arch.identity import DLIB_ARCH, load_dlib, load_id_model  # noqa: E402
 
@@ -48,7 +51,7 @@ def test_port_matches_dlib_on_10_london_faces(london_dir):
     dlib, models = _dlib_and_models()
     from facerefine.core.crop.options import CropOptions
     from facerefine.core.crop.step import crop_faces
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     detector = dlib.get_frontal_face_detector()
     shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
     rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
@@ -81,7 +84,7 @@ def test_chip_alignment_is_differentiable_and_follows_landmarks():
     embedder = load_dlib()
     faces = fx.make_faces(2, 256, seed=3)
     x = faces.crops.clone().requires_grad_(True)
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     lm = torch.from_numpy(crop_landmarks(faces)).float()
     embedder(x, lm).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
@@ -99,8 +102,9 @@ def setup():
     from facerefine.core.crop.options import CropOptions
 
     from facerefine.core.crop.step import crop_faces
-    from facerefine.core.lookup import load_restorer, lookup
-    from facerefine.core.refine.pipeline_step import load_prior
+    from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.restorers import load_restorer
+    from facerefine.core.refine.step import load_prior
     london = SHARED_DATA / "london"
     if not london.is_dir():
         pytest.skip("../shared/data/london not present")
@@ -109,29 +113,30 @@ def setup():
     small = torch.nn.functional.interpolate(faces.crops, size=(48, 48), mode="bilinear", antialias=True)
     lq = faces.with_crops(torch.nn.functional.interpolate(small, size=(512, 512), mode="bilinear"), "degrade")
     restorer = load_restorer("facerefine-compact", "cpu")
-    restored, latent = lookup(lq, restorer, quality=1.0, fidelity=0.5)
-    prior = load_prior(None, latent.architecture, "cpu", [], restorer_name=restorer.name)
+    restored, latent = lookup(lq, restorer, LookupOptions(quality=1.0, fidelity=0.5))
+    prior = load_prior(None, "cpu", latent.architecture, restorer.name, [])
     other = torch.from_numpy(_rgb(london / "neutral" / "010_03.jpg")).float()[None] / 255  # another person
     return dict(restorer=restorer, lq=lq, restored=restored, latent=latent, prior=prior,
                 id_model=load_id_model("dlib"), other=other)
 
 
-def _run(s, **kw):
+def _run(s, reference=None, **kw):
     # guidance mechanics: the full strength for every face (no detail gating), no reference detail on top
-    args = dict(steps=6, strength=0.4, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops, guidance_steps=6,
-                gate_by_detail=False, reference_detail=0.0)
+    args = dict(steps=6, strength=0.4, identity_strength=0.0, guidance_steps=6, gate_by_detail=False,
+                reference_detail=0.0)
     args.update(kw)
-    return refine_latent(s["restored"], s["latent"], s["restorer"], s["prior"], s["id_model"], **args)
+    face = None if reference is None else ReferenceFace.from_photo(reference, s["restored"].crop_size)
+    context = RefineRun(s["restorer"], s["prior"], s["id_model"], face, seed=0)
+    return refine_latent(s["restored"], s["latent"], context, RefineOptions(**args), s["lq"].crops)
 
 
 def test_dlib_guidance_raises_its_own_similarity_monotonically(setup):
     """Towards another person's photo (reference target): the guide's similarity rises with strength."""
-    from facerefine.core.refine.guidance import align_reference_with_landmarks
     s = setup
     assert s["id_model"].network == "dlib" and s["prior"] is not None
-    ref_crop, ref_lm = align_reference_with_landmarks(s["other"], 512)
+    ref = ReferenceFace.from_photo(s["other"], 512)
     with torch.no_grad():
-        target = s["id_model"].embed(ref_crop, ref_lm)
+        target = s["id_model"].embed(ref.crop, ref.landmarks)
     sims = []
     for strength in (0.0, 0.5, 1.0, 2.0):
         res = _run(s, identity_strength=strength, reference=s["other"])
@@ -145,7 +150,7 @@ def test_dlib_guidance_raises_its_own_similarity_monotonically(setup):
 
 
 def _landmarks(face_crops):
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     return torch.from_numpy(crop_landmarks(face_crops)).float()
 
 
@@ -245,11 +250,10 @@ def test_augmented_views_keep_the_face_as_view_zero_and_pass_gradients():
 def test_identity_views_guidance_moves_toward_the_target_and_keeps_the_mask(setup):
     """Averaging the gradient over augmented views still raises the guide's similarity, is reproducible,
     and still leaves positions outside the latent mask untouched."""
-    from facerefine.core.refine.guidance import align_reference_with_landmarks
     s = setup
-    ref_crop, ref_lm = align_reference_with_landmarks(s["other"], 512)
+    ref = ReferenceFace.from_photo(s["other"], 512)
     with torch.no_grad():
-        target = s["id_model"].embed(ref_crop, ref_lm)
+        target = s["id_model"].embed(ref.crop, ref.landmarks)
     plain = _run(s, identity_strength=0.0)
     guided = _run(s, identity_strength=2.0, reference=s["other"], identity_views=4)
     again = _run(s, identity_strength=2.0, reference=s["other"], identity_views=4)
@@ -275,11 +279,11 @@ def test_guidance_stops_at_same_person_similarity(setup):
     other = _run(s, identity_strength=2.0, reference=s["other"], reference_detail=0.0)
     assert not torch.equal(other.latent, plain.latent)
     # inside one gradient: faces at or above the margin get exactly zero
-    from facerefine.core.refine.guidance import identity_gradient
+    from facerefine.core.refine.guidance import IdentityGoal, identity_gradient
     z = torch.randn(2, 4, 3, 3)
     decode = lambda x: x.mean(1, keepdim=True).expand(-1, 3, -1, -1)  # noqa: E731
     model = type("M", (), {"embed": staticmethod(lambda f: torch.nn.functional.normalize(f.flatten(1), dim=1))})()
     target = torch.nn.functional.normalize(decode(z).flatten(1), dim=1)
     target[1] = torch.nn.functional.normalize(torch.randn(27), dim=0)  # face 1 far from its target
-    grad, sim = identity_gradient(z, decode, model, target, torch.ones(2, 1, 3, 3), margin=0.99)
+    grad, sim = identity_gradient(z, decode, model, IdentityGoal(target, torch.ones(2, 1, 3, 3), margin=0.99))
     assert float(sim[0]) > 0.99 and float(grad[0].abs().sum()) == 0 and float(grad[1].abs().sum()) > 0

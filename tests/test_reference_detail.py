@@ -9,6 +9,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from facerefine.core.lookup.options import LookupOptions  # noqa: E402
+from facerefine.core.refine.reference import ReferenceFace  # noqa: E402
 from facerefine.core.refine.reference_detail import transfer_face, transfer_reference_detail  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +51,7 @@ def _hwc(face_crops, i=0):
 
 
 def test_a_blurred_face_takes_the_references_detail_and_gets_closer_to_the_truth(pair):
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     hq, ref = pair
     truth = _hwc(hq)
     blurred = _blur(truth, 4.0)  # what a restorer returns for a heavily degraded face: no fine detail
@@ -63,7 +65,7 @@ def test_a_blurred_face_takes_the_references_detail_and_gets_closer_to_the_truth
 
 
 def test_a_sharp_face_is_left_alone(pair):
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     hq, ref = pair
     truth = _hwc(hq)
     out, weight, deficit, _ = transfer_face(truth, _hwc(ref), crop_landmarks(hq)[0])
@@ -74,9 +76,10 @@ def test_a_sharp_face_is_left_alone(pair):
 def test_amount_zero_returns_the_crops_unchanged_and_history_records_the_step(pair):
     hq, ref = pair
     blurred = hq.with_crops(torch.from_numpy(_blur(_hwc(hq), 4.0)).permute(2, 0, 1)[None], "blur")
-    same, report = transfer_reference_detail(blurred, ref.crops, amount=0.0)
+    face = ReferenceFace.from_crops(ref, 512)
+    same, report = transfer_reference_detail(blurred, face, amount=0.0)
     assert same is blurred and report.amount == []
-    out, report = transfer_reference_detail(blurred, ref.crops)
+    out, report = transfer_reference_detail(blurred, face)
     assert out.history[-1] == "reference-detail" and report.amount == [1.0]
     assert out.crops.shape == blurred.crops.shape and not torch.equal(out.crops, blurred.crops)
 
@@ -94,12 +97,12 @@ def test_only_the_reference_person_takes_detail_in_a_group(pair, london_dir):
     crops = torch.cat([hq.crops, other.crops])
     blurred = torch.from_numpy(np.stack([_blur(_hwc(hq), 4.0), _blur(_hwc(other), 4.0)])).permute(0, 3, 1, 2)
     group = FaceCrops(blurred, faces, 512)
-    from facerefine.core.refine.guidance import crop_landmarks
+    from facerefine.core.refine.landmarks import crop_landmarks
     lm = torch.from_numpy(crop_landmarks(group)).float()
-    ref_lm = torch.from_numpy(crop_landmarks(ref)).float()
-    match = same_person(load_id_model("dlib"), group, lm, ref.crops, ref_lm)
+    face = ReferenceFace(ref.crops, torch.from_numpy(crop_landmarks(ref)).float())
+    match = same_person(load_id_model("dlib"), group, lm, face)
     assert match == [True, False]
-    out, report = transfer_reference_detail(group, ref.crops, landmarks=lm.numpy(), same_person=match)
+    out, report = transfer_reference_detail(group, face, landmarks=lm.numpy(), same_person=match)
     assert torch.equal(out.crops[1], group.crops[1]) and not torch.equal(out.crops[0], group.crops[0])
     assert report.skipped and report.skipped[0][0] == 1
     assert crops.shape == out.crops.shape
@@ -108,14 +111,15 @@ def test_only_the_reference_person_takes_detail_in_a_group(pair, london_dir):
 def test_refine_step_with_reference_and_no_steps_transfers_detail(pair, london_dir):
     """`--reference` with refine steps 0: the refine step runs for the reference detail alone, with the
     embedded default restorer, and the face gets closer to the truth."""
-    from facerefine.core.lookup import load_restorer, lookup
+    from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.restorers import load_restorer
     from facerefine.core.refine.options import RefineOptions
-    from facerefine.core.refine.pipeline_step import prepare_refine
+    from facerefine.core.refine.step import prepare_refine
     hq, ref = pair
     small = torch.nn.functional.interpolate(hq.crops, size=(48, 48), mode="bilinear", antialias=True)
     lq = hq.with_crops(torch.nn.functional.interpolate(small, size=(512, 512), mode="bicubic"), "degrade")
     restorer = load_restorer("facerefine-compact-v2", "cpu")
-    restored, latent = lookup(lq, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
+    restored, latent = lookup(lq, restorer, LookupOptions(quality=1.0, fidelity=0.5), keep_latent=True)
     smiling = sorted((london_dir / "smiling").glob(hq_stem(london_dir) + "_08.jpg"))[0]
     options = RefineOptions(steps=0, reference=str(smiling))
     assert options.detail_only and options.wanted
@@ -128,9 +132,10 @@ def test_refine_step_with_reference_and_no_steps_transfers_detail(pair, london_d
     truth = hq.crops[0].permute(1, 2, 0).numpy()
     assert _psnr(out.crops[0].permute(1, 2, 0).numpy(), truth) > _psnr(restored.crops[0].permute(1, 2, 0).numpy(), truth)
     # the library call (as the ComfyUI node and the eval make it): 0 steps, no device given
-    from facerefine.core.refine import refine_latent
+    from facerefine.core.refine.refine import RefineRun, refine_latent
     from facerefine.models.arch.identity import load_id_model
-    res = refine_latent(restored, latent, restorer, None, load_id_model("dlib"), steps=0, reference=ref)
+    context = RefineRun(restorer, None, load_id_model("dlib"), ReferenceFace.from_crops(ref, 512))
+    res = refine_latent(restored, latent, context, RefineOptions(steps=0))
     assert res.crops.history[-1] == "reference-detail" and res.info["reference_detail"].amount[0] > 0
     assert torch.equal(res.crops.crops, out.crops)
 
@@ -142,14 +147,15 @@ def hq_stem(london_dir):
 def test_refine_node_with_zero_steps_and_a_reference_transfers_detail(pair):
     """The ComfyUI refine node: steps 0 + a connected reference IMAGE = the reference detail alone;
     reference_detail 0 (or no reference) returns the crops untouched."""
-    from facerefine.core.lookup import load_restorer, lookup
+    from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.restorers import load_restorer
     from facerefine.models.arch.identity import load_id_model
     from facerefine.nodes.refine_nodes import FaceRefineIdentityLatentRefine
     hq, ref = pair
     small = torch.nn.functional.interpolate(hq.crops, size=(48, 48), mode="bilinear", antialias=True)
     lq = hq.with_crops(torch.nn.functional.interpolate(small, size=(512, 512), mode="bicubic"), "degrade")
     restorer = load_restorer("facerefine-compact-v2", "cpu")
-    restored, latent = lookup(lq, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
+    restored, latent = lookup(lq, restorer, LookupOptions(quality=1.0, fidelity=0.5), keep_latent=True)
     image = ref.crops.permute(0, 2, 3, 1)  # an IMAGE [1,H,W,3]: the aligned smiling photo
     kw = dict(face_crops=restored, face_latent=latent, restorer=restorer, latent_prior=None,
               id_model=load_id_model("dlib"), steps=0, strength=0.4, identity_strength=0.5, sampler="dpmpp_2m",
@@ -165,8 +171,10 @@ def test_refine_node_with_zero_steps_and_a_reference_transfers_detail(pair):
 def test_guidance_toward_a_reference_is_scaled_by_the_detail_a_face_lacks(pair):
     """A sharp face (its own photo restored: no deficit) gets no identity guidance toward the reference;
     a blurred one gets it."""
-    from facerefine.core.lookup import load_restorer, lookup
-    from facerefine.core.refine import refine_latent
+    from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.restorers import load_restorer
+    from facerefine.core.refine.options import RefineOptions
+    from facerefine.core.refine.refine import RefineRun, refine_latent
     from facerefine.models.arch.identity import load_id_model
     hq, ref = pair
     restorer = load_restorer("facerefine-compact-v2", "cpu")
@@ -174,8 +182,9 @@ def test_guidance_toward_a_reference_is_scaled_by_the_detail_a_face_lacks(pair):
     small = torch.nn.functional.interpolate(hq.crops, size=(48, 48), mode="bilinear", antialias=True)
     blurred = hq.with_crops(torch.nn.functional.interpolate(small, size=(512, 512), mode="bicubic"), "degrade")
     for lq, expect_guided in ((hq, False), (blurred, True)):
-        restored, latent = lookup(lq, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
-        res = refine_latent(restored, latent, restorer, None, guide, steps=2, identity_strength=1.0,
-                            reference=ref, reference_detail=0.0, guidance_steps=1, identity_views=1)
+        restored, latent = lookup(lq, restorer, LookupOptions(quality=1.0, fidelity=0.5), keep_latent=True)
+        res = refine_latent(restored, latent, RefineRun(restorer, None, guide, ReferenceFace.from_crops(ref, 512)),
+                            RefineOptions(steps=2, identity_strength=1.0, reference_detail=0.0, guidance_steps=1,
+                                          identity_views=1))
         weight = res.info["identity_strength_per_face"][0]
         assert (weight > 0.5) if expect_guided else (weight == 0.0), weight

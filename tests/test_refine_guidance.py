@@ -8,8 +8,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import refine_fixtures as fx  # noqa: E402
 
-from facerefine.core.refine import RefineInterrupted, refine, refine_latent  # noqa: E402
-from facerefine.core.refine.guidance import align_reference, region_prior_mask  # noqa: E402
+from facerefine.core.refine.guidance import region_prior_mask  # noqa: E402
+from facerefine.core.refine.options import RefineOptions  # noqa: E402
+from facerefine.core.refine.reference import ReferenceFace  # noqa: E402
+from facerefine.core.refine.refine import RefineInterrupted, RefineRun, refine, refine_latent  # noqa: E402
 from facerefine.errors import NoFaceError  # noqa: E402
 from facerefine.models.arch.identity import LatentMask  # noqa: E402
 
@@ -30,18 +32,21 @@ def setup(tmp_path_factory):
                 other=other)
 
 
-def run(s, **kw):
+def run(s, reference=None, prior="setup", seed=0, progress=None, should_stop=None, **kw):
     # guidance mechanics: the full strength for every face, and no reference detail on top
-    args = dict(steps=4, strength=0.5, identity_strength=0.0, seed=0, lq_crops=s["lq"].crops, reference_detail=0.0,
-                gate_by_detail=False)
+    args = dict(steps=4, strength=0.5, identity_strength=0.0, reference_detail=0.0, gate_by_detail=False)
     args.update(kw)
-    return refine_latent(s["restored"], s["latent"], s["restorer"], s["prior"], s["id_model"], **args)
+    face = None if reference is None else ReferenceFace.from_photo(reference, s["restored"].crop_size)
+    context = RefineRun(s["restorer"], s["prior"] if prior == "setup" else prior, s["id_model"], face, seed=seed,
+                        should_stop=should_stop, progress=progress)
+    return refine_latent(s["restored"], s["latent"], context, RefineOptions(**args), s["lq"].crops)
 
 
 def test_zero_steps_or_strength_returns_lookup_unchanged(setup):
     s = setup
-    for kw in (dict(steps=0), dict(strength=0.0)):
-        out = refine(s["restored"], s["latent"], s["restorer"], s["prior"], s["id_model"], identity_strength=1.0, **kw)
+    for kw in (dict(steps=0), dict(steps=8, strength=0.0)):
+        out = refine(s["restored"], s["latent"], RefineRun(s["restorer"], s["prior"], s["id_model"]),
+                     RefineOptions(identity_strength=1.0, **kw))
         assert out is s["restored"]
 
 
@@ -109,12 +114,9 @@ def test_region_prior_covers_eyes_nose_mouth_not_background():
 def test_lq_target_and_no_prior(setup):
     """No latent prior: only masked identity updates change the latent; target = the degraded face."""
     s = setup
-    plain = refine_latent(
-        s["restored"], s["latent"], s["restorer"], None, s["id_model"], steps=4, strength=0.5,
-        identity_strength=0.0, lq_crops=s["lq"].crops)
+    plain = run(s, prior=None, identity_strength=0.0, gate_by_detail=True, reference_detail=1.0)
     assert torch.allclose(plain.latent, s["latent"].quantized.float(), atol=1e-4)
-    res = refine_latent(s["restored"], s["latent"], s["restorer"], None, s["id_model"], steps=4, strength=0.5,
-                        identity_strength=1.0, lq_crops=s["lq"].crops)
+    res = run(s, prior=None, identity_strength=1.0, gate_by_detail=True, reference_detail=1.0)
     assert res.target_source == "lq"
     assert bool((res.similarity_after > res.similarity_before).all())
 
@@ -133,7 +135,7 @@ def test_reference_photo_is_aligned_and_used(setup, london_dir):
     from facerefine.core.image_io import load_image
     path = sorted((london_dir / "neutral").glob("*.jpg"))[0]
     image = load_image(path).image
-    crop = align_reference(image, 256)
+    crop = ReferenceFace.from_photo(image, 256).crop
     assert crop.shape == (1, 3, 256, 256)
     # aligned like the crop step: the eyes sit at the FFHQ template rows (darker than the cheeks below)
     gray = crop[0].mean(0)

@@ -91,9 +91,10 @@ def test_identity_recovery_step_trains_irn_and_mask(tmp_path, setup):
         emb = id_model.embed(setup["lq"].crops)
         assert torch.allclose(irn(emb, lat.lq_features), id_model.recovery(emb, lat.lq_features))
     # the trained IRN becomes the identity target
-    from facerefine.core.refine import refine_latent
-    res = refine_latent(setup["restored"], lat, setup["restorer"], None, id_model, steps=2, strength=0.3,
-                        identity_strength=0.5, lq_crops=setup["lq"].crops)
+    from facerefine.core.refine.options import RefineOptions
+    from facerefine.core.refine.refine import RefineRun, refine_latent
+    res = refine_latent(setup["restored"], lat, RefineRun(setup["restorer"], None, id_model),
+                        RefineOptions(steps=2, strength=0.3, identity_strength=0.5), setup["lq"].crops)
     assert res.target_source == "recovery" and res.mask_source == "learned"
 
 
@@ -156,24 +157,26 @@ def test_pipeline_refine_only_after_a_lookup():
 def test_clear_errors_for_unusable_inputs(setup):
     import dataclasses
 
-    from facerefine.core.refine import refine
+    from facerefine.core.refine.options import RefineOptions
+    from facerefine.core.refine.refine import RefineRun, refine
     from facerefine.errors import FaceRefineError
     s = setup
+    plain, three = RefineRun(s["restorer"]), RefineOptions(steps=3)
     empty = dataclasses.replace(s["latent"], quantized=torch.zeros(2, 0, 1, 1), lq_features=torch.zeros(2, 0, 1, 1))
     with pytest.raises(FaceRefineError, match="needs a codebook latent"):
-        refine(s["restored"], empty, s["restorer"], None, None, steps=3)
+        refine(s["restored"], empty, plain, three)
     wrong = build_latent_prior(latent_channels=8, cond_channels=8, latent_size=4, hidden=16, depth=1, heads=2)
     with pytest.raises(FaceRefineError, match="latent prior expects"):
-        refine(s["restored"], s["latent"], s["restorer"], wrong, None, steps=3)
+        refine(s["restored"], s["latent"], RefineRun(s["restorer"], wrong), three)
     with pytest.raises(FaceRefineError, match="FACE_LATENT holds 2 faces"):
-        refine(s["restored"].select([0]), s["latent"], s["restorer"], None, None, steps=3)
+        refine(s["restored"].select([0]), s["latent"], plain, three)
     with pytest.raises(FaceRefineError, match="unknown sampler"):
-        refine(s["restored"], s["latent"], s["restorer"], None, None, steps=3, sampler="nope")
+        refine(s["restored"], s["latent"], plain, RefineOptions(steps=3, sampler="nope"))
 
 
 def test_pipeline_step_default_prior_that_does_not_fit_falls_back(setup):
     from facerefine.core.refine.options import RefineOptions
-    from facerefine.core.refine.pipeline_step import RefineStep, prepare_refine
+    from facerefine.core.refine.step import RefineStep, prepare_refine
     folder = Path(__import__("os").environ["FACEREFINE_HOME"]) / "facerefine"
     wrong = build_latent_prior(latent_channels=8, cond_channels=8, latent_size=4, hidden=16, depth=1, heads=2)
     save_latent_prior(wrong, folder / "facerefine_latent_prior_iqpfr.safetensors")

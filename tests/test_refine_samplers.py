@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from facerefine.core.refine.samplers import SAMPLERS, denoiser_steps, get_sampler, karras_sigmas, sdedit_sigmas
+from facerefine.core.refine.samplers import SAMPLER_FUNCTIONS, denoiser_steps, get_sampler, karras_sigmas, sdedit_sigmas
 from facerefine.errors import FaceRefineError
 
 MU, STD = 1.5, 0.7  # per-element data distribution N(MU, STD^2)
@@ -30,7 +30,7 @@ def test_sampler_recovers_gaussian_from_noise(name, steps, kwargs):
     assert abs(y.std().item() / STD - 1) < 0.05
 
 
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", sorted(SAMPLER_FUNCTIONS))
 def test_sdedit_start_keeps_the_distribution(name):
     """Data noised to the strength's sigma and denoised stays N(MU, STD^2) (a per-element multi-dim latent)."""
     g = torch.Generator().manual_seed(1)
@@ -39,7 +39,7 @@ def test_sdedit_start_keeps_the_distribution(name):
     mu = torch.linspace(-1, 1, 8, dtype=torch.float64).view(1, 8, 1, 1)
     x0 = mu + STD * torch.randn(4000, 8, 2, 2, generator=g, dtype=torch.float64)
     x = x0 + float(sigmas[0]) * torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    y = SAMPLERS[name](gaussian_denoiser(mu, STD), x, sigmas, generator=g)
+    y = SAMPLER_FUNCTIONS[name](gaussian_denoiser(mu, STD), x, sigmas, generator=g)
     assert torch.allclose(y.mean(dim=(0, 2, 3)), mu.flatten(), atol=0.03)
     assert torch.allclose(y.std(dim=(0, 2, 3)), torch.full((8,), STD, dtype=torch.float64), rtol=0.05)
 
@@ -49,7 +49,7 @@ def test_wrong_variance_is_detected():
     g = torch.Generator().manual_seed(2)
     sigmas = karras_sigmas(30, 0.002, 80.0)
     x = MU + (STD ** 2 + float(sigmas[0]) ** 2) ** 0.5 * torch.randn(20000, generator=g, dtype=torch.float64)
-    y = SAMPLERS["dpmpp_2m"](gaussian_denoiser(MU, 2 * STD), x, sigmas)
+    y = SAMPLER_FUNCTIONS["dpmpp_2m"](gaussian_denoiser(MU, 2 * STD), x, sigmas)
     assert abs(y.std().item() / STD - 1) > 0.3
 
 
@@ -71,7 +71,7 @@ def test_after_step_and_call_counts():
         return x * 0
 
     sigmas = karras_sigmas(5)
-    SAMPLERS["heun"](denoise, torch.ones(3), sigmas, after_step=lambda i, x: seen.append(i) or x)
+    SAMPLER_FUNCTIONS["heun"](denoise, torch.ones(3), sigmas, after_step=lambda i, x: seen.append(i) or x)
     assert seen == [0, 1, 2, 3, 4] and len(calls) == denoiser_steps("heun", sigmas) == 9
     with pytest.raises(FaceRefineError, match="unknown sampler"):
         get_sampler("nope")

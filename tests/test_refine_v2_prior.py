@@ -85,7 +85,7 @@ def test_older_prior_files_without_a_position_mode_still_load(tmp_path):
 
 def test_corrupt_or_wrong_prior_file_names_the_file(tmp_path):
     from facerefine.core.refine.options import RefineOptions
-    from facerefine.core.refine.pipeline_step import RefineStep
+    from facerefine.core.refine.step import RefineStep
     corrupt = tmp_path / "corrupt_prior.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + bytes(64))
     with pytest.raises((WeightsFormatError, WrongArchitectureError)) as err:
@@ -104,7 +104,7 @@ def test_corrupt_or_wrong_prior_file_names_the_file(tmp_path):
     step.prepare(type("R", (), {"architecture": "IQPFRv2", "name": "x"})())
     latent = type("L", (), {"quantized": z, "lq_features": c, "restorer": "x"})()
     with pytest.raises(FaceRefineError, match="other_latent_prior.safetensors"):
-        step._check(latent, [])
+        step._check(latent)
 
 
 @pytest.mark.skipif(not all((WEIGHTS / f).is_file() for f in V2_FILES), reason="shipped v2 weights absent")
@@ -113,9 +113,9 @@ def test_refine_with_v2_loads_the_shipped_prior_and_irn_without_a_warning(monkey
     the registry, nothing is downloaded, no 'no trained latent prior' note, and the face changes. With the
     `auto` target and no reference the IRN is not loaded (the degraded face is the target)."""
     monkeypatch.setenv("FACEREFINE_OFFLINE", "1")
-    from facerefine.core.lookup.restorer import load_restorer
+    from facerefine.models.restorers import load_restorer
     from facerefine.core.refine.options import RefineOptions
-    from facerefine.core.refine.pipeline_step import RefineStep
+    from facerefine.core.refine.step import RefineStep
     restorer = load_restorer("facerefine-compact-v2", "cpu")
     assert restorer.architecture == "IQPFRv2"
     faces = fx.make_faces(1, 256, seed=3)

@@ -1,32 +1,19 @@
-"""Identity guidance: targets, the latent mask and the masked gradient of ArcFace cosine similarity."""
+"""Identity guidance: targets, the latent mask and the masked gradient of the identity network's cosine
+similarity (ArcFace or the embedded dlib ResNet, whichever ``id_model`` names)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import FaceRefineError, NoFaceError
+from ...errors import FaceRefineError
 from ..types import FaceCrops
-
-# FFHQ 512 template (facexlib): eye L, eye R, nose, mouth L, mouth R, as fractions of the crop side.
-FFHQ_TEMPLATE = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
-                          [201.26117, 371.41043], [313.08905, 371.15118]], dtype=np.float64) / 512.0
-
-TARGETS = ("auto", "reference", "recovery", "lq")
-
-
-def crop_landmarks(face_crops: FaceCrops) -> np.ndarray:
-    """5 landmarks per face in crop fractions [N,5,2] (the FFHQ template where geometry is missing)."""
-    out = []
-    for face in face_crops.faces:
-        lm, aff = np.asarray(face.landmarks, np.float64), np.asarray(face.affine, np.float64)
-        if lm.shape == (5, 2) and aff.shape == (2, 3) and np.isfinite(lm).all():
-            out.append((lm @ aff[:, :2].T + aff[:, 2]) / face_crops.crop_size)
-        else:
-            out.append(FFHQ_TEMPLATE)
-    return np.stack(out) if out else np.zeros((0, 5, 2))
+from .landmarks import crop_landmarks
+from .options import TARGETS
+from .reference import ReferenceFace
 
 
 def _region_boxes(lm: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -71,55 +58,16 @@ def embed(id_model, crops: torch.Tensor, landmarks: Optional[torch.Tensor] = Non
     return id_model.embed(crops)
 
 
-def align_reference(reference, crop_size: int) -> torch.Tensor:
-    """A reference photo -> one aligned crop [1,3,S,S] (the most confident face).
-
-    ``reference`` is an IMAGE [B,H,W,3] 0..1 (aligned with the crop step) or an already aligned FaceCrops.
-    """
-    return align_reference_with_landmarks(reference, crop_size)[0]
-
-
-def align_reference_with_landmarks(reference, crop_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``align_reference`` plus that face's 5 landmarks in crop fractions [1,5,2]."""
-    best = reference_face(reference, crop_size)
-    crop = best.crops
-    landmarks = torch.from_numpy(crop_landmarks(best)).float()
-    if crop.shape[-1] != crop_size:
-        crop = F.interpolate(crop, size=(crop_size, crop_size), mode="bicubic", antialias=True).clamp(0, 1)
-    return crop, landmarks
-
-
-def reference_face(reference, crop_size: int) -> FaceCrops:
-    """The reference photo's most confident face through the crop step, as a one-face FaceCrops (an already
-    aligned FaceCrops is used as it is)."""
-    if isinstance(reference, FaceCrops):
-        crops = reference
-    else:
-        image = torch.as_tensor(reference)
-        if image.ndim == 3:
-            image = image.unsqueeze(0)
-        if image.ndim != 4 or image.shape[-1] not in (3, 4):
-            raise FaceRefineError(f"reference must be an image [B,H,W,3], got shape {tuple(image.shape)}")
-        from ..crop import CropOptions, crop_faces
-        size = crop_size if crop_size in (256, 512, 1024) else 512
-        crops = crop_faces(image[..., :3].float(), CropOptions(crop_size=size))
-    if crops.is_empty:
-        raise NoFaceError("no face found in the reference photo; use a clear, front-facing photo of the same "
-                          "person (or leave the reference empty to use the face's own identity)")
-    best = max(range(len(crops)), key=lambda i: crops.faces[i].score)
-    return crops if len(crops) == 1 else crops.select([best])
-
-
-def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[torch.Tensor] = None,
+def identity_target(id_model, target: str, n: int, *, reference: Optional[ReferenceFace] = None,
                     lq_crops: Optional[torch.Tensor] = None, lq_latent: Optional[torch.Tensor] = None,
-                    device: torch.device | str = "cpu", landmarks: Optional[torch.Tensor] = None,
-                    reference_landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, str]:
+                    device: torch.device | str = "cpu", landmarks: Optional[torch.Tensor] = None
+                    ) -> tuple[torch.Tensor, str]:
     """Unit target embeddings [N,D] (D = 512 ArcFace, 128 dlib) and which source was used.
     ``landmarks``: the faces' 5 landmarks in crop fractions [N,5,2] (for lq/recovery targets)."""
     if target not in TARGETS:
         raise FaceRefineError(f"unknown identity target '{target}'; choose one of {TARGETS}")
     if target == "auto":
-        if reference_crop is not None:
+        if reference is not None:
             target = "reference"
         elif getattr(id_model, "recovery", None) is not None and lq_crops is not None and lq_latent is not None:
             target = "recovery"
@@ -127,9 +75,9 @@ def identity_target(id_model, target: str, n: int, *, reference_crop: Optional[t
             target = "lq"
     with torch.no_grad():
         if target == "reference":
-            if reference_crop is None:
+            if reference is None:
                 raise FaceRefineError("identity target 'reference' needs a reference photo")
-            emb = embed(id_model, reference_crop.to(device), reference_landmarks).expand(n, -1)
+            emb = embed(id_model, reference.crop.to(device), reference.landmarks).expand(n, -1)
         elif target == "recovery":
             if getattr(id_model, "recovery", None) is None:
                 raise FaceRefineError("identity target 'recovery' needs an identity model with a trained "
@@ -180,16 +128,25 @@ def augmented_views(faces: torch.Tensor, views: int, generators: Optional[Sequen
     return torch.cat([faces.unsqueeze(1), aug], 1).reshape(n * views, c, s, s)
 
 
+@dataclass(frozen=True)
+class IdentityGoal:
+    """Per face: the unit target embedding [N,D], the latent positions that may change [N,1,h,w] (0/1), the
+    crop landmarks [N,5,2] (dlib's chip) and the similarity at which guidance stops (None = never)."""
+    target: torch.Tensor
+    mask: torch.Tensor
+    landmarks: Optional[torch.Tensor] = None
+    margin: Optional[float] = None
+
+
 def identity_gradient(z0: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], id_model,
-                      target: torch.Tensor, mask: torch.Tensor,
-                      landmarks: Optional[torch.Tensor] = None, views: int = 1,
-                      generators: Optional[Sequence[torch.Generator]] = None,
-                      margin: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), target) w.r.t. z0,
-    plus the similarities (of the face itself). Positions where mask == 0 get exactly 0.
-    ``landmarks``: crop fractions [N,5,2]. ``views`` > 1 averages the similarity over that many
-    augmented views of each decoded face (``augmented_views``); one decoder pass serves them all.
-    ``margin``: faces whose similarity is already at or above it get no gradient (a hinge)."""
+                      goal: IdentityGoal, views: int = 1,
+                      generators: Optional[Sequence[torch.Generator]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked, per-face RMS-normalised gradient of cos(embed(decode(z0)), goal.target) w.r.t. z0,
+    plus the similarities (of the face itself). Positions where goal.mask == 0 get exactly 0.
+    ``views`` > 1 averages the similarity over that many augmented views of each decoded face
+    (``augmented_views``, one generator per face); one decoder pass serves them all. Faces whose similarity
+    is already at or above ``goal.margin`` get no gradient (a hinge)."""
+    landmarks, target, mask, margin = goal.landmarks, goal.target, goal.mask, goal.margin
     views = max(1, int(views))
     with torch.enable_grad():
         z = z0.detach().float().requires_grad_(True)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..types import FaceCrops
+from .reference import ReferenceFace
 
 BAND_SIGMA = 4.0             # detail band: finer than a Gaussian of this sigma, in pixels of a 512 crop
 DEFICIT_RANGE = (0.1, 0.5)   # detail deficit mapped to 0..1 of the transfer
@@ -85,10 +86,10 @@ def deficit_weight(deficit: float, deficit_range=DEFICIT_RANGE) -> float:
     return float(np.clip((deficit - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
 
 
-def face_deficit_weights(restored: torch.Tensor, reference_crop: torch.Tensor, landmarks: np.ndarray) -> list:
+def face_deficit_weights(restored: torch.Tensor, reference: ReferenceFace, landmarks: np.ndarray) -> list:
     """Per face [N,3,S,S] (no registration: aligned crops, energies averaged over the face box): how much of
     its detail the face lacks against the reference, as the 0..1 weight the transfer would use."""
-    ref = np.ascontiguousarray(reference_crop[0].float().cpu().permute(1, 2, 0).numpy(), dtype=np.float32)
+    ref = np.ascontiguousarray(reference.crop[0].float().cpu().permute(1, 2, 0).numpy(), dtype=np.float32)
     out = []
     for i in range(len(restored)):
         face = np.ascontiguousarray(restored[i].float().cpu().permute(1, 2, 0).numpy(), dtype=np.float32)
@@ -144,8 +145,7 @@ def transfer_face(restored: np.ndarray, reference: np.ndarray, landmarks: np.nda
 
 
 @torch.no_grad()
-def same_person(id_model, face_crops: FaceCrops, landmarks: torch.Tensor, reference_crop: torch.Tensor,
-                reference_landmarks: Optional[torch.Tensor] = None, device="cpu",
+def same_person(id_model, face_crops: FaceCrops, landmarks: torch.Tensor, reference: ReferenceFace, device="cpu",
                 threshold: float = MATCH_DISTANCE) -> list[bool]:
     """Per face: is it the person of the reference photo? In each image only the face nearest to the
     reference (unit-embedding distance of the identity network) can be, and only below ``threshold``."""
@@ -153,8 +153,8 @@ def same_person(id_model, face_crops: FaceCrops, landmarks: torch.Tensor, refere
     device = torch.device(device)
     faces = torch.nn.functional.normalize(embed(id_model, face_crops.crops.float().to(device), landmarks).float(),
                                           dim=1)
-    ref = torch.nn.functional.normalize(embed(id_model, reference_crop.float().to(device),
-                                              reference_landmarks).float(), dim=1)
+    ref = torch.nn.functional.normalize(embed(id_model, reference.crop.float().to(device),
+                                              reference.landmarks).float(), dim=1)
     dist = [float(d) for d in (faces - ref).norm(dim=1).cpu()]
     nearest: dict[int, int] = {}
     for i, face in enumerate(face_crops.faces):
@@ -165,23 +165,22 @@ def same_person(id_model, face_crops: FaceCrops, landmarks: torch.Tensor, refere
 
 
 @torch.inference_mode()
-def transfer_reference_detail(restored: FaceCrops, reference_crop: torch.Tensor, amount: float = 1.0,
+def transfer_reference_detail(restored: FaceCrops, reference: ReferenceFace, amount: float = 1.0,
                               landmarks: Optional[np.ndarray] = None, same_person: Optional[list] = None,
                               **kw) -> tuple[FaceCrops, DetailReport]:
     """Every restored crop takes the reference's fine detail where it lacks it.
 
-    reference_crop: [1,3,S,S] (or [N,3,S,S]) aligned like the crops. landmarks: [N,5,2] crop fractions (the
-    crops' own when None). same_person: per face, False leaves that face alone (identity check by the caller).
-    ``kw``: band_sigma, deficit_range, tolerance."""
+    landmarks: [N,5,2] crop fractions (the crops' own when None). same_person: per face, False leaves that face
+    alone (identity check by the caller). ``kw``: band_sigma, deficit_range, tolerance."""
     import cv2
 
-    from .guidance import crop_landmarks
+    from .landmarks import crop_landmarks
     report = DetailReport()
     n = len(restored)
     if n == 0 or amount <= 0:
         return restored, report
     lms = crop_landmarks(restored) if landmarks is None else np.asarray(landmarks)
-    ref = reference_crop.float().cpu()
+    ref = reference.crop.float().cpu()
     if ref.shape[-1] != restored.crop_size:
         ref = torch.nn.functional.interpolate(ref, size=(restored.crop_size,) * 2, mode="bicubic",
                                               antialias=True).clamp(0, 1)
@@ -195,7 +194,7 @@ def transfer_reference_detail(restored: FaceCrops, reference_crop: torch.Tensor,
             outs.append(crops[i])
             continue
         r = np.ascontiguousarray(crops[i].permute(1, 2, 0).numpy(), dtype=np.float32)
-        f = np.ascontiguousarray(ref[min(i, len(ref) - 1)].permute(1, 2, 0).numpy(), dtype=np.float32)
+        f = np.ascontiguousarray(ref[0].permute(1, 2, 0).numpy(), dtype=np.float32)
         out, weight, deficit, conf = transfer_face(r, f, lms[i], amount, flow=flow, **kw)
         report.amount.append(weight), report.deficit.append(deficit), report.confidence.append(conf)
         outs.append(torch.from_numpy(out).permute(2, 0, 1))

@@ -102,7 +102,8 @@ def sample_dpmpp_2m(denoise: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *,
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+# by the names of options.SAMPLERS, in its order
+SAMPLER_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "dpmpp_2m": sample_dpmpp_2m,
     "euler": sample_euler,
     "heun": sample_heun,
@@ -112,10 +113,10 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 
 def get_sampler(name: str):
     try:
-        return SAMPLERS[name]
+        return SAMPLER_FUNCTIONS[name]
     except KeyError:
         from ...errors import FaceRefineError
-        raise FaceRefineError(f"unknown sampler '{name}'; choose one of {sorted(SAMPLERS)}") from None
+        raise FaceRefineError(f"unknown sampler '{name}'; choose one of {sorted(SAMPLER_FUNCTIONS)}") from None
 
 
 def denoiser_steps(name: str, sigmas: torch.Tensor) -> int:

@@ -6,12 +6,16 @@ from typing import Callable
 
 import torch
 
-from ...core import refine as refine_mod
+from ...core.refine import options as refine_options
+from ...core.refine.options import RefineOptions
+from ...core.refine.reference import ReferenceFace
+from ...core.refine.refine import RefineRun, refine
 from ...core import score as score_mod
 from ...core.crop.options import CropOptions
 from ...core.types import RawDetections
 from ...core.crop.step import align_faces, detect_faces
-from ...core.lookup import decode, lookup
+from ...core.lookup.lookup import decode, lookup
+from ...core.lookup.options import LookupOptions
 from ...core.paste.options import PasteOptions
 from ...core.paste.step import paste_back
 from .measure import measure_interleaved, module_bytes
@@ -37,8 +41,9 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
         crops = synthetic_face_crops(b, size, seed=b)
         crops = crops.__class__(crops.crops.to(ctx.device), crops.faces, crops.crop_size)
         x = (crops.crops * 2 - 1).contiguous(memory_format=cl)
+        off = LookupOptions(quality=1.0, fidelity=0.5, mode="off")
         fns = {"bare": lambda x=x: _inference(setup.bare, x),
-               "lookup_off": lambda c=crops: lookup(c, setup.handle, quality=1.0, fidelity=0.5, mode="off")}
+               "lookup_off": lambda c=crops: lookup(c, setup.handle, off)}
         if b == 1 and ctx.opts.steering:
             fns["lookup_default"] = lambda c=crops: lookup(c, setup.handle)
         ctx.log(f"lookup: batch {b} ({', '.join(fns)})")
@@ -182,7 +187,7 @@ def _shipped_refine_models(ctx: BenchContext, handle, latent):
     """The prior and identity network refine itself loads for a restorer shipped with a paired prior
     (facerefine-compact, -v2): the shipped prior, the `auto` guide (ArcFace if on disk, else the embedded
     dlib ResNet) and the paired IRN. None when the restorer has no paired prior or it does not fit."""
-    from ...core.refine.pipeline_step import PAIRED_PRIORS, default_identity_recovery, load_prior
+    from ...core.refine.step import PAIRED_PRIORS, default_identity_recovery, load_prior
     from ...errors import WeightsNotFoundError
     from ...models.arch.identity import load_id_model, resolve_id_model
     from pathlib import Path
@@ -191,12 +196,12 @@ def _shipped_refine_models(ctx: BenchContext, handle, latent):
     if ctx.opts.tiny or name not in PAIRED_PRIORS:
         return None
     try:
-        prior = load_prior(None, handle.architecture, ctx.device, [], restorer_name=name)
+        prior = load_prior(None, ctx.device, handle.architecture, name, [])
         if prior is None:
             return None
         prior.check_latent(latent.quantized, latent.lq_features)
         network = resolve_id_model("auto")
-        id_model = load_id_model("auto", default_identity_recovery(name, network), ctx.device)
+        id_model = load_id_model("auto", ctx.device, default_identity_recovery(name, network))
     except (ValueError, WeightsNotFoundError):
         return None
     for p in list(prior.parameters()) + list(id_model.parameters()):
@@ -209,7 +214,7 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
     """Refine cost per face at the default steps, next to the lookup cost of the same run."""
     setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
     crops = synthetic_face_crops(1, setup.input_size, seed=11)
-    restored, latent = lookup(crops, setup.handle, quality=1.0, fidelity=0.5, mode="off")
+    restored, latent = lookup(crops, setup.handle, LookupOptions(quality=1.0, fidelity=0.5, mode="off"))
     shipped = _shipped_refine_models(ctx, setup.handle, latent)
     if shipped is not None:
         prior, id_model, prior_label, id_label = shipped
@@ -217,30 +222,31 @@ def stage_refine(ctx: BenchContext, report: dict) -> dict:
         prior, id_model = _refine_models(ctx, latent)
         prior_label = "random LatentScoreModel"
         id_label = "random ArcFace IR-SE" + (" (1 unit per stage)" if ctx.opts.tiny else "50")
-    default_steps = refine_mod.DEFAULT_STEPS
+    default_steps = refine_options.DEFAULT_STEPS
     steps = ctx.opts.refine_steps if ctx.opts.refine_steps is not None else default_steps
     cpu = ctx.device.type == "cpu"
 
     def run_refine(identity_strength):
         # identity guidance needs autograd: not under our inference_mode
         with torch.inference_mode(False):
-            return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=steps,
-                                     identity_strength=identity_strength, seed=0)
+            return refine(restored, latent, RefineRun(setup.handle, prior, id_model),
+                          RefineOptions(steps=steps, identity_strength=identity_strength))
 
     def reference_detail():  # refine steps 0 + a reference photo (already aligned): identity check + transfer
-        return refine_mod.refine(restored, latent, setup.handle, prior, id_model, steps=0, identity_strength=0.0,
-                                 reference=crops)
+        face = ReferenceFace.from_crops(crops, restored.crop_size)
+        return refine(restored, latent, RefineRun(setup.handle, prior, id_model, face),
+                      RefineOptions(steps=0, identity_strength=0.0))
 
-    fns = {"guided": lambda: run_refine(refine_mod.DEFAULT_IDENTITY_STRENGTH), "unguided": lambda: run_refine(0.0),
-           "reference_detail": reference_detail}
+    fns = {"guided": lambda: run_refine(refine_options.DEFAULT_IDENTITY_STRENGTH),
+           "unguided": lambda: run_refine(0.0), "reference_detail": reference_detail}
     with torch.inference_mode(False):
         res = measure_interleaved(fns, ctx.device, 0 if cpu else ctx.opts.warmup, 1 if cpu else ctx.opts.repeats,
                                   count_flops=True, log=ctx.log)
-    out = {"steps": steps, "default_steps": default_steps, "strength": refine_mod.DEFAULT_STRENGTH,
-           "identity_strength": refine_mod.DEFAULT_IDENTITY_STRENGTH,
-           "guidance_steps": getattr(refine_mod, "DEFAULT_GUIDANCE_STEPS", None),
-           "identity_views": getattr(refine_mod, "DEFAULT_IDENTITY_VIEWS", None),
-           "sampler": refine_mod.DEFAULT_SAMPLER, "prior": prior_label, "id_model": id_label,
+    out = {"steps": steps, "default_steps": default_steps, "strength": refine_options.DEFAULT_STRENGTH,
+           "identity_strength": refine_options.DEFAULT_IDENTITY_STRENGTH,
+           "guidance_steps": refine_options.DEFAULT_GUIDANCE_STEPS,
+           "identity_views": refine_options.DEFAULT_IDENTITY_VIEWS,
+           "sampler": refine_options.DEFAULT_SAMPLER, "prior": prior_label, "id_model": id_label,
            "runs": {k: m.summary(1) for k, m in res.items()},
            "note": "CPU: one timed run each, FLOPs counted during it" if cpu else ""}
     guided, unguided = res["guided"], res["unguided"]
@@ -280,7 +286,7 @@ def stage_memory(ctx: BenchContext, report: dict) -> dict:
 
     def pipeline():
         crops = align_faces(image, detections, options)
-        restored, _latent = lookup(crops, setup.handle, **lookup_kwargs)
+        restored, _latent = lookup(crops, setup.handle, LookupOptions(**lookup_kwargs))
         return paste_back(image, restored, paste_options)
 
     cpu = ctx.device.type == "cpu"
@@ -325,11 +331,11 @@ def stage_parity(ctx: BenchContext, report: dict) -> dict:
     try:
         handle.precision = "fp32"
         with inference_context(ctx.device, None):
-            ref, ref_latent = lookup(crops, handle, quality=1.0, fidelity=0.5, mode="off")
+            ref, ref_latent = lookup(crops, handle, LookupOptions(quality=1.0, fidelity=0.5, mode="off"))
             ref_dec = decode(handle, ref_latent.quantized, ref_latent.skip_features, ref_latent.fidelity)
         handle.precision = "auto"
         with inference_context(ctx.device, low):
-            got, got_latent = lookup(crops, handle, quality=1.0, fidelity=0.5, mode="off")
+            got, got_latent = lookup(crops, handle, LookupOptions(quality=1.0, fidelity=0.5, mode="off"))
             got_dec = decode(handle, ref_latent.quantized, ref_latent.skip_features, ref_latent.fidelity)
     finally:
         handle.precision = saved
@@ -358,7 +364,7 @@ PARITY_PSNR_DB = 35.0
 def stage_default_model(ctx: BenchContext, report: dict) -> dict:
     """The embedded default restorer (what `restore` uses with no community weights) at its defaults on one
     512² face, interleaved with the bare forward of the yardstick model (full-size CodeFormer by default)."""
-    from ...core.lookup.restorer import load_restorer
+    from ...models.restorers import load_restorer
     from ...models.registry import EMBEDDED_RESTORER
     setup: RestorerSetup = ctx.cached("restorer", lambda: setup_restorer(ctx))
     try:

@@ -140,8 +140,9 @@ def code_accuracy(restorer, latent, hq: torch.Tensor) -> Optional[float]:
     with torch.inference_mode():
         x = F.interpolate(hq, size=(restorer.img_size,) * 2, mode="bicubic", antialias=True).clamp(0, 1)
         z = model.encode((x * 2 - 1).to(restorer.device))[0]
-        if hasattr(model, "quantize_dual"):
-            target = model.quantize_dual(z)[-1]
+        if hasattr(model, "quantize_hq"):  # IQPFR: both branches
+            from ..train.iqpfr import quantize_dual
+            target = quantize_dual(model, z)[-1]
         else:
             book = model.codebooks[0].float()
             flat = z.flatten(2).transpose(1, 2).float()
@@ -172,7 +173,7 @@ def ablations(opts: EvalOptions) -> list[Variant]:
 
 class Runner:
     def __init__(self, opts: EvalOptions, log: Callable = print):
-        from ...core.lookup import load_restorer
+        from ...models.restorers import load_restorer
         self.opts, self.log = opts, log
         self.restorer = load_restorer(opts.restorer, opts.device)
         self.notes: list[str] = []
@@ -182,12 +183,12 @@ class Runner:
 
     def _prepare_refine(self) -> None:
         try:
-            from ...core.refine.pipeline_step import load_prior
+            from ...core.refine.step import load_prior
             name = self.opts.latent_prior
             if name is None:  # a restorer trained here ships its own prior: "<restorer>-prior"
                 from ...models.registry import get_spec
                 name = f"{self.opts.restorer}-prior" if get_spec(f"{self.opts.restorer}-prior") else None
-            self.prior = load_prior(name, self.restorer.architecture, self.opts.device, self.notes)
+            self.prior = load_prior(name, self.opts.device, self.restorer.architecture, warnings=self.notes)
         except (FaceRefineError, ImportError) as err:
             self.notes.append(f"latent prior unavailable: {err}")
         try:
@@ -200,26 +201,30 @@ class Runner:
         self.refine_ready = self.prior is not None or self.id_model is not None
 
     def restore(self, lq: FaceCrops, v: Variant, reference_crops: Optional[list]) -> tuple[torch.Tensor, object]:
-        from ...core.lookup import lookup
-        crops, latent = lookup(lq, self.restorer, quality=v.quality, fidelity=self.opts.fidelity,
-                               mode="auto", keep_latent=True)
+        from ...core.lookup.lookup import lookup
+        from ...core.lookup.options import LookupOptions
+        options = LookupOptions(quality=v.quality, fidelity=self.opts.fidelity, mode="auto")
+        crops, latent = lookup(lq, self.restorer, options, keep_latent=True)
         if not v.refine:
             return crops.crops, latent
         if not self.refine_ready:
             return None, latent
         if v.reference and (self.id_model is None or reference_crops is None):
             return None, latent
-        from ...core.refine import refine
+        from ...core.refine.options import RefineOptions
+        from ...core.refine.reference import ReferenceFace
+        from ...core.refine.refine import RefineRun, refine, select_latent
+        options = RefineOptions(steps=self.opts.refine_steps, strength=self.opts.refine_strength,
+                                identity_strength=v.identity_strength)
         out = []
         for i in range(len(lq)):  # per face: each has its own reference photo
             ref = reference_crops[i] if v.reference else None
             if v.reference and ref is None:
                 return None, latent
-            from ...core.refine.refine import select_latent
-            one = refine(crops.select([i]), select_latent(latent, [i]), self.restorer, self.prior,
-                         self.id_model if v.identity_strength > 0 else None, steps=self.opts.refine_steps,
-                         strength=self.opts.refine_strength, identity_strength=v.identity_strength,
-                         reference=ref, seed=self.opts.seed + i, lq_crops=lq.crops[i:i + 1])
+            run = RefineRun(self.restorer, self.prior, self.id_model if v.identity_strength > 0 else None,
+                            None if ref is None else ReferenceFace.from_photo(ref, crops.crop_size),
+                            seed=self.opts.seed + i)
+            one = refine(crops.select([i]), select_latent(latent, [i]), run, options, lq.crops[i:i + 1])
             out.append(one.crops)
         return torch.cat(out), latent
 

@@ -72,11 +72,14 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
         restorer_name: Optional[str] = None, id_model_name: str = "dlib", irn: Optional[str] = None,
         seed: int = 0, log=print, rows=ROWS, guidance_steps: Optional[int] = None,
         identity_views: Optional[int] = None) -> dict:
-    from ...core.lookup import load_restorer, lookup
-    from ...core.refine import refine_latent
-    from ...core.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS
-    from ...core.refine.guidance import crop_landmarks
-    from ...core.refine.pipeline_step import default_identity_recovery, load_prior
+    from ...core.lookup.lookup import lookup
+    from ...core.lookup.options import LookupOptions
+    from ...models.restorers import load_restorer
+    from ...core.refine.landmarks import crop_landmarks
+    from ...core.refine.options import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, RefineOptions
+    from ...core.refine.reference import ReferenceFace
+    from ...core.refine.refine import RefineRun, refine_latent
+    from ...core.refine.step import default_identity_recovery, load_prior
     from ...core.score import get_metric
     from ...core.types import FaceCrops
     from ...errors import FaceRefineError
@@ -96,13 +99,13 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
     from ...models.registry import EMBEDDED_RESTORER
     restorer_name = restorer_name or EMBEDDED_RESTORER
     restorer = load_restorer(restorer_name, "cpu")
-    prior = load_prior(None, restorer.architecture, "cpu", notes, restorer_name=restorer.name)
+    prior = load_prior(None, "cpu", restorer.architecture, restorer.name, notes)
     if irn is None:  # the IRN shipped for this restorer and guide, as the refine step picks it
         from ...models.arch.identity import resolve_id_model
         irn = default_identity_recovery(restorer.name, resolve_id_model(id_model_name))
     elif str(irn).lower() == "none":
         irn = None
-    guide = load_id_model(id_model_name, irn, "cpu")
+    guide = load_id_model(id_model_name, "cpu", irn)
     judge = FaceNetJudge()
     niqe = get_metric("face-niqe", "cpu")
     boxes = crop_boxes(faces, 512)
@@ -144,18 +147,19 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
             for i in range(n):
                 crops = FaceCrops(lq[i:i + 1], (faces[i],), 512, history=("crop",))
                 t0 = time.perf_counter()
-                restored, latent = lookup(crops, restorer, quality=1.0, fidelity=0.5, keep_latent=True)
+                restored, latent = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.5), keep_latent=True)
                 t1 = time.perf_counter()
                 if row.refine:
-                    reference = (FaceCrops(ref_imgs[i:i + 1], (ref_faces[i],), 512, history=("crop",))
+                    reference = (ReferenceFace.from_crops(FaceCrops(ref_imgs[i:i + 1], (ref_faces[i],), 512,
+                                                                    history=("crop",)), 512)
                                  if row.target == "reference" else None)
                     use_guide = row.identity_strength or (reference is not None and row.reference_detail)
-                    res = refine_latent(restored, latent, restorer, prior, guide if use_guide else None,
-                                        steps=steps if row.steps is None else row.steps,
-                                        identity_strength=row.identity_strength, reference=reference,
-                                        reference_detail=row.reference_detail,
-                                        target=row.target, seed=seed + i, lq_crops=lq[i:i + 1],
-                                        guidance_steps=guidance_steps, identity_views=identity_views)
+                    run = RefineRun(restorer, prior, guide if use_guide else None, reference, seed=seed + i)
+                    options = RefineOptions(steps=steps if row.steps is None else row.steps,
+                                            identity_strength=row.identity_strength,
+                                            reference_detail=row.reference_detail, target=row.target,
+                                            guidance_steps=guidance_steps, identity_views=identity_views)
+                    res = refine_latent(restored, latent, run, options, lq[i:i + 1])
                     restored = res.crops
                 t2 = time.perf_counter()
                 outs.append(restored.crops.float().cpu().clamp(0, 1))

@@ -38,8 +38,10 @@ def training_pairs(n: int) -> tuple[list[Path], list[Path]]:
 
 
 def run(out: Path, faces: int = 20, seed: int = 0, log=print) -> dict:
-    from ...core.lookup import load_restorer, lookup
-    from ...core.refine.guidance import crop_landmarks
+    from ...core.lookup.lookup import lookup
+    from ...core.lookup.options import LookupOptions
+    from ...models.restorers import load_restorer
+    from ...core.refine.landmarks import crop_landmarks
     from ...core.refine.reference_detail import transfer_face
     from ...core.types import FaceCrops
     from ...models.arch.identity import load_id_model
@@ -56,7 +58,7 @@ def run(out: Path, faces: int = 20, seed: int = 0, log=print) -> dict:
     n = len(kept)
     lms = crop_landmarks(FaceCrops(hq, tuple(info), 512))
     restorer = load_restorer(EMBEDDED_RESTORER, "cpu")
-    guide = load_id_model("dlib", None, "cpu")
+    guide = load_id_model("dlib", "cpu")
     ref_lm = torch.from_numpy(crop_landmarks(FaceCrops(refs, tuple(ref_info), 512))).float()
     with torch.no_grad():
         ref_emb = torch.nn.functional.normalize(guide.embed(refs, ref_lm).float(), dim=1)
@@ -67,8 +69,8 @@ def run(out: Path, faces: int = 20, seed: int = 0, log=print) -> dict:
         lq = lq_faces(hq, sev, seed, kept)
         outs = []
         for i in range(n):
-            r, _ = lookup(FaceCrops(lq[i:i + 1], (info[i],), 512, history=("crop",)), restorer, quality=1.0,
-                          fidelity=0.5)
+            r, _ = lookup(FaceCrops(lq[i:i + 1], (info[i],), 512, history=("crop",)), restorer,
+                          LookupOptions(quality=1.0, fidelity=0.5))
             outs.append(r.crops.float().clamp(0, 1))
         restored[sev] = torch.cat(outs)
         with torch.no_grad():

@@ -5,8 +5,8 @@
 - dlib's face-recognition ResNet (``models/arch/dlib_resnet.py``, weights embedded in ``weights/``, CC0)
   is used when ArcFace is absent (``id_model="auto"``). Its 150x150 chip is cut from each crop inside
   the autograd graph by a similarity transform from the crop's 5 landmarks, so gradients reach the latent.
-- The Identity Recovery Network (IRN) predicts the clean-face ArcFace embedding from the
-  degraded face (its ArcFace embedding plus the degraded latent).
+- The Identity Recovery Network (IRN) predicts the identity network's embedding of the clean face from
+  the degraded face (that network's embedding of it plus the degraded latent).
 - The latent mask picks the latent positions that receive identity gradients.
 """
 from __future__ import annotations
@@ -235,7 +235,7 @@ class IdentityModel(nn.Module):
 
 
 def save_identity_recovery(model: IdentityModel, path) -> "object":
-    """Writes the IRN and latent mask (not ArcFace, which has its own file)."""
+    """Writes the IRN and latent mask (not the identity network, which has its own file)."""
     from ..loading import save_safetensors
     if model.recovery is None:
         raise ValueError("nothing to save: the identity model has no recovery network")
@@ -337,13 +337,13 @@ def load_embedder(name_or_path: Optional[str] = "auto", device: str | torch.devi
     return load_arcface(str(path), device), str(path)
 
 
-def load_id_model(arcface: Optional[str] = "auto", recovery: Optional[str] = None,
-                  device: str | torch.device = "cpu") -> IdentityModel:
+def load_id_model(name_or_path: Optional[str] = "auto", device: str | torch.device = "cpu",
+                  recovery: Optional[str] = None) -> IdentityModel:
     """The identity network by choice ('auto': ArcFace if its weights are on disk, else dlib's embedded ResNet;
     'arcface'; 'dlib'; a registry name or a weights path), plus an optional IRN + mask file (name or path)."""
     from ...errors import WrongArchitectureError
     from ..locate import resolve
-    embedder, label = load_embedder(arcface, device)
+    embedder, label = load_embedder(name_or_path, device)
     irn = mask = None
     if recovery:
         rec_path = resolve(recovery, "facerefine")
