@@ -22,14 +22,14 @@ DEFAULT_GUIDANCE_STEPS = DEFAULT_STEPS
 DEFAULT_IDENTITY_VIEWS = 4
 # With a reference photo: how much of its fine detail a blurred restored face takes (0 = off).
 DEFAULT_REFERENCE_DETAIL = 1.0
-# latent_prior / identity_recovery / id_model spelled as "no model" (None, "", "none", "(none)"...) become this
+# latent_prior / identity_recovery / id_model spelled as "no model" ("none", "(none)", any case) become this
 NONE = "none"
 
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """Normalised on creation: every "no model" spelling of latent_prior, identity_recovery and id_model becomes
-    NONE, and id_model NONE (no identity network) means no identity guidance (identity_strength 0)."""
+    """Normalised on creation: "none" / "(none)" for latent_prior, identity_recovery and id_model becomes NONE (a
+    blank field keeps the default), and id_model NONE (no identity network) means no identity guidance."""
     steps: int = 0                         # refine steps (0 = no refine)
     strength: float = DEFAULT_STRENGTH     # SDEdit noise level 0..1
     identity_strength: float = DEFAULT_IDENTITY_STRENGTH  # identity guidance strength (0 = prior only)
@@ -46,11 +46,14 @@ class RefineOptions:
     gate_by_detail: bool = True            # toward a reference: scale each face's guidance by the detail it lacks
 
     def __post_init__(self) -> None:
-        for name in ("latent_prior", "identity_recovery"):  # None stays None: the default file
+        # a blank text field (ComfyUI STRING, gradio textbox) leaves the default, as it always did
+        for name in ("latent_prior", "identity_recovery"):  # None: the default file
             value = getattr(self, name)
-            if value is not None and is_none(value):
+            if value is not None and not str(value).strip():
+                object.__setattr__(self, name, None)
+            elif value is not None and is_none(value):
                 object.__setattr__(self, name, NONE)
-        if self.id_model is None:
+        if self.id_model is None or not str(self.id_model).strip():
             object.__setattr__(self, "id_model", "auto")
         elif is_none(self.id_model):  # no identity network: the latent prior alone
             object.__setattr__(self, "id_model", NONE)

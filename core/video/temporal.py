@@ -128,6 +128,23 @@ class TemporalLookup(TrackStates):
                 return None, None
         return st, rel
 
+    def _blended_codes(self, model, lq: torch.Tensor, priors: list, news: list, size: int) -> torch.Tensor:
+        """The quantized latent from code probabilities blended with each track's previous (warped) ones."""
+        a = self.strength
+        film = None
+        if self.mode == "trained":
+            film = model.film(torch.full((lq.shape[0],), self.quality, device=lq.device))
+        probs = F.softmax(model.logits(lq, film).float(), dim=2)
+        s = lq.shape[-1]                      # latent grid (fully convolutional models: crop / stride)
+        groups = probs.shape[1] // (s * s)    # IQPFR: universal + HQ tokens
+        for i, (st, rel) in enumerate(priors):
+            if st is not None and st.probs is not None and a > 0:
+                prev = st.probs.view(groups, s, s, -1).permute(0, 3, 1, 2)
+                prev = warp_grid(prev, rel, size).permute(0, 2, 3, 1).reshape(1, groups * s * s, -1)
+                probs[i:i + 1] = (1 - a) * probs[i:i + 1] + a * prev
+            news[i].probs = probs[i:i + 1].clone()
+        return model.finish_quantize(model.code_features(probs.argmax(dim=2)), lq)
+
     @torch.inference_mode()
     def __call__(self, face_crops: FaceCrops, track_ids: list[int]) -> FaceCrops:
         """Restore the faces (in frame order; ``track_ids[i]`` is the track of face i)."""
@@ -178,21 +195,7 @@ class TemporalLookup(TrackStates):
                                             {k: v[i:i + 1].clone() for k, v in sk.items()} if self.blend_skips else {}))
                     self.states[tid] = news[-1]  # a later face of the same track in this batch reads it
                 # 2. code probabilities from the blended latents, blended again over time
-                film = None
-                if self.mode == "trained":
-                    film = model.film(torch.full((n,), self.quality, device=lq.device))
-                logits = model.logits(lq, film).float()
-                probs = F.softmax(logits, dim=2)
-                s = lq.shape[-1]                      # latent grid (fully convolutional models: crop / stride)
-                groups = probs.shape[1] // (s * s)    # IQPFR: universal + HQ tokens
-                for i, (st, rel) in enumerate(priors):
-                    if st is not None and st.probs is not None and a > 0:
-                        prev = st.probs.view(groups, s, s, -1).permute(0, 3, 1, 2)
-                        prev = warp_grid(prev, rel, size).permute(0, 2, 3, 1).reshape(1, groups * s * s, -1)
-                        probs[i:i + 1] = (1 - a) * probs[i:i + 1] + a * prev
-                    news[i].probs = probs[i:i + 1].clone()
-                indices = probs.argmax(dim=2)
-                quantized = model.finish_quantize(model.code_features(indices), lq)
+                quantized = self._blended_codes(model, lq, priors, news, size)
                 outs = []
                 for i in range(0, n, self.batch_size):
                     skb = {k: v[i:i + self.batch_size] for k, v in sk.items()}
