@@ -136,8 +136,6 @@ class IQPFRConfig:
 
 
 class IQPFR(nn.Module):
-    architecture = "IQPFR"
-
     def __init__(self, config: IQPFRConfig = IQPFRConfig()):
         super().__init__()
         blocks = spandrel_codeformer_blocks()
@@ -199,10 +197,6 @@ class IQPFR(nn.Module):
     @property
     def latent_hw(self) -> int:
         return self.config.latent_size
-
-    @property
-    def groups(self) -> int:
-        return 2
 
     @property
     def codebooks(self) -> torch.Tensor:

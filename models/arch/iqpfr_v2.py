@@ -34,7 +34,6 @@ from torch import nn
 from ...errors import WrongArchitectureError
 
 FORMAT = "facerefine-iqpfr-v2"
-ARCHITECTURE = "IQPFRv2"
 
 # limits for configs read from a file header (a file must not ask for a huge model)
 _LIMITS = {"widths": (8, 512), "emb_dim": (4, 512), "codebook_size": (2, 4096),
@@ -139,8 +138,6 @@ def correction_strength(fidelity: float) -> float:
 
 
 class IQPFRv2(nn.Module):
-    architecture = ARCHITECTURE
-    fully_convolutional = True
     generator_taps = {"e4": "e4", "e8": "e8", "input": "input", "quality": "quality"}
     img_size = 512  # nominal (the crop step's default); any multiple of 16 runs at its own size
     latent_stride = 16
@@ -186,10 +183,6 @@ class IQPFRv2(nn.Module):
     @property
     def codebooks(self) -> torch.Tensor:
         return self.codebook
-
-    @property
-    def groups(self) -> int:
-        return 2
 
     def check_size(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
