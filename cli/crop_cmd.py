@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import sys
 
+CROP_GROUP = "face detection and alignment"
 
-def add_crop_arguments(p) -> None:
-    """Detection/alignment flags, shared with `restore`."""
-    g = p.add_argument_group("face detection and alignment")
-    from ..core.controls import add_argument
-    add_argument(g, "detector")
-    add_argument(g, "crop_size")
+
+def add_crop_flags(g) -> None:
+    """The crop step's flags that are not in the table of controls (shared with `restore`)."""
     g.add_argument("--det-threshold", type=float, default=None, help="detector confidence threshold")
     g.add_argument("--min-face-size", type=float, default=0.0, help="drop faces smaller than this (pixels)")
     g.add_argument("--max-faces", type=int, default=0, help="keep at most N faces per image (0 = all)")
@@ -21,27 +19,34 @@ def add_crop_arguments(p) -> None:
 
 
 def crop_options_from_args(args, device: str):
+    """CropOptions from the crop step's controls (core/controls.py) and flags."""
+    from ..core import controls
     from ..core.crop.options import CropOptions
-    return CropOptions(detector=args.detector, crop_size=args.crop_size, det_threshold=args.det_threshold,
-                       min_face_size=args.min_face_size, max_faces=args.max_faces, sort=args.sort,
-                       face_index=args.face_index, only_center_face=args.only_center_face, device=device,
-                       detect_max_side=args.detect_max_side)
+    table = {c.option.split(".")[1]: getattr(args, c.name) for c in controls.CONTROLS
+             if c.option.startswith("crop.") and hasattr(args, c.name)}
+    return CropOptions(**table, det_threshold=args.det_threshold, min_face_size=args.min_face_size,
+                       max_faces=args.max_faces, sort=args.sort, face_index=args.face_index,
+                       only_center_face=args.only_center_face, device=device, detect_max_side=args.detect_max_side)
 
 
 def add_arguments(p) -> None:
+    from ..core import controls
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--out", required=True,
                    help="folder for the crops (<name>_faceNN.png; a taken name gets a counter, _00001)")
     p.add_argument("--overwrite", action="store_true", help="replace existing crop files (inputs never)")
-    from ..core.controls import add_argument
-    add_argument(p, "device")
-    add_crop_arguments(p)
+    controls.add_argument(p, "device")
+    g = p.add_argument_group(CROP_GROUP)
+    for c in controls.CONTROLS:  # the crop step's controls (detector, crop size...)
+        if c.option.startswith("crop."):
+            controls.add_argument(g, c.name)
+    add_crop_flags(g)
 
 
 def run(args) -> dict:
     import warnings
 
-    from ..core.batch import BatchReport, expand_inputs
+    from ..core.batch_inputs import BatchReport, expand_inputs
     from ..core.crop.step import align_faces, detect_faces
     from ..core.image_io import load_image, save_image
     from ..core.output_paths import OutputNamer, check_name, prepare_folder, write_output

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
+    from ..core import controls  # ranges, choices and help of the restore controls
     parser.add_argument("folder", help="HQ folder, LQ folder (--lq-only) or 'london-heldout'")
     parser.add_argument("-o", "--out", default="runs/eval", help="output folder (report.md, grid.png, plots)")
     parser.add_argument("--restorer", default="facerefine-compact", help="registry name or weights path")
@@ -19,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use the first N faces")
     parser.add_argument("--metrics", default="face-niqe,piqe", help="comma-separated NR-IQA metrics")
-    parser.add_argument("--fidelity", type=float, default=0.5)
+    controls.add_argument(parser, "fidelity")
     parser.add_argument("--refine-steps", type=int, default=10)
     parser.add_argument("--refine-strength", type=float, default=0.3)
     parser.add_argument("--identity-strength", type=float, default=1.0)
@@ -34,8 +35,8 @@ def add_arguments(parser) -> None:
                         "lq, classical, v1, v2, any restorer name/path, MODEL@q0.5 (quality), MODEL@w1 (fidelity)")
     g.add_argument("--v1", default="facerefine-compact", help="restorer of the v1 rows")
     g.add_argument("--v2", default="facerefine-compact-v2", help="restorer of the v2 rows (left out until it exists)")
-    g.add_argument("--quality", type=float, default=1.0, help="quality of the 'defaults' rows (restore default)")
-    g.add_argument("--lookup-mode", default="auto", choices=["auto", "trained", "training-free", "off"])
+    controls.add_argument(g, "quality", help="quality of the 'defaults' rows (restore default)")
+    controls.add_argument(g, "lookup_mode")
     g.add_argument("--detector", default="mtcnn", help="crop-step detector for the HQ photos (embedded mtcnn)")
     g.add_argument("--no-identity", action="store_true", help="skip the dlib identity distance")
     g.add_argument("--classical-params", default=None, help="tuned classical parameters (lab/eval/classical_params.json)")

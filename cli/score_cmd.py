@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> dict:
-    from ..core.batch import BatchReport, expand_inputs
+    from ..core.batch_inputs import BatchReport, expand_inputs
     from ..core.image_io import load_image
     from ..core.score import get_metric, score_face_crops, score_images
     from ..errors import FaceRefineError

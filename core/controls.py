@@ -1,11 +1,13 @@
 """The one table of user controls: name, type, default, range or choices, help, and the step option it sets.
 
-Every front end reads it: the CLI's argparse (``add_argument``), the ComfyUI nodes' INPUT_TYPES
-(``comfy_input``), the gradio app and the A1111 extension (``gradio_kwargs``, ``a1111_option``).
-``RestoreOptions.from_values`` sends each value to the step that owns it (``option``: "lookup.quality").
+Every front end builds its inputs from the rows it is named in (``shown``, ``shown_in(front)``): the CLI's argparse
+(``add_arguments``), the ComfyUI nodes' INPUT_TYPES (``comfy_input``), the gradio app and the A1111 extension
+(``gradio_kwargs``, ``a1111_option``), the JSON API; and hands the values through: ``RestoreOptions.from_values``
+sends each value to the step that owns it (``option``: "lookup.quality"), whose options type normalises it.
 tests/test_controls.py checks that every front end offers the defaults, ranges and choices written here.
 
-To add a control: add one row to CONTROLS (and the field to the step's options dataclass).
+To add a control: add one row to CONTROLS (and the field to the step's options dataclass); it is offered by
+every front end unless the row's ``shown`` says otherwise.
 This module imports nothing heavy (argparse builds every command's parser at start-up); the choices written
 here are checked against the steps' own constants (SAMPLERS, MODES, DETECTORS...) by tests/test_controls.py.
 """
@@ -16,16 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..errors import FaceRefineError
+from .none import NONE_SPELLINGS, is_none  # noqa: F401 - the front ends read them here
+from .lookup.options import MODES
+from .refine.options import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH, SAMPLERS
 
 STEPS = ("crop", "lookup", "refine", "paste", "pipeline")
 
-# "no model" as users and hosts spell it (CLI "none", ComfyUI/A1111 dropdowns "(none)", empty text fields)
-NONE_SPELLINGS = ("", "none", "(none)")
-
-
-def is_none(value: Any) -> bool:
-    """True for a value that means "no model": None or any of NONE_SPELLINGS (any case, spaces ignored)."""
-    return value is None or str(value).strip().lower() in NONE_SPELLINGS
+# The front ends that offer controls: the CLI's restore command, the ComfyUI all-in-one and video nodes, the
+# gradio app, A1111's Settings -> FaceRefine ("webui") and Extras tab, and the JSON API (ui.service.Settings).
+FRONT_ENDS = ("cli", "node", "video", "app", "webui", "extras", "api")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class Control:
     choices: tuple = ()
     label: str = ""
     flag: str = ""                      # CLI flag when it is not --name-with-dashes
+    shown: tuple = FRONT_ENDS           # the front ends offering it: a new row is offered everywhere
+    required: bool = False              # a required input of the nodes: only those of the first node version
+    #                                     (a new control is an optional input, so saved workflows keep loading)
 
     @property
     def cli_flag(self) -> str:
@@ -67,92 +71,99 @@ class Control:
         return typed
 
 
-# the same as the steps' constants (tests/test_controls.py checks): core.lookup.lookup.MODES,
-# core.refine.samplers.SAMPLERS, core.crop.detectors.DETECTORS, core.crop.align.CROP_SIZES,
-# core.paste.masks.MASK_KINDS, core.paste.color.COLOR_MODES, core.refine.refine.DEFAULT_*
-MODES = ("auto", "trained", "training-free", "off")
-SAMPLERS = ("dpmpp_2m", "euler", "heun", "ddim")
+# the same as the steps' constants (tests/test_controls.py checks): core.crop.detectors.DETECTORS, core.crop.align.CROP_SIZES,
+# core.paste.masks.MASK_KINDS, core.paste.color.COLOR_MODES (MODES comes from core/lookup/options.py, SAMPLERS and
+# the refine DEFAULT_* from core/refine/options.py)
 DETECTORS = ("auto", "mtcnn", "retinaface", "retinaface-resnet50", "retinaface-mobilenet")
 CROP_SIZES = (512, 256, 1024)
 MASK_KINDS = ("auto", "landmarks", "parsenet", "bisenet", "box")
 COLOR_MODES = ("none", "lab", "lowfreq")
 ID_MODELS = ("auto", "arcface", "dlib")
-DEFAULT_IDENTITY_STRENGTH = 0.5
-DEFAULT_STRENGTH = 0.4
-DEFAULT_SAMPLER = "dpmpp_2m"
+
+CLI_ONLY = ("cli",)
 
 CONTROLS: tuple[Control, ...] = (
     # --- lookup (restorer + IQPFR quality slider)
     Control("restorer", "weights", "auto", "auto (a community restorer you have, else the embedded compact model), a "
-            "registry name, a weights path, or none (crop + paste only)", "lookup.restorer", label="Restorer"),
+            "registry name, a weights path, or none (crop + paste only)", "lookup.restorer", label="Restorer",
+            shown=("cli", "node", "video", "app", "extras", "api"), required=True),
     Control("quality", "float", 1.0, "IQPFR quality slider 0..1: the NR-IQA score the lookup aims for "
-            "(0 = the base model's choice)", "lookup.quality", 0.0, 1.0, 0.05, label="Quality"),
+            "(0 = the base model's choice)", "lookup.quality", 0.0, 1.0, 0.05, label="Quality", required=True),
     Control("fidelity", "float", 0.5, "fidelity weight 0..1 (0 = quality, 1 = faithful to the input)",
-            "lookup.fidelity", 0.0, 1.0, 0.05, label="Fidelity"),
+            "lookup.fidelity", 0.0, 1.0, 0.05, label="Fidelity", required=True),
     Control("lookup_mode", "choice", "auto", "how the quality slider acts: trained conditioning, critic-steered "
             "codes (training-free) or off; auto = trained if the restorer has conditioning weights",
-            "lookup.mode", choices=MODES, label="Quality mode"),
+            "lookup.mode", choices=MODES, label="Quality mode", shown=CLI_ONLY),
     Control("quality_condition", "text", None, "IQPFR quality-conditioning weights for a CodeFormer restorer "
-            "(name or path)", "lookup.quality_condition"),
-    Control("critic", "text", None, "NR-IQA critic for training-free steering (default face-iqa)", "lookup.critic"),
+            "(name or path)", "lookup.quality_condition", shown=CLI_ONLY),
+    Control("critic", "text", None, "NR-IQA critic for training-free steering (default face-iqa)", "lookup.critic",
+            shown=CLI_ONLY),
     # --- refine (CLR-Face identity-guided latent refinement)
     Control("refine_steps", "int", 0, "identity-guided latent refine steps (0 = off; 10-20 recommended); needs a "
-            "codebook restorer (CodeFormer/IQPFR)", "refine.steps", 0, 200, 1, label="Identity refine steps"),
+            "codebook restorer (CodeFormer/IQPFR)", "refine.steps", 0, 200, 1, label="Identity refine steps",
+            shown=("cli", "node", "app", "webui", "extras", "api"), required=True),
     Control("identity_strength", "float", DEFAULT_IDENTITY_STRENGTH, "identity guidance strength during refine "
-            "(0 = prior only)", "refine.identity_strength", 0.0, 10.0, 0.05, label="Identity strength"),
+            "(0 = prior only)", "refine.identity_strength", 0.0, 10.0, 0.05, label="Identity strength",
+            shown=("cli", "node", "app", "webui", "extras", "api"), required=True),
     Control("refine_strength", "float", DEFAULT_STRENGTH, "how much of the lookup latent is re-noised, 0..1 "
-            "(SDEdit strength)", "refine.strength", 0.0, 1.0, 0.05, label="Refine strength"),
+            "(SDEdit strength)", "refine.strength", 0.0, 1.0, 0.05, label="Refine strength", shown=CLI_ONLY),
     Control("sampler", "choice", DEFAULT_SAMPLER, "refine sampler", "refine.sampler", choices=SAMPLERS,
-            label="Sampler"),
+            label="Sampler", shown=CLI_ONLY),
     Control("latent_prior", "text", None, "latent prior weights (name or path; 'none' = identity guidance only)",
-            "refine.latent_prior"),
+            "refine.latent_prior", shown=CLI_ONLY),
     Control("id_model", "weights", "auto", "identity network for guidance: auto (ArcFace if "
             "recognition_arcface_ir_se50.pth is on disk, else the embedded dlib ResNet, no download), arcface, "
             "dlib, a weights path, or none (no identity guidance: the latent prior alone)", "refine.id_model",
-            choices=ID_MODELS, label="Identity network"),
+            choices=ID_MODELS, label="Identity network", shown=("cli", "app", "webui", "api")),
     Control("identity_recovery", "text", None, "trained Identity Recovery Network + mask file",
-            "refine.identity_recovery"),
+            "refine.identity_recovery", shown=CLI_ONLY),
     Control("identity_target", "choice", "auto", "auto = reference if given, else an Identity Recovery Network you "
             "load, else the degraded face; recovery = the IRN (the one shipped for the restorer if none is named)",
-            "refine.target", choices=("auto", "reference", "recovery", "lq"), label="Identity target"),
+            "refine.target", choices=("auto", "reference", "recovery", "lq"), label="Identity target", shown=CLI_ONLY),
     Control("guidance_steps", "int", None, "refine steps that compute a fresh identity gradient (default 8: every "
             "step at the default 8 refine steps; fewer = faster, the others reuse the last gradient)",
-            "refine.guidance_steps", 1, 200, 1),
+            "refine.guidance_steps", 1, 200, 1, shown=CLI_ONLY),
     Control("identity_views", "int", None, "augmented views of the decoded face averaged into each identity "
             "gradient (default 4; 1 = the face alone). More views keep changes that survive re-framing and blur "
             "(identity) and drop patterns only the guide network sees; each adds one identity-network pass",
-            "refine.identity_views", 1, 16, 1),
+            "refine.identity_views", 1, 16, 1, shown=CLI_ONLY),
     Control("reference_detail", "float", 1.0, "with a reference photo: how much of its fine detail (eyes, brows, "
             "lips) goes into restored faces that lost theirs, registered by optical flow; sharp faces and other "
             "people are left alone; 0 = off. Works without refine steps", "refine.reference_detail", 0.0, 1.0, 0.05,
-            label="Reference detail"),
-    Control("reference", "image", None, "reference photo of the same person (identity target of refine)",
-            "refine.reference", label="Reference photo"),
+            label="Reference detail", shown=CLI_ONLY),
+    Control("reference", "image", None, "photo of the same person: the identity target of refine; its fine detail "
+            "goes into blurred faces, also without refine steps",
+            "refine.reference", label="Reference photo", shown=("cli", "node", "app", "extras", "api")),
     # --- crop
     Control("detector", "choice", "auto", "face detector: auto = RetinaFace when its weights are present, else "
-            "the embedded MTCNN", "crop.detector", choices=DETECTORS, label="Face detector"),
+            "the embedded MTCNN", "crop.detector", choices=DETECTORS, label="Face detector",
+            shown=("cli", "node", "video", "app", "webui", "api"), required=True),
     Control("crop_size", "choice", 512, "aligned face size in pixels", "crop.crop_size",
-            choices=CROP_SIZES, label="Crop size"),
+            choices=CROP_SIZES, label="Crop size", shown=("cli", "node", "video"), required=True),
     # --- paste back
     Control("mask", "choice", "auto", "paste mask: auto = face parsing if its weights are present, else the "
-            "landmark face outline", "paste.mask", choices=MASK_KINDS, label="Mask"),
-    Control("erode", "float", 8.0, "shrink the mask (pixels at 512 crop scale)", "paste.erode", 0.0, 128.0, 1.0),
-    Control("feather", "float", 16.0, "soft edge width (pixels at 512 crop scale)", "paste.feather", 0.0, 128.0, 1.0),
-    Control("protect_hair", "bool", False, "keep the original hair and hairline", "paste.protect_hair"),
+            "landmark face outline", "paste.mask", choices=MASK_KINDS, label="Mask", shown=CLI_ONLY),
+    Control("erode", "float", 8.0, "shrink the mask (pixels at 512 crop scale)", "paste.erode", 0.0, 128.0, 1.0,
+            shown=CLI_ONLY),
+    Control("feather", "float", 16.0, "soft edge width (pixels at 512 crop scale)", "paste.feather", 0.0, 128.0, 1.0,
+            shown=CLI_ONLY),
+    Control("protect_hair", "bool", False, "keep the original hair and hairline", "paste.protect_hair",
+            shown=CLI_ONLY),
     Control("visibility", "float", 1.0, "0 = original face, 1 = restored face", "paste.visibility", 0.0, 1.0, 0.05,
-            label="Visibility"),
+            label="Visibility", shown=("cli", "node", "video", "app", "extras", "api"), required=True),
     Control("color_correction", "choice", "lab", "match the restored face's colours to the original: none, lab "
             "(mean/std in LAB) or lowfreq (keep the original's low frequencies)", "paste.color_correction",
-            choices=COLOR_MODES, label="Colour correction"),
+            choices=COLOR_MODES, label="Colour correction", required=True),
     # --- whole run
     Control("metric", "text", None, "NR-IQA metric: score the faces before and after restoration",
-            "pipeline.metric", label="Quality metric"),
+            "pipeline.metric", label="Quality metric", shown=("app", "api")),
+    Control("seed", "int", 0, "random seed (refine noise)", "pipeline.seed", 0, 0xFFFFFFFF, 1, label="Seed",
+            shown=("cli", "node", "api"), required=True),
     Control("device", "text", "auto", "auto (the host's device, else cuda when available, else cpu) | cpu | "
-            "cuda[:N]", "pipeline.device", label="Device"),
-    Control("seed", "int", 0, "random seed (refine noise)", "pipeline.seed", 0, 0xFFFFFFFF, 1, label="Seed"),
+            "cuda[:N]", "pipeline.device", label="Device", shown=("cli", "node", "video"), required=True),
     Control("allow_color", "bool", False, "let the restorer colour a grayscale (black-and-white) photo; off: a "
             "grayscale input comes back grayscale, only its luminance is restored", "pipeline.allow_color",
-            label="Allow colour on grayscale photos"),
+            label="Allow colour on grayscale photos", shown=("cli", "node", "app", "api")),
 )
 
 BY_NAME: dict[str, Control] = {c.name: c for c in CONTROLS}
@@ -160,6 +171,11 @@ BY_NAME: dict[str, Control] = {c.name: c for c in CONTROLS}
 
 def control(name: str) -> Control:
     return BY_NAME[name]
+
+
+def shown_in(front: str) -> tuple[Control, ...]:
+    """The controls a front end (one of FRONT_ENDS) offers, in table order."""
+    return tuple(c for c in CONTROLS if front in c.shown)
 
 
 def split_values(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -196,6 +212,18 @@ def add_argument(parser, name: str, **overrides) -> None:
     parser.add_argument(c.cli_flag, **kw)
 
 
+def add_arguments(parser, front: str = "cli", groups: Optional[dict] = None) -> None:
+    """argparse options of every control the front end offers; a step's controls go into ``groups[step]``
+    (an argument group) when there is one, the others into ``parser``."""
+    for c in shown_in(front):
+        add_argument((groups or {}).get(c.option.split(".")[0], parser), c.name)
+
+
+def values_from_args(args) -> dict[str, Any]:
+    """{control name: value} of the controls an argparse namespace holds."""
+    return {c.name: getattr(args, c.name) for c in CONTROLS if hasattr(args, c.name)}
+
+
 def _ranged(c: Control):
     def parse(text: str):
         try:
@@ -206,13 +234,16 @@ def _ranged(c: Control):
     return parse
 
 
-COMFY_TYPES = {"float": "FLOAT", "int": "INT", "bool": "BOOLEAN", "text": "STRING"}
+COMFY_TYPES = {"float": "FLOAT", "int": "INT", "bool": "BOOLEAN", "text": "STRING", "image": "IMAGE"}
 
 
 def comfy_input(name: str, choices: Optional[list] = None, default: Any = None, tooltip: str = "") -> tuple:
-    """ComfyUI INPUT_TYPES entry: ("FLOAT", {default, min, max, step, tooltip}) or ([choices], {default...}).
-    ``choices``/``default`` override the table for lists only known at run time (weights files)."""
+    """ComfyUI INPUT_TYPES entry: ("FLOAT", {default, min, max, step, tooltip}) or ([choices], {default...});
+    an image is an IMAGE socket. ``choices``/``default`` override the table for lists only known at run time
+    (weights files)."""
     c = BY_NAME[name]
+    if c.kind == "image":
+        return (COMFY_TYPES[c.kind], {"tooltip": tooltip or c.help})
     spec: dict[str, Any] = {"default": c.default if default is None else default, "tooltip": tooltip or c.help}
     if c.kind in ("choice", "weights") or choices is not None:
         return (list(choices if choices is not None else c.choices), spec)
@@ -248,5 +279,6 @@ def a1111_option(name: str) -> tuple[Any, str, dict]:
     return c.default, f"FaceRefine: {c.title.lower()}", {}
 
 
-__all__ = ["BY_NAME", "CONTROLS", "Control", "NONE_SPELLINGS", "is_none", "a1111_option", "add_argument", "comfy_input", "control",
-           "gradio_kwargs", "split_values"]
+__all__ = ["BY_NAME", "CONTROLS", "Control", "FRONT_ENDS", "NONE_SPELLINGS", "a1111_option", "add_argument",
+           "add_arguments", "comfy_input", "control", "gradio_kwargs", "is_none", "shown_in", "split_values",
+           "values_from_args"]

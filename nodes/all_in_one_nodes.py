@@ -1,44 +1,21 @@
-"""FaceRefine Restore (all-in-one): IMAGE + options -> IMAGE + MASK + report, on core.pipeline.restore_images."""
+"""FaceRefine Restore (all-in-one): IMAGE + options -> IMAGE + MASK + report, on core.pipeline.restore_images.
+
+The inputs are the table's controls (core/controls.py, front end "node"); ``restore_batch`` does the work.
+"""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 
-from ..core import controls
-from . import runtime as rt
-
-NONE_CHOICE = "none"
+from . import conventions as nc
 
 
 class FaceRefineRestore:
     @classmethod
     def INPUT_TYPES(cls):
-        rt.register_model_folders()
-        restorers = rt.restorer_choices(extra=[NONE_CHOICE])
-        ci = controls.comfy_input  # default, range/choices and help come from core/controls.py
-        return {
-            "required": {
-                "image": ("IMAGE", {"tooltip": rt.tooltip("image")}),
-                "restorer": ci("restorer", choices=restorers, default=rt.default_restorer(),
-                               tooltip="Weights in models/facerestore_models (shared with facerestore_cf / ReActor). "
-                                       "Listed files that are not there yet download on first use. "
-                                       "none = crop and paste back only."),
-                "quality": ci("quality"),
-                "fidelity": ci("fidelity"),
-                "refine_steps": ci("refine_steps"),
-                "identity_strength": ci("identity_strength"),
-                "detector": ci("detector"),
-                "crop_size": ci("crop_size"),
-                "visibility": ci("visibility"),
-                "color_correction": ci("color_correction"),
-                "seed": ci("seed"),
-                "device": ci("device", choices=rt.DEVICE_CHOICES),
-            },
-            "optional": {
-                "reference": ("IMAGE", {"tooltip": controls.control("reference").help}),
-                "allow_color": ci("allow_color"),
-            },
-        }
+        inputs = nc.control_inputs("node")  # default, range/choices and help come from core/controls.py
+        inputs["required"] = {"image": ("IMAGE", {"tooltip": nc.tooltip("image")}), **inputs["required"]}
+        return inputs
 
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("image", "mask", "report")
@@ -46,60 +23,63 @@ class FaceRefineRestore:
                        "Where faces were pasted (paste weights, 0..1).",
                        "Faces found, steps run, warnings and timings.")
     FUNCTION = "restore"
-    CATEGORY = rt.CATEGORY
+    CATEGORY = nc.CATEGORY
     DESCRIPTION = ("One box for the whole chain: detect and align faces, restore them (codebook lookup with "
                    "the quality slider, optional identity refine), and paste them back with a soft mask and "
                    "colour correction. Shows a before/after compare widget after a run.")
 
-    def restore(self, image, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, refine_steps=0,
-                identity_strength=0.5, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
-                seed=0, device="auto", reference=None, allow_color=False):
-        import torch
+    def restore(self, image, **values):
+        return restore_batch(image, values)
 
-        from ..core.pipeline import RestoreOptions, build_steps, restore_images
 
-        rt.register_model_folders()
-        dev = rt.get_device(device)
-        restorer_arg = NONE_CHOICE
-        if restorer and restorer.lower() != NONE_CHOICE:
-            restorer_arg = str(rt.weights_path(restorer, "facerestore_models"))
-        options = RestoreOptions.from_values(
-            restorer=restorer_arg, quality=quality, fidelity=fidelity, refine_steps=refine_steps,
-            identity_strength=identity_strength, reference=reference, device=str(dev), seed=seed,
-            detector=detector, crop_size=crop_size, visibility=visibility, color_correction=color_correction,
-            allow_color=allow_color)
-        if reference is None:  # steps hold loaded models: reuse them between runs
-            steps = rt.cached_model(restorer_arg if restorer_arg != NONE_CHOICE else None, dev,
-                                    lambda: build_steps(options), "restore_steps", repr(options))
-        else:
-            steps = build_steps(options)
+def restore_batch(image, values: dict):
+    """The node's work: options from the input values, the steps (kept while the options hold), the pipeline
+    over the batch under ComfyUI's progress bar and cancel; (image, mask, report) + the compare widget."""
+    from ..core.pipeline import RestoreOptions
 
-        batch = int(image.shape[0])
-        progress = rt.Progress(batch * (2 + len(steps)))
+    options = RestoreOptions.from_values(**nc.pipeline_values(values))
+    results = _run(image, options, _steps(options))
+    nc.soft_empty_cache()
+    return _output(image, results, values.get("restorer"), options)
 
-        def run(start: int, stop: int):
-            base = start * (2 + len(steps))
 
-            def report(stage, done, total):
-                progress.absolute(base + done * (stop - start))
-                rt.check_interrupted()  # ComfyUI's cancel, between steps
-            rt.check_interrupted()
-            # identity guidance needs gradients; ComfyUI runs nodes under inference mode
-            with rt.autograd() if options.refine.wanted else contextlib.nullcontext():
-                return restore_images(image[start:stop], options, steps=steps, progress=report,
-                                      should_stop=rt.should_stop)
+def _steps(options):
+    """The steps hold loaded models: reused between runs with the same options (not with a reference photo)."""
+    from ..core.pipeline import build_steps
+    if options.refine.reference is not None:
+        return build_steps(options)
+    restorer = options.lookup.restorer if options.wants_restorer else None
+    return nc.cached_model(restorer, options.device, lambda: build_steps(options), "restore_steps", repr(options))
 
-        results = rt.map_batches(run, batch, batch)
-        rt.soft_empty_cache()
-        out = torch.cat([r.images for r in results]).float().clamp(0, 1)
-        masks = torch.cat([r.masks for r in results]).float()
-        report = _report(results, restorer, options)
-        ui = rt.compare_ui(image, out)
-        faces = [f for r in results for f in r.face_crops.faces]
-        if any(f.quality for f in faces):
-            ui.update(rt.quality_ui(_concat_crops([r.original_crops for r in results]),
-                                    _concat_crops([r.face_crops for r in results])))
-        return rt.node_output((out, masks, report), ui)
+
+def _run(image, options, steps) -> list:
+    from ..core.pipeline import restore_images
+    batch = int(image.shape[0])
+    progress = nc.Progress(batch * (2 + len(steps)))
+
+    def run(start: int, stop: int):
+        base = start * (2 + len(steps))
+
+        def report(stage, done, total):
+            progress.absolute(base + done * (stop - start))
+            nc.check_interrupted()  # ComfyUI's cancel, between steps
+        nc.check_interrupted()
+        # identity guidance needs gradients; ComfyUI runs nodes under inference mode
+        with nc.autograd() if options.refine.wanted else contextlib.nullcontext():
+            return restore_images(image[start:stop], options, steps=steps, progress=report,
+                                  should_stop=nc.should_stop)
+    return nc.map_batches(run, batch, batch)
+
+
+def _output(image, results, restorer, options):
+    import torch
+    out = torch.cat([r.images for r in results]).float().clamp(0, 1)
+    masks = torch.cat([r.masks for r in results]).float()
+    ui = nc.compare_ui(image, out)
+    if any(f.quality for r in results for f in r.face_crops.faces):
+        ui.update(nc.quality_ui(_concat_crops([r.original_crops for r in results]),
+                                _concat_crops([r.face_crops for r in results])))
+    return nc.node_output((out, masks, _report(results, restorer, options)), ui)
 
 
 def _concat_crops(parts):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 
 from ..core import controls
-from . import runtime
+from . import conventions as nc
 
 DETECTOR_CHOICES = list(controls.DETECTORS)
 
@@ -12,7 +12,7 @@ DETECTOR_CHOICES = list(controls.DETECTORS)
 class FaceRefineFaceCrop:
     """Detect faces (5 landmarks) and align them to the FFHQ template."""
 
-    CATEGORY = runtime.CATEGORY_STEPS
+    CATEGORY = nc.CATEGORY_STEPS
     RETURN_TYPES = ("FACE_CROPS", "IMAGE")
     RETURN_NAMES = ("face_crops", "crops")
     FUNCTION = "crop"
@@ -21,7 +21,7 @@ class FaceRefineFaceCrop:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "image": ("IMAGE", {"tooltip": runtime.tooltip("image")}),
+            "image": ("IMAGE", {"tooltip": nc.tooltip("image")}),
             "detector": controls.comfy_input("detector", tooltip="auto = RetinaFace when its weights are in "
                                              "models/facedetection, else the embedded MTCNN (works offline)."),
             "crop_size": controls.comfy_input("crop_size"),
@@ -38,19 +38,25 @@ class FaceRefineFaceCrop:
                                         "tooltip": "0 = the detector's default (MTCNN 0.9, RetinaFace 0.8)."}),
         }}
 
-    def crop(self, image, detector="auto", crop_size=512, sort="largest", face_index="", max_faces=0,
-             only_center_face=False, min_face_size=0, det_threshold=0.0):
-        from ..core.crop.options import CropOptions
-        from ..core.crop.step import crop_faces
-        device = runtime.get_device("auto")
-        options = CropOptions(detector=detector, crop_size=int(crop_size), sort=sort, face_index=face_index or None,
-                              max_faces=int(max_faces), only_center_face=bool(only_center_face),
-                              min_face_size=float(min_face_size),
-                              det_threshold=float(det_threshold) if det_threshold > 0 else None, device=str(device))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # logged by crop_faces
-            face_crops = crop_faces(image, options)
+    def crop(self, image, **values):
+        face_crops = crop_image(image, values)
         return face_crops, crops_to_image(face_crops)
+
+
+def crop_image(image, values: dict):
+    """The node's work: its inputs as CropOptions (det_threshold 0 = the detector's default, face_index '' =
+    every face), on ComfyUI's device."""
+    from ..core.crop.options import CropOptions
+    from ..core.crop.step import crop_faces
+    kinds = {"crop_size": int, "max_faces": int, "only_center_face": bool, "min_face_size": float}
+    values = {k: kinds.get(k, lambda v: v)(v) for k, v in values.items()}
+    threshold = float(values.pop("det_threshold", 0.0))
+    face_index = values.pop("face_index", "") or None
+    options = CropOptions(**values, det_threshold=threshold if threshold > 0 else None, face_index=face_index,
+                          device=str(nc.get_device("auto")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # logged by crop_faces
+        return crop_faces(image, options)
 
 
 def crops_to_image(face_crops):
@@ -64,7 +70,7 @@ def crops_to_image(face_crops):
 class FaceRefineCropsToImage:
     """FACE_CROPS -> IMAGE batch, to edit the faces with any image node."""
 
-    CATEGORY = runtime.CATEGORY_UTILS
+    CATEGORY = nc.CATEGORY_UTILS
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("crops",)
     FUNCTION = "convert"
@@ -73,7 +79,7 @@ class FaceRefineCropsToImage:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"face_crops": ("FACE_CROPS", {"tooltip": runtime.tooltip("face_crops")})}}
+        return {"required": {"face_crops": ("FACE_CROPS", {"tooltip": nc.tooltip("face_crops")})}}
 
     def convert(self, face_crops):
         return (crops_to_image(face_crops),)
@@ -82,7 +88,7 @@ class FaceRefineCropsToImage:
 class FaceRefineImageToCrops:
     """IMAGE batch (edited crops) + the FACE_CROPS they came from -> FACE_CROPS with the new crops."""
 
-    CATEGORY = runtime.CATEGORY_UTILS
+    CATEGORY = nc.CATEGORY_UTILS
     RETURN_TYPES = ("FACE_CROPS",)
     RETURN_NAMES = ("face_crops",)
     FUNCTION = "convert"

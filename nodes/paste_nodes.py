@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from ..core import controls
-from . import runtime
+from . import conventions as nc
 
 
 class FaceRefinePasteBack:
     """Blend the (restored) faces back into the images with a soft face-shaped mask."""
 
-    CATEGORY = runtime.CATEGORY_STEPS
+    CATEGORY = nc.CATEGORY_STEPS
     RETURN_TYPES = ("IMAGE", "MASK")
     RETURN_NAMES = ("image", "mask")
     FUNCTION = "paste"
@@ -20,7 +20,7 @@ class FaceRefinePasteBack:
         ci = controls.comfy_input  # default, range/choices and help come from core/controls.py
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images the faces were cropped from (or an upscaled copy)."}),
-            "face_crops": ("FACE_CROPS", {"tooltip": runtime.tooltip("face_crops")}),
+            "face_crops": ("FACE_CROPS", {"tooltip": nc.tooltip("face_crops")}),
             "mask": ci("mask", tooltip="auto = face parsing when parsing_parsenet.pth is in models/facedetection, "
                                       "else a face outline from the landmarks."),
             "erode": ci("erode"),
@@ -36,9 +36,9 @@ class FaceRefinePasteBack:
         from ..core.paste.step import paste_back
         options = PasteOptions(mask=mask, erode=float(erode), feather=float(feather), protect_hair=bool(protect_hair),
                                visibility=float(visibility), color_correction=color_correction,
-                               device=str(runtime.get_device("auto")))
+                               device=str(nc.get_device("auto")))
         out, masks = paste_back(image, face_crops, options)
-        return runtime.node_output((out, masks), runtime.compare_ui(image, out))  # before/after widget
+        return nc.node_output((out, masks), nc.compare_ui(image, out))  # before/after widget
 
 
 NODES = {"FaceRefinePasteBack": (FaceRefinePasteBack, "FaceRefine Paste Back")}

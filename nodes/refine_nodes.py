@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from ..core import controls
-from . import runtime as rt
+from ..core.controls import is_none
+from . import conventions as nc
 
-NONE_CHOICE = "(none)"
-SAMPLER_CHOICES = list(controls.SAMPLERS)
-TARGET_CHOICES = list(controls.BY_NAME["identity_target"].choices)
 ID_NETWORK_CHOICES = ["auto", "dlib"]
 
 
@@ -19,11 +18,11 @@ def _with_default(names: list, default: str) -> list:
 class FaceRefineIdentityLatentRefine:
     @classmethod
     def INPUT_TYPES(cls):
-        from ..core.refine.refine import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, DEFAULT_STEPS
+        from ..core.refine.options import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, DEFAULT_STEPS
         return {
             "required": {
-                "face_crops": ("FACE_CROPS", {"tooltip": rt.tooltip("face_crops")}),
-                "face_latent": ("FACE_LATENT", {"tooltip": rt.tooltip("face_latent")}),
+                "face_crops": ("FACE_CROPS", {"tooltip": nc.tooltip("face_crops")}),
+                "face_latent": ("FACE_LATENT", {"tooltip": nc.tooltip("face_latent")}),
                 "restorer": ("FACEREFINE_RESTORER", {"tooltip": "The restorer used by the lookup (decodes latents)."}),
                 "latent_prior": ("FACEREFINE_LATENT_PRIOR", {"tooltip": "Latent score model (or none)."}),
                 "id_model": ("FACEREFINE_ID_MODEL", {"tooltip": "Identity network: ArcFace or the embedded dlib "
@@ -38,8 +37,8 @@ class FaceRefineIdentityLatentRefine:
                 "identity_target": controls.comfy_input(
                     "identity_target", tooltip="auto = reference if connected, else the recovery network if "
                                                "trained, else the degraded face."),
-                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
-                "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": rt.tooltip("face_batch")}),
+                "device": (nc.DEVICE_CHOICES, {"default": "auto", "tooltip": nc.tooltip("device")}),
+                "face_batch": ("INT", {"default": 8, "min": 1, "max": 64, "tooltip": nc.tooltip("face_batch")}),
                 "guidance_steps": controls.comfy_input(
                     "guidance_steps", default=DEFAULT_GUIDANCE_STEPS,
                     tooltip="Steps that compute a fresh identity gradient (each costs a decoder forward+backward); "
@@ -64,53 +63,72 @@ class FaceRefineIdentityLatentRefine:
     RETURN_TYPES = ("FACE_CROPS",)
     RETURN_NAMES = ("face_crops",)
     FUNCTION = "refine"
-    CATEGORY = rt.CATEGORY_STEPS
+    CATEGORY = nc.CATEGORY_STEPS
     DESCRIPTION = ("CLR-Face identity-guided latent refinement: re-noises the lookup latent, denoises it with the "
                    "latent prior, and pulls the facial-feature latents toward the identity target.")
 
-    def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, steps, strength,
-               identity_strength, sampler, seed, identity_target="auto", device="auto", face_batch=8,
-               guidance_steps=1, reference=None, identity_views=None, reference_detail=None):
-        from ..core.refine import refine, select_latent
-        from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
-        from ..core.refine.refine import DEFAULT_REFERENCE_DETAIL
-        detail = DEFAULT_REFERENCE_DETAIL if reference_detail is None else float(reference_detail)
-        if face_crops.is_empty or ((steps <= 0 or strength <= 0) and (reference is None or detail <= 0)):
-            return (face_crops,)
-        if steps <= 0 or strength <= 0:
-            steps = 0  # only the reference photo's detail
-        dev = rt.get_device(device)
-        sigmas = sdedit_sigmas(steps, strength)
-        per_face = denoiser_steps(sampler, sigmas) * (2 if identity_strength and id_model is not None else 1)
-        progress = rt.Progress(per_face * len(face_crops))
-        lq_crops = face_latent.lq_crops
-        modules = [m for m in (latent_prior, id_model, restorer) if m is not None and hasattr(m, "to")]
+    def refine(self, face_crops, face_latent, restorer, latent_prior, id_model, **values):
+        return (refine_faces(face_crops, face_latent, (restorer, latent_prior, id_model), values),)
 
-        def run(start, stop):
-            idx = list(range(start, stop))
-            base = progress.done
 
-            def report(done, total):
-                progress.absolute(base + done)
-            return refine(face_crops.select(idx), select_latent(face_latent, idx), restorer, latent_prior,
-                          id_model, steps=steps, strength=strength, identity_strength=identity_strength,
-                          reference=reference, sampler=sampler, seed=seed, progress=report,
-                          should_stop=rt.should_stop, target=identity_target, device=dev,
-                          lq_crops=None if lq_crops is None else lq_crops[start:stop],
-                          batch_size=stop - start, index_offset=start, guidance_steps=guidance_steps,
-                          identity_views=identity_views, reference_detail=detail)
+# the node's inputs that are not RefineOptions fields (the rest are, identity_target as ``target``), with the
+# defaults of the first node version
+RUN_INPUTS = {"seed": 0, "device": "auto", "face_batch": 8, "reference": None}
 
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(rt.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode
-            for m in modules:
-                stack.enter_context(rt.on_device(m, dev))
-            parts = rt.map_batches(run, len(face_crops), face_batch)
-        return (_concat(face_crops, parts),)
+
+def refine_faces(face_crops, face_latent, models: tuple, values: dict):
+    """The node's work: RefineOptions from the inputs; nothing to do (no steps or no strength, and no reference
+    detail to lend) returns the faces as they are; else refine in batches of face_batch on ComfyUI's device."""
+    from ..core.refine.options import DEFAULT_REFERENCE_DETAIL, RefineOptions
+    values = {"guidance_steps": 1, **values}
+    run = {k: values.pop(k, default) for k, default in RUN_INPUTS.items()}
+    values["target"] = values.pop("identity_target", "auto")
+    if values.get("reference_detail") is None:
+        values["reference_detail"] = DEFAULT_REFERENCE_DETAIL
+    options = RefineOptions(**values)
+    detail_only = options.steps <= 0 or options.strength <= 0
+    if face_crops.is_empty or (detail_only and (run["reference"] is None or options.reference_detail <= 0)):
+        return face_crops
+    if detail_only:
+        options = dataclasses.replace(options, steps=0)  # only the reference photo's detail
+    return _refine_batches(face_crops, face_latent, models, options, run)
+
+
+def _refine_batches(face_crops, face_latent, models: tuple, options, run: dict):
+    from ..core.crop.options import CropOptions
+    from ..core.refine.reference import ReferenceFace
+    from ..core.refine.refine import RefineRun, refine, select_latent
+    from ..core.refine.samplers import denoiser_steps, sdedit_sigmas
+    restorer, latent_prior, id_model = models
+    dev = nc.get_device(run["device"])
+    guided = options.identity_strength and id_model is not None
+    per_face = denoiser_steps(options.sampler, sdedit_sigmas(options.steps, options.strength)) * (2 if guided else 1)
+    progress = nc.Progress(per_face * len(face_crops))
+    lq_crops = face_latent.lq_crops
+
+    def run_batch(start, stop):
+        idx = list(range(start, stop))
+        base = progress.done
+
+        def report(done, total):
+            progress.absolute(base + done)
+        return refine(face_crops.select(idx), select_latent(face_latent, idx),
+                      dataclasses.replace(refine_run, progress=report, batch_size=stop - start), options,
+                      None if lq_crops is None else lq_crops[start:stop], start)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(nc.autograd())  # identity guidance needs gradients; ComfyUI runs in inference mode
+        for m in (m for m in (latent_prior, id_model, restorer) if m is not None and hasattr(m, "to")):
+            stack.enter_context(nc.on_device(m, dev))
+        reference = run["reference"]
+        face = (None if reference is None else
+                ReferenceFace.from_photo(reference, face_crops.crop_size, CropOptions(device=str(dev))))
+        refine_run = RefineRun(restorer, latent_prior, id_model, face, dev, run["seed"], nc.should_stop)
+        parts = nc.map_batches(run_batch, len(face_crops), run["face_batch"])
+    return _concat(face_crops, parts)
 
 
 def _concat(original, parts):
-    import dataclasses
-
     import torch
     crops = torch.cat([p.crops for p in parts])
     history = parts[0].history if parts else original.history
@@ -120,31 +138,31 @@ def _concat(original, parts):
 class FaceRefineLatentPriorLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        names = [NONE_CHOICE] + rt.list_weights_for("facerefine", "FaceRefine-LatentPrior")
+        names = [nc.NO_FILE] + nc.list_weights_for("facerefine", "FaceRefine-LatentPrior")
         return {"required": {"prior_name": (names, {
-            "default": NONE_CHOICE,
+            "default": nc.NO_FILE,
             "tooltip": "Latent score model (models/facerefine). (none) = identity guidance only."})}}
 
     RETURN_TYPES = ("FACEREFINE_LATENT_PRIOR",)
     RETURN_NAMES = ("latent_prior",)
     FUNCTION = "load"
-    CATEGORY = rt.CATEGORY_LOADERS
+    CATEGORY = nc.CATEGORY_LOADERS
     DESCRIPTION = ("Loads the latent score model (CLR-Face diffusion prior over the restorer's clean latents) "
                    "for Identity Latent Refine. (none) = identity guidance only.")
 
     def load(self, prior_name):
-        if prior_name in (None, "", NONE_CHOICE):
+        if is_none(prior_name):
             return (None,)
         from ..models.arch.latent_prior import load_latent_prior
-        path = rt.weights_path(prior_name, "facerefine")
-        return (rt.cached_model(path, "cpu", lambda: load_latent_prior(path, "cpu"), "latent_prior"),)
+        path = nc.weights_path(prior_name, "facerefine")
+        return (nc.cached_model(path, "cpu", lambda: load_latent_prior(path, "cpu"), "latent_prior"),)
 
 
 class FaceRefineIdModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         arcface = [c for c in ID_NETWORK_CHOICES] + [
-            n for n in _with_default(rt.list_weights_for("facedetection", "ArcFace-IR-SE50"),
+            n for n in _with_default(nc.list_weights_for("facedetection", "ArcFace-IR-SE50"),
                                      "recognition_arcface_ir_se50.pth") if n not in ID_NETWORK_CHOICES]
         return {"required": {
             "arcface": (arcface, {"default": "auto",
@@ -152,29 +170,30 @@ class FaceRefineIdModelLoader:
                                              "models/facedetection, else dlib's face-recognition ResNet embedded "
                                              "in the pack (CC0, no download); dlib = always the embedded one; "
                                              "or an ArcFace file."}),
-            "identity_recovery": ([NONE_CHOICE] + rt.list_weights_for("facerefine", "FaceRefine-IdentityRecovery"), {
-                "default": NONE_CHOICE,
+            "identity_recovery": ([nc.NO_FILE] + nc.list_weights_for("facerefine", "FaceRefine-IdentityRecovery"), {
+                "default": nc.NO_FILE,
                 "tooltip": "Trained Identity Recovery Network + latent mask (optional)."}),
         }}
 
     RETURN_TYPES = ("FACEREFINE_ID_MODEL",)
     RETURN_NAMES = ("id_model",)
     FUNCTION = "load"
-    CATEGORY = rt.CATEGORY_LOADERS
+    CATEGORY = nc.CATEGORY_LOADERS
     DESCRIPTION = ("Loads the identity network (ArcFace when present, else dlib's embedded face-recognition "
                    "ResNet, CC0) and, optionally, the trained Identity Recovery Network with its learned latent "
                    "mask, for Identity Latent Refine.")
 
-    def load(self, arcface="auto", identity_recovery=NONE_CHOICE):
+    def load(self, arcface="auto", identity_recovery=nc.NO_FILE):
         from ..models.arch.identity import load_id_model, resolve_id_model
         choice = resolve_id_model(arcface)  # auto -> arcface when its file is present, else dlib
         if choice == "dlib":
-            arc_path = rt.weights_path("dlib-face-recognition", "facerefine")
+            arc_path = nc.weights_path("dlib-face-recognition", "facerefine")
         else:
-            arc_path = rt.weights_path("arcface" if choice == "arcface" else choice, "facedetection")
-        rec_path = None if identity_recovery in (None, "", NONE_CHOICE) else rt.weights_path(identity_recovery,
+            arc_path = nc.weights_path("arcface" if choice == "arcface" else choice, "facedetection")
+        rec_path = None if is_none(identity_recovery) else nc.weights_path(identity_recovery,
                                                                                             "facerefine")
-        model = rt.cached_model(arc_path, "cpu", lambda: load_id_model(str(arc_path), rec_path and str(rec_path)),
+        model = nc.cached_model(arc_path, "cpu",
+                                lambda: load_id_model(str(arc_path), "cpu", rec_path and str(rec_path)),
                                 "id_model", str(rec_path))
         return (model,)
 

@@ -3,54 +3,48 @@
 Faces are tracked across frames, their landmarks smoothed, and restored with a lookup state shared
 along each track and colour correction per track (core.video), so restored faces do not flicker.
 Frames run in chunks (bounded memory; a chunk that runs out of memory is retried in halves).
+The restoration inputs are the table's controls (core/controls.py, front end "video"); ``restore_clip`` does
+the work.
 """
 from __future__ import annotations
 
 import copy
 
-from ..core import controls
-from . import runtime as rt
+from . import conventions as nc
 
-
-NONE_CHOICE = "none"
+# the video's own inputs, at the places the first node version had them (a saved workflow lists its widget
+# values in input order): after the restorer's controls, and temporal_mode after the table's required inputs
+VIDEO_INPUTS = {
+    "temporal": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 0.95, "step": 0.05,
+                           "tooltip": "How much of the previous frame's result each frame keeps, per face track "
+                                      "(see temporal_mode). 0 = every frame on its own (flickers)."}),
+    "smooth_landmarks": ("BOOLEAN", {"default": True, "tooltip": "Steady crop boxes: One-Euro filter on the "
+                                                                 "landmarks."}),
+    "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
+                      "tooltip": "Frame rate of the clip (tunes the landmark filter)."}),
+    "chunk": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Frames processed at once (lower = less "
+                                                                     "memory)."}),
+}
+TEMPORAL_MODE = ("temporal_mode", (["flow", "latent", "flow+latent"], {
+    "default": "flow",
+    "tooltip": "flow: the previous frame's restored face, warped onto this frame by optical flow, is blended in "
+               "where it agrees (no smearing). latent: the previous lookup latent and code choices are blended "
+               "without a warp. flow+latent: both."}))
+TOOLTIPS = {"restorer": "Weights in models/facerestore_models; none = track, crop and paste back only.",
+            "color_correction": "Colour matching with statistics averaged along each track."}
 
 
 class FaceRefineRestoreVideo:
     @classmethod
     def INPUT_TYPES(cls):
-        rt.register_model_folders()
-        return {
-            "required": {
-                "images": ("IMAGE", {"tooltip": "The frames of a clip, in order (e.g. a video loader's IMAGE "
-                                                "batch)."}),
-                "restorer": (rt.restorer_choices(extra=[NONE_CHOICE]), {
-                    "default": rt.default_restorer(),
-                    "tooltip": "Weights in models/facerestore_models; none = track, crop and paste back only."}),
-                "quality": controls.comfy_input("quality", tooltip=rt.tooltip("quality")),
-                "fidelity": controls.comfy_input("fidelity", tooltip=rt.tooltip("fidelity")),
-                "temporal": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 0.95, "step": 0.05,
-                                       "tooltip": "How much of the previous frame's result each frame keeps, "
-                                                  "per face track (see temporal_mode). 0 = every frame on its "
-                                                  "own (flickers)."}),
-                "smooth_landmarks": ("BOOLEAN", {"default": True,
-                                                 "tooltip": "Steady crop boxes: One-Euro filter on the landmarks."}),
-                "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 240.0, "step": 0.001,
-                                  "tooltip": "Frame rate of the clip (tunes the landmark filter)."}),
-                "chunk": ("INT", {"default": 8, "min": 1, "max": 256,
-                                  "tooltip": "Frames processed at once (lower = less memory)."}),
-                "detector": controls.comfy_input("detector"),
-                "crop_size": controls.comfy_input("crop_size"),
-                "visibility": controls.comfy_input("visibility"),
-                "color_correction": controls.comfy_input(
-                    "color_correction", tooltip="Colour matching with statistics averaged along each track."),
-                "device": (rt.DEVICE_CHOICES, {"default": "auto", "tooltip": rt.tooltip("device")}),
-                "temporal_mode": (["flow", "latent", "flow+latent"], {
-                    "default": "flow",
-                    "tooltip": "flow: the previous frame's restored face, warped onto this frame by optical flow, "
-                               "is blended in where it agrees (no smearing). latent: the previous lookup latent "
-                               "and code choices are blended without a warp. flow+latent: both."}),
-            },
-        }
+        from ..core import controls
+        inputs = nc.control_inputs("video", TOOLTIPS)
+        table = list(inputs["required"].items())
+        cut = sum(1 for name, _ in table if controls.BY_NAME[name].option.startswith("lookup."))
+        frames = ("IMAGE", {"tooltip": "The frames of a clip, in order (e.g. a video loader's IMAGE batch)."})
+        inputs["required"] = {"images": frames, **dict(table[:cut]), **VIDEO_INPUTS, **dict(table[cut:]),
+                              TEMPORAL_MODE[0]: TEMPORAL_MODE[1]}
+        return inputs
 
     RETURN_TYPES = ("IMAGE", "MASK", "STRING")
     RETURN_NAMES = ("images", "mask", "report")
@@ -58,68 +52,74 @@ class FaceRefineRestoreVideo:
                        "Where faces were pasted (paste weights, 0..1), per frame.",
                        "Frames, face tracks, warnings and timings.")
     FUNCTION = "restore"
-    CATEGORY = rt.CATEGORY
+    CATEGORY = nc.CATEGORY
     DESCRIPTION = ("Video mode: restores the faces of an IMAGE batch as frames of one clip. Faces are tracked "
                    "(face 0 stays the same person), crop boxes are steadied and the restorer's choices are "
                    "shared along each track, so faces do not flicker. Runs in chunks of frames.")
 
-    def restore(self, images, restorer=NONE_CHOICE, quality=1.0, fidelity=0.5, temporal=0.7, smooth_landmarks=True,
-                fps=25.0, chunk=8, detector="auto", crop_size=512, visibility=1.0, color_correction="lab",
-                device="auto", temporal_mode="flow"):
-        import torch
-
-        from ..core.pipeline import RestoreOptions
-        from ..core.video import SequenceRestorer, VideoOptions
-
-        rt.register_model_folders()
-        dev = rt.get_device(device)
-        restorer_arg = NONE_CHOICE
-        handle = None
-        if restorer and restorer.lower() != NONE_CHOICE:
-            restorer_arg = str(rt.weights_path(restorer, "facerestore_models"))
-            if float(temporal) > 0:
-                from ..core.lookup.restorer import load_restorer
-                handle = rt.cached_model(restorer_arg, dev, lambda: load_restorer(restorer_arg, dev), "video_restorer")
-        options = RestoreOptions.from_values(restorer=restorer_arg, quality=quality, fidelity=fidelity,
-                                             device=str(dev), crop_size=crop_size, detector=detector,
-                                             visibility=visibility, color_correction=color_correction)
+    def restore(self, images, temporal=0.7, smooth_landmarks=True, fps=25.0, chunk=8, temporal_mode="flow",
+                **values):
+        from ..core.video import VideoOptions
         video = VideoOptions(chunk=int(chunk), temporal=float(temporal), temporal_mode=str(temporal_mode),
                              smooth=bool(smooth_landmarks))
-        seq = SequenceRestorer(options, video, fps=float(fps), restorer=handle)
-        total = int(images.shape[0])
-        progress = rt.Progress(total)
-        outs, masks, tracks = [], [], set()
-        faces = 0
-        start = 0
-        size = video.chunk
-        while start < total:
-            stop = min(start + size, total)
-            rt.check_interrupted()
-            saved = _snapshot(seq)
-            try:
-                res = seq.process(images[start:stop])
-            except Exception as err:  # noqa: BLE001 - only OOM is handled (halve the chunk), the rest re-raised
-                if not rt.is_oom(err) or size == 1:
-                    raise
-                _restore(seq, saved)
-                rt.soft_empty_cache()
-                size = max(1, size // 2)
-                continue
-            outs.append(res.images.float().clamp(0, 1))
-            masks.append(res.masks.float())
-            tracks.update(res.track_ids)
-            faces += len(res.track_ids)
-            progress.update(stop - start)
-            start = stop
-        rt.soft_empty_cache()
-        out = torch.cat(outs) if outs else images
-        mask = torch.cat(masks) if masks else torch.zeros(images.shape[:3])
-        lines = [f"frames: {total}", f"face tracks: {len(tracks)} ({faces} faces restored)",
-                 f"restorer: {restorer}, temporal {float(temporal):g} ({temporal_mode})"]
-        if seq.timings:
-            lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in seq.timings.items()))
-        lines += [f"warning: {w}" for w in dict.fromkeys(seq.notes)]
-        return rt.node_output((out, mask, "\n".join(lines)), rt.compare_ui(images[:1], out[:1]))
+        return restore_clip(images, values, video, float(fps))
+
+
+def restore_clip(images, values: dict, video, fps: float):
+    """The node's work: the frames restored along face tracks in chunks (a chunk that runs out of memory is
+    retried in halves); (frames, mask, report) + the compare widget of the first frame."""
+    import torch
+
+    from ..core.pipeline import RestoreOptions
+    from ..core.video import SequenceRestorer
+
+    options = RestoreOptions.from_values(**nc.pipeline_values(values))
+    seq = SequenceRestorer(options, video, fps=fps, restorer=_restorer(options, video))
+    outs, masks, tracks, faces = _chunks(seq, images, video.chunk)
+    nc.soft_empty_cache()
+    out = torch.cat(outs) if outs else images
+    mask = torch.cat(masks) if masks else torch.zeros(images.shape[:3])
+    lines = [f"frames: {int(images.shape[0])}", f"face tracks: {len(tracks)} ({faces} faces restored)",
+             f"restorer: {values.get('restorer')}, temporal {video.temporal:g} ({video.temporal_mode})"]
+    if seq.timings:
+        lines.append("timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in seq.timings.items()))
+    lines += [f"warning: {w}" for w in dict.fromkeys(seq.notes)]
+    return nc.node_output((out, mask, "\n".join(lines)), nc.compare_ui(images[:1], out[:1]))
+
+
+def _restorer(options, video):
+    """The restorer loaded once for the whole clip (temporal blending reads its lookup state), else None."""
+    if not options.wants_restorer or video.temporal <= 0:
+        return None
+    from ..models.restorers import load_restorer
+    path, device = options.lookup.restorer, options.device
+    return nc.cached_model(path, device, lambda: load_restorer(path, device), "video_restorer")
+
+
+def _chunks(seq, images, size: int):
+    total = int(images.shape[0])
+    progress = nc.Progress(total)
+    outs, masks, tracks, faces, start = [], [], set(), 0, 0
+    while start < total:
+        stop = min(start + size, total)
+        nc.check_interrupted()
+        saved = _snapshot(seq)
+        try:
+            res = seq.process(images[start:stop])
+        except Exception as err:  # noqa: BLE001 - only OOM is handled (halve the chunk), the rest re-raised
+            if not nc.is_oom(err) or size == 1:
+                raise
+            _restore(seq, saved)
+            nc.soft_empty_cache()
+            size = max(1, size // 2)
+            continue
+        outs.append(res.images.float().clamp(0, 1))
+        masks.append(res.masks.float())
+        tracks.update(res.track_ids)
+        faces += len(res.track_ids)
+        progress.update(stop - start)
+        start = stop
+    return outs, masks, tracks, faces
 
 
 def _snapshot(seq):

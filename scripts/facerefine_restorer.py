@@ -33,7 +33,6 @@ def load_facerefine():
 
 service = importlib.import_module(f"{load_facerefine().__name__}.ui.service")
 controls = importlib.import_module(f"{load_facerefine().__name__}.core.controls")  # defaults, ranges, help
-devices = importlib.import_module(f"{load_facerefine().__name__}.models.device")    # what 'auto' device means
 
 SECTION = ("facerefine", "FaceRefine")
 
@@ -43,26 +42,8 @@ def option(key, default=None):
 
 
 def settings_from_opts(**overrides) -> "service.Settings":
-    """Restore settings chosen in Settings -> FaceRefine (overridden by the Extras tab)."""
-    values = dict(restorer=option("facerefine_model", service.DEFAULT_RESTORER),
-                  device=_device(option("facerefine_device", _default("device"))))
-    for name in SETTINGS:
-        values[name] = option(f"facerefine_{name}", _default(name))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return service.Settings(**values)
-
-
-def _default(name: str):
-    return controls.BY_NAME[name].default
-
-
-# Settings -> FaceRefine: one webui option per control (facerefine_<name>), as in core/controls.py
-SETTINGS = ("quality", "fidelity", "refine_steps", "identity_strength", "id_model", "detector", "color_correction")
-
-
-def _device(choice: str) -> str:
-    """'auto' follows the webui's device for face restorers (models.device.resolve_device)."""
-    return devices.resolve_device(choice)
+    """Restore settings chosen in Settings -> FaceRefine (overridden by the values given, None = the option)."""
+    return service.settings_from_webui(option, **overrides)
 
 
 def report(message: str) -> None:
@@ -113,13 +94,14 @@ def on_ui_settings():
                                   {"choices": ["auto", "cuda", "cpu"]}, section=SECTION))
     add("facerefine_unload", info(False, "Unload FaceRefine models after each use (saves VRAM, slower)",
                                   section=SECTION))
-    for name in SETTINGS:  # default, range or choices and help from core/controls.py
-        default, label, args = controls.a1111_option(name)
-        component = gr.Slider if "minimum" in args else gr.Dropdown
+    for c in controls.shown_in("webui"):  # one option per control: default, range or choices, help
+        default, label, args = controls.a1111_option(c.name)
+        component = (gr.Slider if "minimum" in args else gr.Dropdown if "choices" in args
+                     else None if c.kind == "bool" else gr.Textbox)  # None: the webui's checkbox
         opt = info(default, label, component, args, section=SECTION)
         if callable(getattr(opt, "info", None)):  # webui >= 1.6: help text under the setting
-            opt = opt.info(controls.BY_NAME[name].help)
-        add(f"facerefine_{name}", opt)
+            opt = opt.info(c.help)
+        add(f"facerefine_{c.name}", opt)
 
 
 def on_app_started(_demo, app):

@@ -290,8 +290,10 @@ def test_extras_ui_controls(monkeypatch, tmp_path, with_accordion):
         monkeypatch.setitem(sys.modules, name, m)
     script, controls = extras_ui(load_script("facerefine_extras.py"))
     assert script.name == "FaceRefine"
+    from facerefine.core.controls import shown_in
+    assert list(controls) == ["enable", *[c.name for c in shown_in("extras")]]  # the table's, in its order
     assert list(controls) == ["enable", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
-                              "visibility", "color_correction", "reference"]
+                              "reference", "visibility", "color_correction"]
     assert controls["enable"].value is False  # off unless the user opens it
     from facerefine.core.paste.options import COLOR_MODES
     assert [value for _, value in controls["color_correction"].choices] == list(COLOR_MODES)

@@ -48,8 +48,8 @@ def restore_uploads(paths, tmp_path, settings=None, max_mp=service.DEFAULT_MAX_M
     pytest.importorskip("gradio")
     from facerefine.ui import gradio_app
     progress = Progress()
-    out = gradio_app._restore_uploads_or_raise([str(p) for p in paths], None, tmp_path, max_mp, progress,
-                                      settings or service.Settings())
+    out = gradio_app._restore_uploads_or_raise([str(p) for p in paths], settings or service.Settings(),
+                                               {"output_root": tmp_path, "max_megapixels": max_mp}, progress)
     return dict(zip(["slider", "gallery", "table", "downloads", "status", "pairs"], out)), progress
 
 

@@ -1,4 +1,4 @@
-"""nodes/runtime.py outside ComfyUI: plain fallbacks for progress, interrupt, device, OOM, cache."""
+"""nodes/conventions.py outside ComfyUI: plain fallbacks for progress, interrupt, device, OOM, cache."""
 import os
 
 import numpy as np
@@ -7,35 +7,35 @@ import torch
 
 from facerefine.core.types import FaceCrops, FaceInfo, QualityScore
 from facerefine.errors import FaceRefineError
-from facerefine.nodes import runtime
+from facerefine.nodes import conventions
 
 
 def test_device_fallbacks_without_comfy():
-    assert not runtime.in_comfy()
-    assert runtime.get_device("cpu") == torch.device("cpu")
-    assert runtime.get_device().type in ("cpu", "cuda")
-    assert runtime.offload_device() == torch.device("cpu")
-    runtime.soft_empty_cache()
+    assert not conventions.in_comfy()
+    assert conventions.get_device("cpu") == torch.device("cpu")
+    assert conventions.get_device().type in ("cpu", "cuda")
+    assert conventions.offload_device() == torch.device("cpu")
+    conventions.soft_empty_cache()
     if not torch.cuda.is_available():
         with pytest.raises(FaceRefineError, match="CUDA"):
-            runtime.get_device("cuda")
+            conventions.get_device("cuda")
 
 
 def test_on_device_moves_and_offloads():
     model = torch.nn.Linear(2, 2)
-    with runtime.on_device(model, torch.device("cpu")) as m:
+    with conventions.on_device(model, torch.device("cpu")) as m:
         assert next(m.parameters()).device.type == "cpu"
     assert next(model.parameters()).device.type == "cpu"
 
 
 def test_interrupt_flag_stops_progress():
     seen = []
-    progress = runtime.Progress(5, callback=lambda done, total: seen.append((done, total)))
+    progress = conventions.Progress(5, callback=lambda done, total: seen.append((done, total)))
     progress.update()
-    runtime.request_interrupt()
-    with pytest.raises(runtime.Interrupted):
+    conventions.request_interrupt()
+    with pytest.raises(conventions.Interrupted):
         progress.update()
-    runtime.check_interrupted()  # flag is consumed: the next run is not interrupted
+    conventions.check_interrupted()  # flag is consumed: the next run is not interrupted
     assert seen == [(1, 5), (2, 5)]
 
 
@@ -48,8 +48,8 @@ def test_map_batches_halves_on_oom_and_keeps_order():
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return list(range(start, stop))
 
-    progress = runtime.Progress(7)
-    chunks = runtime.map_batches(fn, 7, 8, progress)
+    progress = conventions.Progress(7)
+    chunks = conventions.map_batches(fn, 7, 8, progress)
     assert [x for c in chunks for x in c] == list(range(7))
     assert calls[:2] == [7, 4] and max(calls[2:]) <= 2
     assert progress.done == 7
@@ -60,19 +60,19 @@ def test_map_batches_gives_up_with_readable_error_and_reraises_others():
         raise RuntimeError("CUDA error: out of memory")
 
     with pytest.raises(FaceRefineError, match="one face at a time"):
-        runtime.map_batches(always_oom, 3, 2)
+        conventions.map_batches(always_oom, 3, 2)
 
     def broken(start, stop):
         raise ValueError("not an OOM")
 
     with pytest.raises(ValueError, match="not an OOM"):
-        runtime.map_batches(broken, 3, 2)
+        conventions.map_batches(broken, 3, 2)
 
 
 def test_model_cache_keys_on_file_mtime_and_device(tmp_path):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"one")
-    cache = runtime.ModelCache(max_items=2)
+    cache = conventions.ModelCache(max_items=2)
     loads = []
 
     def loader():
@@ -98,29 +98,29 @@ def test_quality_ui_reports_before_and_after():
     before = FaceCrops(torch.zeros(2, 3, 8, 8), (_face([QualityScore("piqe", 40.0, 0.6, True)]), _face()), 8)
     after = before.with_faces((before.faces[0].with_quality(QualityScore("piqe", 20.0, 0.8, True)),
                                before.faces[1]))
-    ui = runtime.quality_ui(before, after)["facerefine_quality"]
+    ui = conventions.quality_ui(before, after)["facerefine_quality"]
     assert ui[0]["before"]["normalized"] == 0.6 and ui[0]["after"]["normalized"] == 0.8
     assert ui[0]["after"]["metric"] == "piqe"
     assert ui[1] == {"face": 1, "before": None, "after": None}
-    same = runtime.quality_ui(before, before)["facerefine_quality"]
+    same = conventions.quality_ui(before, before)["facerefine_quality"]
     assert same[0]["after"] is None  # carried-through score is not shown twice
 
 
 def test_node_output_and_previews_outside_comfy():
-    assert runtime.node_output((1, 2)) == (1, 2)
-    assert runtime.node_output((1,), {"x": [1]}) == {"ui": {"x": [1]}, "result": (1,)}
-    assert runtime.compare_ui(torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)) == {"facerefine_compare": []}
-    runtime.register_model_folders()  # no-op without ComfyUI
+    assert conventions.node_output((1, 2)) == (1, 2)
+    assert conventions.node_output((1,), {"x": [1]}) == {"ui": {"x": [1]}, "result": (1,)}
+    assert conventions.compare_ui(torch.zeros(1, 4, 4, 3), torch.ones(1, 4, 4, 3)) == {"facerefine_compare": []}
+    conventions.register_model_folders()  # no-op without ComfyUI
 
 
 def test_core_style_callbacks():
-    progress = runtime.Progress(1)
+    progress = conventions.Progress(1)
     progress.absolute(3, 10)
     assert (progress.done, progress.total) == (3, 10)
-    assert runtime.should_stop() is False
-    runtime.request_interrupt()
-    assert runtime.should_stop() is True
-    assert runtime.should_stop() is False
+    assert conventions.should_stop() is False
+    conventions.request_interrupt()
+    assert conventions.should_stop() is True
+    assert conventions.should_stop() is False
 
 
 def test_dropdowns_list_present_and_known_weights(tmp_path, monkeypatch):
@@ -129,20 +129,20 @@ def test_dropdowns_list_present_and_known_weights(tmp_path, monkeypatch):
     (home / "facerestore_models" / "mine.safetensors").write_bytes(b"x")
     (home / "facerestore_models" / "readme.txt").write_text("not weights")
     monkeypatch.setenv("FACEREFINE_HOME", str(home))
-    names = runtime.list_weights("facerestore_models")
+    names = conventions.list_weights("facerestore_models")
     assert "mine.safetensors" in names and "readme.txt" not in names
     assert "mtcnn.safetensors" not in names  # embedded detector weights belong to facedetection
-    choices = runtime.restorer_choices(extra=["none"])
+    choices = conventions.restorer_choices(extra=["none"])
     assert choices[0] == "none" and "mine.safetensors" in choices and "codeformer.pth" in choices
-    assert runtime.default_restorer() in choices
-    assert runtime.list_weights_for("facedetection", "ArcFace-IR-SE50") == [
-        n for n in runtime.list_weights("facedetection") if n != "mtcnn.safetensors"]
+    assert conventions.default_restorer() in choices
+    assert conventions.list_weights_for("facedetection", "ArcFace-IR-SE50") == [
+        n for n in conventions.list_weights("facedetection") if n != "mtcnn.safetensors"]
 
 
 def test_missing_weights_error_names_file_and_folders(tmp_path, monkeypatch):
     from facerefine.errors import WeightsNotFoundError
     monkeypatch.setenv("FACEREFINE_HOME", str(tmp_path / "home"))
     with pytest.raises(WeightsNotFoundError) as err:
-        runtime.weights_path("GFPGANv1.4.pth", "facerestore_models")
+        conventions.weights_path("GFPGANv1.4.pth", "facerestore_models")
     text = str(err.value)
     assert "GFPGANv1.4.pth" in text and str(tmp_path / "home" / "facerestore_models") in text

@@ -24,14 +24,14 @@ NODE_DEFAULT_EXCEPTIONS = {
 
 
 def test_table_matches_the_steps_constants():
-    from facerefine.core.crop.align import CROP_SIZES
+    from facerefine.core.crop.options import CROP_SIZES
     from facerefine.core.crop.detectors import DETECTORS
-    from facerefine.core.lookup.lookup import MODES
+    from facerefine.core.lookup.options import MODES
     from facerefine.core.paste.options import COLOR_MODES
     from facerefine.core.paste.options import MASK_KINDS
-    from facerefine.core.refine.refine import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH
-    from facerefine.core.refine.samplers import SAMPLERS
-    assert controls.MODES == tuple(MODES) and controls.SAMPLERS == tuple(SAMPLERS)
+    from facerefine.core.refine.options import DEFAULT_IDENTITY_STRENGTH, DEFAULT_SAMPLER, DEFAULT_STRENGTH, SAMPLERS
+    from facerefine.core.refine.samplers import SAMPLER_FUNCTIONS
+    assert controls.MODES == tuple(MODES) and controls.SAMPLERS == SAMPLERS == tuple(SAMPLER_FUNCTIONS)
     assert controls.DETECTORS == tuple(DETECTORS) and set(controls.CROP_SIZES) == set(CROP_SIZES)
     assert controls.MASK_KINDS == tuple(MASK_KINDS) and controls.COLOR_MODES == tuple(COLOR_MODES)
     assert (controls.DEFAULT_IDENTITY_STRENGTH, controls.DEFAULT_STRENGTH, controls.DEFAULT_SAMPLER) == (
@@ -178,21 +178,24 @@ def test_gradio_app_matches_the_table(monkeypatch):
                 widgets[w.elem_id] = w
             return w
         return make
-    for kind in ("Slider", "Dropdown", "File", "Image", "Markdown", "Button", "ImageSlider", "Gallery", "Dataframe",
-                 "State", "Blocks", "Row", "Column", "Accordion"):
+    for kind in GRADIO_KINDS:
         monkeypatch.setattr(gr, kind, factory(kind))
     gradio_app.build_app()
-    assert _check_widgets(widgets, {"fr-quality": "quality", "fr-fidelity": "fidelity", "fr-steps": "refine_steps",
-                                    "fr-strength": "identity_strength", "fr-visibility": "visibility",
-                                    "fr-id-model": "id_model", "fr-color": "color_correction",
-                                    "fr-detector": "detector"}) == 8
+    offered = {f"fr-{c.name.replace('_', '-')}": c.name for c in controls.shown_in("app")}
+    assert set(offered) <= set(widgets)
+    assert _check_widgets(widgets, {e: n for e, n in offered.items() if BY_NAME[n].choices or
+                                     BY_NAME[n].kind in ("float", "int")}) == 8
+
+
+GRADIO_KINDS = ("Slider", "Dropdown", "Checkbox", "Textbox", "File", "Image", "Markdown", "Button", "ImageSlider",
+                "Gallery", "Dataframe", "State", "Blocks", "Row", "Column", "Accordion")
 
 
 def test_service_settings_defaults_are_the_table():
     from facerefine.ui.service import Settings
-    for f in dataclasses.fields(Settings):
-        if f.name in BY_NAME and f.name not in ("metric", "reference"):
-            assert f.default == BY_NAME[f.name].default, f.name
+    assert vars(Settings()) == {c.name: c.default for c in CONTROLS}
+    with pytest.raises(TypeError, match="unknown setting"):
+        Settings(colour="lab")
 
 
 def test_a1111_settings_and_extras_match_the_table(tmp_path, monkeypatch):
@@ -203,7 +206,9 @@ def test_a1111_settings_and_extras_match_the_table(tmp_path, monkeypatch):
     restorer_script = glue.load_script("facerefine_restorer.py")
     restorer_script.on_ui_settings()
     labels = sys.modules["modules.shared"].opts.data_labels
-    for name in restorer_script.SETTINGS:
+    webui = [c.name for c in controls.shown_in("webui")]
+    assert len(webui) >= 7
+    for name in webui:
         info, c = labels[f"facerefine_{name}"], BY_NAME[name]
         assert info.default == c.default, name
         if c.kind in ("float", "int"):
@@ -211,10 +216,167 @@ def test_a1111_settings_and_extras_match_the_table(tmp_path, monkeypatch):
         else:
             assert info.component_args == {"choices": list(c.choices)}, name
     settings = restorer_script.settings_from_opts()
-    for name in restorer_script.SETTINGS:
+    for name in webui:
         assert getattr(settings, name) == BY_NAME[name].default, name
 
     _script, sliders = glue.extras_ui(glue.load_script("facerefine_extras.py"))  # real gradio components
     for name in ("quality", "fidelity", "visibility", "refine_steps", "identity_strength"):
         w, c = sliders[name], BY_NAME[name]
         assert (w.minimum, w.maximum, w.step, w.value) == (c.minimum, c.maximum, c.step, c.default), name
+
+
+# ---------------------------------------------------------------- every front end offers what its row says
+
+def _cli_controls() -> set:
+    from facerefine.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest for a in sub.choices["restore"]._actions} & set(BY_NAME)
+
+
+def _node_controls(cls_name: str) -> dict:
+    import facerefine.nodes as nodes
+    spec = nodes.NODE_CLASS_MAPPINGS[cls_name].INPUT_TYPES()
+    return {group: [n for n in spec.get(group, {}) if n in BY_NAME] for group in ("required", "optional")}
+
+
+def test_each_front_end_offers_the_rows_shown_there():
+    shown = {front: [c.name for c in controls.shown_in(front)] for front in controls.FRONT_ENDS}
+    assert _cli_controls() == set(shown["cli"])
+    for cls_name, front in (("FaceRefineRestore", "node"), ("FaceRefineRestoreVideo", "video")):
+        offered = _node_controls(cls_name)
+        assert offered["required"] + offered["optional"] == [n for n in shown[front] if BY_NAME[n].required] + [
+            n for n in shown[front] if not BY_NAME[n].required], cls_name
+    from facerefine.ui import service
+    assert list(service.api_controls()) == shown["api"]
+
+
+def test_saved_workflows_keep_their_input_order():
+    """ComfyUI saves widget values by position: the nodes' inputs keep the order of the first version."""
+    import facerefine.nodes as nodes
+    spec = nodes.NODE_CLASS_MAPPINGS["FaceRefineRestore"].INPUT_TYPES()
+    assert list(spec["required"]) == ["image", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
+                                      "detector", "crop_size", "visibility", "color_correction", "seed", "device"]
+    assert list(spec["optional"]) == ["reference", "allow_color"]
+    spec = nodes.NODE_CLASS_MAPPINGS["FaceRefineRestoreVideo"].INPUT_TYPES()
+    assert list(spec["required"]) == ["images", "restorer", "quality", "fidelity", "temporal", "smooth_landmarks",
+                                      "fps", "chunk", "detector", "crop_size", "visibility", "color_correction",
+                                      "device", "temporal_mode"]
+    assert not spec.get("optional")
+
+
+# ---------------------------------------------------------------- adding a control = one row + one field
+
+class Reached(Exception):
+    """Raised where a front end hands its options to the pipeline: carries them."""
+
+    def __init__(self, options):
+        super().__init__("reached the pipeline")
+        self.options = options
+
+
+@pytest.fixture
+def dummy_knob(monkeypatch):
+    """A new control: one row in the table (offered everywhere by default) and one field of the lookup step's
+    options dataclass."""
+    from facerefine.core import pipeline
+    from facerefine.core.lookup.options import LookupOptions
+    row = controls.Control("dummy_knob", "float", 0.25, "a knob only this test has", "lookup.dummy_knob",
+                           0.0, 1.0, 0.05, label="Dummy knob")
+    monkeypatch.setattr(controls, "CONTROLS", controls.CONTROLS + (row,))
+    monkeypatch.setattr(controls, "BY_NAME", {**controls.BY_NAME, row.name: row})
+    options = dataclasses.make_dataclass("LookupOptions", [("dummy_knob", float, 0.0)], bases=(LookupOptions,),
+                                         frozen=True)
+    monkeypatch.setattr(pipeline, "LookupOptions", options)
+    return row
+
+
+def test_a_new_row_reaches_the_cli(dummy_knob):
+    from facerefine.cli import build_parser, restore_cmd
+    args = build_parser().parse_args(["restore", "x.png", "-o", "out", "--dummy-knob", "0.7"])
+    assert restore_cmd._options(args, "cpu").lookup.dummy_knob == 0.7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["restore", "x.png", "-o", "out", "--dummy-knob", "1.5"])
+
+
+def test_a_new_row_reaches_the_comfy_nodes(dummy_knob, monkeypatch):
+    import torch
+
+    import facerefine.core.video as video
+    from facerefine.nodes import all_in_one_nodes, video_nodes
+    for cls in (all_in_one_nodes.FaceRefineRestore, video_nodes.FaceRefineRestoreVideo):
+        spec = cls.INPUT_TYPES()
+        assert "dummy_knob" not in spec["required"]  # a new input is optional: saved workflows keep loading
+        assert spec["optional"]["dummy_knob"] == ("FLOAT", {"default": 0.25, "tooltip": "a knob only this test has",
+                                                            "min": 0.0, "max": 1.0, "step": 0.05})
+
+    def reached(options, *a, **k):
+        raise Reached(options)
+    monkeypatch.setattr(all_in_one_nodes, "_steps", reached)
+    monkeypatch.setattr(video, "SequenceRestorer", reached)
+    image = torch.zeros(1, 32, 32, 3)
+    with pytest.raises(Reached) as node:
+        all_in_one_nodes.FaceRefineRestore().restore(image, restorer="none", device="cpu", dummy_knob=0.6)
+    with pytest.raises(Reached) as clip:
+        video_nodes.FaceRefineRestoreVideo().restore(image, restorer="none", device="cpu", dummy_knob=0.4)
+    assert (node.value.options.lookup.dummy_knob, clip.value.options.lookup.dummy_knob) == (0.6, 0.4)
+
+
+def test_a_new_row_reaches_the_gradio_app(dummy_knob, monkeypatch):
+    pytest.importorskip("gradio")
+    import gradio as gr
+
+    from facerefine.core import pipeline
+    from facerefine.ui import gradio_app, service
+    widgets, clicks = {}, []
+
+    def factory(kind):
+        def make(*args, **kwargs):
+            w = _Widget(kind, *args, **kwargs)
+            if kind == "Button":
+                w.click = lambda *a, **k: clicks.append(a) or w
+            if w.elem_id:
+                widgets[w.elem_id] = w
+            return w
+        return make
+    for kind in GRADIO_KINDS:
+        monkeypatch.setattr(gr, kind, factory(kind))
+    gradio_app.build_app()
+    assert _slider_spec(widgets["fr-dummy-knob"]) == dict(minimum=0.0, maximum=1.0, value=0.25, step=0.05)
+    (restore, inputs, _outputs), = clicks
+    assert widgets["fr-dummy-knob"] in inputs
+    monkeypatch.setattr(gradio_app, "_restore_uploads_or_raise", lambda paths, settings, *a: Reached(settings))
+    values = [0.8 if w is widgets["fr-dummy-knob"] else None for w in inputs[1:]]
+    settings = restore(None, None, ["photo.png"], *values).options
+    assert service.build_options(pipeline, settings).lookup.dummy_knob == 0.8
+
+
+def test_a_new_row_reaches_the_a1111_settings_extras_and_api(dummy_knob, tmp_path, monkeypatch):
+    import numpy as np
+
+    import test_a1111_glue as glue
+    from facerefine.core import pipeline
+    for name, mod in glue.build_webui(tmp_path / "models").items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    restorer_script = glue.load_script("facerefine_restorer.py")
+    restorer_script.on_ui_settings()
+    info = sys.modules["modules.shared"].opts.data_labels["facerefine_dummy_knob"]
+    assert (info.default, info.component_args) == (0.25, {"minimum": 0.0, "maximum": 1.0, "step": 0.05})
+    assert restorer_script.settings_from_opts().dummy_knob == 0.25
+
+    extras = glue.load_script("facerefine_extras.py")
+    script, inputs = glue.extras_ui(extras)
+    assert (inputs["dummy_knob"].minimum, inputs["dummy_knob"].value) == (0.0, 0.25)
+    def reached(image, settings):
+        raise Reached(settings)
+    monkeypatch.setattr(extras.service, "restore_pil", reached)
+    pp = sys.modules["modules.scripts_postprocessing"].PostprocessedImage(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(Reached) as tab:
+        script.process(pp, enable=True, restorer="none", dummy_knob=0.55)
+    assert extras.service.build_options(pipeline, tab.value.options).lookup.dummy_knob == 0.55
+
+    from facerefine.ui import service
+    assert "dummy_knob" in service.api_controls()
+    settings = service.settings_from_request({"dummy_knob": 0.9}, service.Settings())
+    assert service.build_options(pipeline, settings).lookup.dummy_knob == 0.9
+    with pytest.raises(service.RequestError, match="dummy_knob must be within"):
+        service.settings_from_request({"dummy_knob": 2}, service.Settings())

@@ -89,7 +89,7 @@ def test_app_service_keeps_gray(gray_face):
 
 def test_comfy_node_keeps_gray(gray_face, monkeypatch):
     from facerefine.nodes import all_in_one_nodes as node_mod
-    from facerefine.nodes import runtime as rt
+    from facerefine.nodes import conventions as rt
     assert "allow_color" in node_mod.FaceRefineRestore.INPUT_TYPES()["optional"]
     monkeypatch.setattr(rt, "weights_path", lambda name, kind: name)   # no ComfyUI folders: registry names
     _, pixels = gray_face

@@ -90,8 +90,9 @@ def test_a_missing_upload_is_reported_without_the_server_path(tmp_path, monkeypa
     gone = uploads / "0123abcd" / "photo.png"
     out_root = tmp_path / "out"
     out_root.mkdir()
-    result = gradio_app._restore_uploads_or_raise([str(gone)], None, out_root, None, lambda *a, **k: None,
-                                                  service.Settings(restorer="none", metric=None))
+    result = gradio_app._restore_uploads_or_raise([str(gone)], service.Settings(restorer="none", metric=None),
+                                                  {"output_root": out_root, "max_megapixels": None},
+                                                  lambda *a, **k: None)
     status = result[4]
     assert "Nothing restored" in status and "photo.png" in status
     assert str(uploads) not in status and "0123abcd" not in status and str(tmp_path) not in status

@@ -42,7 +42,7 @@ def test_restore_folder_processes_every_readable_image_and_lists_the_rest(capsys
 
 
 def test_crop_and_score_folders_see_gif_and_jfif(capsys, tmp_path):
-    from facerefine.core.batch import expand_inputs
+    from facerefine.core.batch_inputs import expand_inputs
     src = _folder(tmp_path)
     paths, failed = expand_inputs([src])
     assert [p.name for p in paths] == ["a.png", "b.gif", "c.jfif", "d.tga", "e_from_the_web"] and not failed
@@ -51,7 +51,7 @@ def test_crop_and_score_folders_see_gif_and_jfif(capsys, tmp_path):
 
 
 def test_a_folder_with_nothing_readable_says_why(capsys, tmp_path):
-    from facerefine.core.batch import expand_inputs
+    from facerefine.core.batch_inputs import expand_inputs
     (tmp_path / "notes.txt").write_text("x")
     paths, failed = expand_inputs([tmp_path])
     assert not paths and "no images" in failed[0]["error"]

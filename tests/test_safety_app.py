@@ -69,13 +69,14 @@ def test_app_refuses_a_server_path_in_the_restorer_field(tmp_path, upload_root, 
     from facerefine.models import locate, restorers
     real_resolve = locate.resolve
     monkeypatch.setattr(locate, "resolve", lambda *a, **k: touched.append(a) or real_resolve(*a, **k))
-    monkeypatch.setattr(restorers, "load_restorer_file", lambda *a, **k: touched.append(a))
+    monkeypatch.setattr(restorers, "load_state_dict", lambda *a, **k: touched.append(a))
     from facerefine.ui import gradio_app
     app = gradio_app.build_app(output_root=str(tmp_path / "out"))
     restore, _ = _app_parts(app)
     photo = _upload(upload_root, "photo.png")
-    out = restore([str(photo)], None, "auto", make_path(secret), None, 1.0, 0.5, 0, 0.5, 1.0, "lab",
-                  progress=_Progress())
+    from facerefine.core import controls
+    values = [make_path(secret) if c.name == "restorer" else c.default for c in controls.shown_in("app")]
+    out = restore(_Progress(), None, [str(photo)], *values)  # the values in the table's order
     status = out[4]
     assert "Nothing restored" in status and "not offered here" in status
     assert "hidden_tensor_name" not in status and touched == []
@@ -93,16 +94,17 @@ def test_uploads_and_previous_run_folders_are_deleted(tmp_path, upload_root):
     first = _upload(upload_root, "a.png")
     outside = tmp_path / "not_an_upload.png"
     outside.write_bytes(first.read_bytes())
-    result = gradio_app._restore_uploads_or_raise([str(first), str(outside)], None, out_root, None, _Progress(),
-                                                  service.Settings(restorer="none", metric=None))
+    result = gradio_app._restore_uploads_or_raise([str(first), str(outside)],
+                                                  service.Settings(restorer="none", metric=None),
+                                                  {"output_root": out_root, "max_megapixels": None}, _Progress())
     assert "Restored 2 of 2" in result[4], result[4]
     assert not first.exists() and not first.parent.exists()  # the upload and its folder are gone
     assert outside.exists()                                  # never anything outside gradio's uploads
     runs = list(out_root.glob("run-*"))
     assert len(runs) == 1
     second = _upload(upload_root, "b.png")
-    gradio_app._restore_uploads_or_raise([str(second)], None, out_root, None, _Progress(),
-                                         service.Settings(restorer="none", metric=None))
+    gradio_app._restore_uploads_or_raise([str(second)], service.Settings(restorer="none", metric=None),
+                                         {"output_root": out_root, "max_megapixels": None}, _Progress())
     assert not runs[0].exists() and len(list(out_root.glob("run-*"))) == 1
 
 

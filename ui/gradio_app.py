@@ -1,8 +1,8 @@
 """Standalone gradio app: ``python -m facerefine app`` (127.0.0.1 by default).
 
-Upload one or many photos, choose detector / restorer / metric, set the quality slider, fidelity and
-identity refine, run, then compare before/after, read the per-face scores and download the results.
-Every problem with an upload becomes a message in the status box; the server keeps running.
+Upload one or many photos, set the controls the app offers (core/controls.py, front end "app": restorer,
+quality slider, identity refine, paste-back...), run, then compare before/after, read the per-face scores and
+download the results. Every problem with an upload becomes a message in the status box; the server keeps running.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core import controls
 from . import service
+from .widgets import control_panel
 
 SCORE_HEADERS = ["file", "face", "box (x0,y0,x1,y1)", "detector score", "metric", "before", "after", "change"]
 EMPTY_TABLE = [["", "", "", "", "", "", "", ""]]
@@ -29,11 +30,12 @@ INTRO = ("**FaceRefine** restores faces: an image-quality prior steers the codeb
          "identity refine keeps the person recognisable. Upload photos, press **Restore**.")
 
 
-def _slider(name: str, label: str, elem_id: str) -> "gr.Slider":
-    """A slider whose range, step, default and help are the control's row in core/controls.py."""
-    kw = controls.gradio_kwargs(name)
-    return gr.Slider(kw["minimum"], kw["maximum"], value=kw["value"], step=kw["step"], label=label,
-                     info=kw["info"], elem_id=elem_id)
+# the app's sections: the lookup, crop and whole-run controls on top, the refine and paste-back ones folded
+SECTIONS = {"refine": "Identity refine (CLR-Face)", "paste": "Paste-back"}
+
+
+def _elem_id(name: str) -> str:
+    return "fr-" + name.replace("_", "-")
 
 
 def _choice(choices: list[str], preferred: list[str]) -> str:
@@ -43,11 +45,7 @@ def _choice(choices: list[str], preferred: list[str]) -> str:
 def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, device: str = "auto",
               output_root: str | None = None, default_restorer: str | None = None) -> gr.Blocks:
     output_root = Path(output_root or tempfile.mkdtemp(prefix="facerefine-app-"))
-    restorers, detectors = service.restorer_choices(), service.detector_choices()
-    if default_restorer and default_restorer not in restorers:
-        restorers.insert(0, default_restorer)  # the operator's --restorer (may be a path; never the client's)
-    metrics, colors = service.metric_choices(), service.color_choices()
-
+    names = [c.name for c in controls.shown_in("app")]  # the callback's values, in the table's order
     # delete_cache: gradio removes uploads and served results older than an hour, and all of them on exit
     with gr.Blocks(title="FaceRefine", delete_cache=DELETE_CACHE) as app:
         gr.Markdown(INTRO)
@@ -55,95 +53,97 @@ def build_app(*, max_megapixels: float | None = service.DEFAULT_MAX_MEGAPIXELS, 
             with gr.Column(scale=1, min_width=320):
                 files = gr.File(label="Photos (one or many)", file_count="multiple", type="filepath",
                                 elem_id="fr-upload")
-                with gr.Row():
-                    restorer = gr.Dropdown(restorers,
-                                           value=_choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
-                                           label="Restorer", allow_custom_value=False, elem_id="fr-restorer")
-                    detector = gr.Dropdown(detectors, value=_choice(detectors, ["auto"]), label="Face detector",
-                                           elem_id="fr-detector")
-                    metric = gr.Dropdown(metrics, value=_choice(metrics, ["auto", "face-niqe"]),
-                                         label="Quality metric", elem_id="fr-metric")
-                quality = _slider("quality", "Quality (IQPFR slider: 0 = base model)", "fr-quality")
-                fidelity = _slider("fidelity", "Fidelity (0 = quality, 1 = faithful)", "fr-fidelity")
-                with gr.Accordion("Identity refine (CLR-Face)", open=False):
-                    refine_steps = _slider("refine_steps", "Steps (0 = off)", "fr-steps")
-                    identity_strength = _slider("identity_strength", "Identity strength", "fr-strength")
-                    id_model = gr.Dropdown(list(controls.ID_MODELS), value=controls.BY_NAME["id_model"].default,
-                                           label="Identity network",
-                                           info="auto: ArcFace if its file is present, else dlib's embedded "
-                                                "ResNet (CC0, no download)", elem_id="fr-id-model")
-                    reference = gr.Image(label="Reference photo of the same person (optional; its fine detail "
-                                               "goes into blurred faces, also with Steps 0)", type="filepath",
-                                         sources=["upload"], height=160, elem_id="fr-reference")
-                with gr.Accordion("Paste-back", open=False):
-                    visibility = _slider("visibility", "Visibility", "fr-visibility")
-                    color = gr.Dropdown(colors, value=_choice(colors, [service.DEFAULT_COLOR]),
-                                        label="Colour correction", elem_id="fr-color")
-                    allow_color = gr.Checkbox(value=controls.BY_NAME["allow_color"].default,
-                                              label=controls.BY_NAME["allow_color"].title,
-                                              info=controls.BY_NAME["allow_color"].help, elem_id="fr-allow-color")
+                widgets = _control_widgets(default_restorer)
                 run = gr.Button("Restore", variant="primary", elem_id="fr-run")
                 status = gr.Markdown("", elem_id="fr-status")
             with gr.Column(scale=2, min_width=420):
-                slider = gr.ImageSlider(label="Before / after", type="filepath", elem_id="fr-slider",
-                                        interactive=False, max_height=560)
-                gallery = gr.Gallery(label="Results (click one to compare)", columns=8, height=150, visible=False,
-                                     object_fit="contain", allow_preview=False, elem_id="fr-gallery")
-                table = gr.Dataframe(value=EMPTY_TABLE, headers=SCORE_HEADERS, interactive=False,
-                                     label="Faces: quality before / after (0..1, higher = better)",
-                                     elem_id="fr-scores")
-                download = gr.File(label="Download", file_count="multiple", interactive=False, height=120,
-                                   elem_id="fr-download")
+                slider, gallery, table, download = _result_widgets()
         pairs = gr.State([])
-
-        def restore(paths, reference_path, detector_name, restorer_name, metric_name, quality_value,
-                    fidelity_value, steps, strength, visibility_value, color_mode, id_network="auto",
-                    colour_gray=False, progress=gr.Progress(), request: gr.Request = None):
-            refused = service.refuse_restorer(restorer_name, allowed_extra=(default_restorer,))
-            if refused:  # only offered names: a client never names a server path
-                return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
-                        f"**Nothing restored.**\n- ⚠ {refused}", [])
-            try:
-                return _restore_uploads_or_raise(paths, reference_path, output_root, max_megapixels, progress,
-                                    service.Settings(restorer=restorer_name or service.DEFAULT_RESTORER,
-                                                     detector=detector_name or "auto", metric=metric_name,
-                                                     quality=float(quality_value), fidelity=float(fidelity_value),
-                                                     refine_steps=int(steps), identity_strength=float(strength),
-                                                     id_model=id_network or "auto",
-                                                     reference=reference_path or None,
-                                                     visibility=float(visibility_value),
-                                                     color_correction=color_mode or service.DEFAULT_COLOR,
-                                                     allow_color=bool(colour_gray), device=device),
-                                                 session=_session(request))
-            except Exception as err:  # anything unforeseen still ends as a message, never a dead page
-                message = hide_server_paths(service.friendly_error(err), output_root)
-                return (None, gr.update(value=[], visible=False), EMPTY_TABLE, None,
-                        f"**Nothing restored.**\n- ⚠ {message}", [])
-
-        run.click(restore, [files, reference, detector, restorer, metric, quality, fidelity, refine_steps,
-                            identity_strength, visibility, color, id_model, allow_color],
-                  [slider, gallery, table, download, status, pairs], concurrency_limit=1
-                  ).then(_cleared_uploads, None, [files, reference])  # the uploads were deleted after the run
+        uploads = [files, *[widgets[n] for n in names if controls.BY_NAME[n].kind == "image"]]
+        restore = _restore_callback(names, dict(device=device, output_root=output_root,
+                                                max_megapixels=max_megapixels, default_restorer=default_restorer))
+        run.click(restore, [files, *[widgets[n] for n in names]], [slider, gallery, table, download, status, pairs],
+                  concurrency_limit=1
+                  ).then(lambda: [None] * len(uploads), None, uploads)  # the uploads were deleted after the run
 
         def compare(evt: gr.SelectData, current):
             return tuple(current[evt.index]) if current and 0 <= evt.index < len(current) else gr.update()
 
         gallery.select(compare, [pairs], [slider])
-        # identical uploads share one path: a tab's upload is held until its run (or the tab) ends
-        def hold(paths, request: gr.Request):
-            hold_uploads(paths if isinstance(paths, list) else [paths], _session(request))
-
-        def release(request: gr.Request):
-            release_uploads(None, _session(request))
-
-        for box in (files, reference):
-            box.upload(hold, box, None, queue=False)
-        app.unload(release)
+        _hold_uploads_while_open(app, uploads)
     return app
 
 
-def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_megapixels: float, progress, settings,
-                              session: str | None = None):
+def _control_widgets(default_restorer: str | None) -> dict:
+    """The table's controls offered by the app (core/controls.py), by section; {name: widget}."""
+    restorers, metrics = service.restorer_choices(), service.metric_choices()
+    if default_restorer and default_restorer not in restorers:
+        restorers.insert(0, default_restorer)  # the operator's --restorer (may be a path; never the client's)
+    overrides = {  # lists known at run time: the restorers on disk, the metrics installed
+        "restorer": {"choices": restorers, "value": _choice(restorers, [default_restorer, service.DEFAULT_RESTORER]),
+                     "allow_custom_value": False},
+        "metric": {"choices": metrics, "value": _choice(metrics, ["auto", "face-niqe"])},
+        "reference": {"type": "filepath", "sources": ["upload"], "height": 160}}
+    sections: dict[str, list[str]] = {}
+    for c in controls.shown_in("app"):
+        step = c.option.split(".")[0]
+        sections.setdefault(step if step in SECTIONS else "", []).append(c.name)
+    widgets = control_panel(gr, sections.pop("", []), _elem_id, overrides)
+    for step, names in sections.items():
+        with gr.Accordion(SECTIONS[step], open=False):
+            widgets.update(control_panel(gr, names, _elem_id, overrides))
+    return widgets
+
+
+def _result_widgets() -> tuple:
+    """Before/after slider, results gallery, per-face score table, downloads."""
+    return (gr.ImageSlider(label="Before / after", type="filepath", elem_id="fr-slider", interactive=False,
+                           max_height=560),
+            gr.Gallery(label="Results (click one to compare)", columns=8, height=150, visible=False,
+                       object_fit="contain", allow_preview=False, elem_id="fr-gallery"),
+            gr.Dataframe(value=EMPTY_TABLE, headers=SCORE_HEADERS, interactive=False,
+                         label="Faces: quality before / after (0..1, higher = better)", elem_id="fr-scores"),
+            gr.File(label="Download", file_count="multiple", interactive=False, height=120, elem_id="fr-download"))
+
+
+def _restore_callback(names: list[str], run: dict):
+    """The Restore button's callback: the uploads, then the control values in the table's order. gradio hands
+    its progress bar and the request only to parameters before those, hence their place."""
+    def restore(progress=gr.Progress(), request: gr.Request = None, paths=None, *values):
+        settings = service.settings_from_values(dict(zip(names, values)), service.Settings(device=run["device"]))
+        refused = service.refuse_restorer(settings.restorer, allowed_extra=(run["default_restorer"],))
+        if refused:  # only offered names: a client never names a server path
+            return _nothing(refused)
+        try:
+            return _restore_uploads_or_raise(paths, settings, run, progress, _session(request))
+        except Exception as err:  # anything unforeseen still ends as a message, never a dead page
+            return _nothing(hide_server_paths(service.friendly_error(err), run["output_root"]))
+    return restore
+
+
+def _nothing(message: str) -> tuple:
+    return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, f"**Nothing restored.**\n- ⚠ {message}", []
+
+
+def _hold_uploads_while_open(app, boxes) -> None:
+    # identical uploads share one path: a tab's upload is held until its run (or the tab) ends
+    def hold(paths, request: gr.Request):
+        hold_uploads(paths if isinstance(paths, list) else [paths], _session(request))
+
+    def release(request: gr.Request):
+        release_uploads(None, _session(request))
+
+    for box in boxes:
+        box.upload(hold, box, None, queue=False)
+    app.unload(release)
+
+
+def _uploaded_images(settings) -> list:
+    """The image controls' uploads (the reference photo): held and deleted like the photos."""
+    return [v for n, v in vars(settings).items() if controls.BY_NAME[n].kind == "image" and isinstance(v, str)]
+
+
+def _restore_uploads_or_raise(paths, settings, run: dict, progress, session: str | None = None):
     """One run over the uploads: (slider, gallery, table, downloads, status, pairs).
 
     Problems with single files become messages; only unforeseen errors raise (the caller shows them)."""
@@ -151,15 +151,16 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
     if not paths:
         return None, gr.update(value=[], visible=False), EMPTY_TABLE, None, "Upload at least one photo first.", []
     session = session or _session(None)
-    hold_uploads([*paths, reference_path], session)  # (held already when the page's upload event came first)
-    _remove_previous_runs(Path(output_root))  # the previous run's results were served already
+    output_root = Path(run["output_root"])
+    hold_uploads([*paths, *_uploaded_images(settings)], session)  # (held already when the page's upload came)
+    _remove_previous_runs(output_root)  # the previous run's results were served already
     out_dir = Path(tempfile.mkdtemp(prefix="run-", dir=output_root))
     messages, rows, pairs, downloads = [], [], [], []
     for index, path in enumerate(paths):
         name = Path(path).name
         progress((index, len(paths)), desc=f"{name} ({index + 1}/{len(paths)})")
         outcome = service.restore_file(path, settings, progress=_face_progress(progress, index, len(paths)),
-                                       max_megapixels=max_megapixels)
+                                       max_megapixels=run["max_megapixels"])
         messages += outcome.messages
         if not outcome.ok:
             continue
@@ -181,7 +182,7 @@ def _restore_uploads_or_raise(paths, reference_path, output_root: Path, max_mega
             change = None if row["before"] is None or row["after"] is None else round(row["after"] - row["before"], 3)
             rows.append([name, row["face"], ", ".join(str(v) for v in row["bbox"]), row["detector score"],
                          row["metric"], row["before"], row["after"], change])
-    release_uploads([*paths, reference_path], session)  # uploaded photos do not outlive the run
+    release_uploads([*paths, *_uploaded_images(settings)], session)  # uploaded photos do not outlive the run
     messages = [hide_server_paths(m, output_root) for m in messages]
     progress((len(paths), len(paths)), desc="done")
     if len(downloads) > 1:
@@ -270,10 +271,6 @@ def warn_if_exposed(host: str) -> bool:
           f"network can upload photos and run models on it (there is no login). Use it only on a network "
           f"you trust; without --listen it serves 127.0.0.1 only.", file=sys.stderr, flush=True)
     return True
-
-
-def _cleared_uploads():
-    return None, None
 
 
 def _upload_root() -> Path:

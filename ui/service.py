@@ -11,39 +11,63 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..core.controls import BY_NAME, COLOR_MODES, DETECTORS
+from ..core import controls
 from ..errors import FaceRefineError, ImageInputError
 
-DEFAULT_RESTORER = BY_NAME["restorer"].default
-DEFAULT_COLOR = BY_NAME["color_correction"].default
+DEFAULT_RESTORER = controls.BY_NAME["restorer"].default
 DEFAULT_MAX_MEGAPIXELS: Optional[float] = None  # None: core.image_io.max_pixels() (FACEREFINE_MAX_PIXELS, 50 MP)
 
 _lock = threading.Lock()  # one restoration at a time per process (models are shared)
 _STEPS: dict = {}  # {"key": settings that built them, "steps": pipeline steps holding loaded models}
 
 
-@dataclass
-class Settings:
-    """User choices, the same in every front end: names and defaults are core/controls.py's."""
+class Settings(SimpleNamespace):
+    """User choices, the same in every front end: one attribute per control of core/controls.py, the table's
+    default unless given (the table is read when Settings are made: a new row is a new setting)."""
 
-    restorer: str = DEFAULT_RESTORER
-    detector: str = BY_NAME["detector"].default
-    metric: Optional[str] = None          # None: no scores
-    quality: float = BY_NAME["quality"].default
-    fidelity: float = BY_NAME["fidelity"].default
-    refine_steps: int = BY_NAME["refine_steps"].default
-    identity_strength: float = BY_NAME["identity_strength"].default
-    id_model: str = BY_NAME["id_model"].default  # auto (ArcFace if on disk, else embedded dlib) | arcface | dlib
-    reference: Any = None                 # path or RGB uint8 array of the same person
-    visibility: float = BY_NAME["visibility"].default
-    color_correction: str = DEFAULT_COLOR
-    device: str = BY_NAME["device"].default
-    seed: int = BY_NAME["seed"].default
-    allow_color: bool = BY_NAME["allow_color"].default  # False: grayscale photos stay grayscale
+    def __init__(self, **values: Any) -> None:
+        unknown = sorted(set(values) - set(controls.BY_NAME))
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown} (core/controls.py lists {sorted(controls.BY_NAME)})")
+        super().__init__(**{**{c.name: c.default for c in controls.CONTROLS}, **values})
+
+    def replace(self, **values: Any) -> "Settings":
+        return Settings(**{**vars(self), **values})
+
+
+def given(value: Any) -> bool:
+    """Whether a front end gave a value: None, '' and an empty image keep the default."""
+    return value is not None and not (isinstance(value, str) and not value) and getattr(value, "size", 1) != 0
+
+
+def settings_from_values(values: dict, defaults: Optional[Settings] = None, strict: bool = False) -> Settings:
+    """``defaults`` (the table's) with the values a front end gave, each checked against its row (type, range,
+    choices). A value that fails the check keeps the default, or with ``strict`` raises RequestError."""
+    checked = {}
+    for name, value in values.items():
+        if not given(value):
+            continue
+        try:
+            checked[name] = controls.BY_NAME[name].check(value)
+        except (TypeError, ValueError) as err:
+            if strict:
+                raise RequestError(str(err)) from None
+    return (defaults or Settings()).replace(**checked)
+
+
+def settings_from_webui(option: Callable[[str, Any], Any], **overrides: Any) -> Settings:
+    """Settings from the webui's Settings -> FaceRefine (``option(key, default)``): the restorer and device, and one
+    option per control offered there (facerefine_<name>); then the ``overrides`` a webui front end gave."""
+    from ..models.device import resolve_device
+    values = {c.name: option(f"facerefine_{c.name}", c.default) for c in controls.shown_in("webui")}
+    values.update(restorer=option("facerefine_model", DEFAULT_RESTORER),
+                  device=resolve_device(option("facerefine_device", "auto")))  # auto: the webui's device
+    return settings_from_values(overrides, Settings(**values))
 
 
 @dataclass
@@ -113,17 +137,9 @@ def default_restorer() -> str:
     return core_default()
 
 
-def detector_choices() -> list[str]:
-    return list(DETECTORS)
-
-
 def metric_choices() -> list[str]:
     from ..core.score import AUTO, METRICS
     return list(dict.fromkeys([AUTO, *METRICS]))
-
-
-def color_choices() -> list[str]:
-    return list(COLOR_MODES)
 
 
 # ---------------------------------------------------------------- running
@@ -251,14 +267,12 @@ def run_pipeline(images, settings: Settings, progress: Optional[Callable] = None
 
 
 def _cached_steps(pipeline, options, settings: Settings):
-    """The restoration steps (with their loaded models) of the latest settings, reused while they hold."""
+    """The restoration steps (with their loaded models) of the latest settings, reused while they hold: they
+    depend on the lookup and refine options (a reference photo by its path or identity), seed and device."""
     reference = settings.reference
-    key = tuple((f.name, getattr(settings, f.name)) for f in dataclasses.fields(Settings)
-                if f.name not in ("reference", "metric", "detector", "visibility", "color_correction"))
-    key += (("reference", reference if isinstance(reference, (str, Path, type(None))) else id(reference)),
-            ("device", options.device),
-            ("resolved restorer", default_restorer() if options.lookup.restorer == DEFAULT_RESTORER
-             else options.lookup.restorer))
+    key = (options.lookup, dataclasses.replace(options.refine, reference=None), options.seed, options.device,
+           reference if isinstance(reference, (str, Path, type(None))) else id(reference),
+           default_restorer() if options.lookup.restorer == DEFAULT_RESTORER else options.lookup.restorer)
     if _STEPS.get("key") != key:
         _STEPS.clear()  # free the previous models before loading others
         steps = pipeline.build_steps(options)
@@ -267,26 +281,27 @@ def _cached_steps(pipeline, options, settings: Settings):
 
 
 def build_options(pipeline, settings: Settings):
-    """RestoreOptions from Settings (control names of core/controls.py)."""
-    return pipeline.RestoreOptions.from_values(
-        restorer=settings.restorer or DEFAULT_RESTORER,  # 'auto' stays 'auto': the core skips a broken file
-        detector=settings.detector, metric=settings.metric, quality=settings.quality, fidelity=settings.fidelity,
-        refine_steps=settings.refine_steps, identity_strength=settings.identity_strength,
-        id_model=settings.id_model or "auto", reference=_reference(settings.reference),
-        visibility=settings.visibility, color_correction=settings.color_correction, seed=settings.seed,
-        allow_color=settings.allow_color, device=pipeline.resolve_device(settings.device or "auto"))
+    """RestoreOptions from Settings (every control of core/controls.py; one not given is the table's default):
+    images as tensors, the device resolved."""
+    values = {}
+    for name, value in vars(settings).items():
+        c = controls.BY_NAME[name]
+        value = value if given(value) else c.default
+        values[name] = _image(value) if c.kind == "image" else value
+    values.update(device=pipeline.resolve_device(values["device"]))
+    return pipeline.RestoreOptions.from_values(**values)
 
 
-def _reference(reference):
-    """A reference photo as a [1,H,W,3] float tensor (path or array), or None."""
-    if reference is None or (isinstance(reference, str) and not reference):
+def _image(image):
+    """An image the user gave as a [1,H,W,3] float tensor (path or array), or None."""
+    if not given(image):
         return None
     import torch
-    if isinstance(reference, (str, Path)):
+    if isinstance(image, (str, Path)):
         from ..core.image_io import load_image
-        check_image_file(reference)
-        return load_image(reference).image
-    rgb, _ = split_array(np.asarray(reference))
+        check_image_file(image)
+        return load_image(image).image
+    rgb, _ = split_array(np.asarray(image))
     return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)[None]
 
 
@@ -334,7 +349,6 @@ def infotext(settings: Settings, outcome: Outcome) -> dict:
 
 # ---------------------------------------------------------------- JSON API (the webui route /facerefine/v1/restore)
 
-API_CONTROLS = tuple(f.name for f in dataclasses.fields(Settings) if f.name not in ("device",))
 MAX_REQUEST_BYTES = 64 * 2**20  # one base64 image field (an 8K PNG is far inside it)
 
 
@@ -375,31 +389,29 @@ def encode_base64_png(outcome: Outcome) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def api_controls() -> tuple[str, ...]:
+    """The fields a request may set: the controls the API offers (core/controls.py), by name."""
+    return tuple(c.name for c in controls.shown_in("api"))
+
+
 def settings_from_request(payload: Any, defaults: Settings) -> Settings:
     """Settings from a JSON object: the image's controls by their core/controls.py names, checked against the
-    table's ranges and choices; the reference photo as base64. Paths are never accepted. Absent fields keep
-    ``defaults`` (the webui's Settings -> FaceRefine)."""
+    table's ranges and choices; images (the reference photo) as base64. Paths are never accepted. Absent fields
+    keep ``defaults`` (the webui's Settings -> FaceRefine)."""
     if not isinstance(payload, dict):
         raise RequestError("the request body must be a JSON object")
-    unknown = sorted(set(payload) - set(API_CONTROLS) - {"image"})
+    fields = api_controls()
+    unknown = sorted(set(payload) - set(fields) - {"image"})
     if unknown:
-        raise RequestError(f"unknown field(s) {unknown}; the fields are image, {', '.join(API_CONTROLS)}")
-    values = {}
-    for name in API_CONTROLS:
-        value = payload.get(name)
-        if value is None:
-            continue
-        if name == "reference":
-            values[name] = decode_base64_image(value, "reference")
-            continue
-        try:
-            values[name] = BY_NAME[name].check(value) if name in BY_NAME else value
-        except (TypeError, ValueError) as err:
-            raise RequestError(str(err)) from None
+        raise RequestError(f"unknown field(s) {unknown}; the fields are image, {', '.join(fields)}")
+    values = {name: payload[name] for name in fields if payload.get(name) is not None}
+    for name, value in values.items():
+        if controls.BY_NAME[name].kind == "image":
+            values[name] = decode_base64_image(value, name)
     refused = refuse_restorer(values.get("restorer"))
     if refused:
         raise RequestError(refused)
-    return dataclasses.replace(defaults, **values)
+    return settings_from_values(values, defaults, strict=True)
 
 
 def restore_request(payload: Any, defaults: Optional[Settings] = None) -> tuple[int, dict]:
