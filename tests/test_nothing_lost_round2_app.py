@@ -34,8 +34,10 @@ def test_stopped_app_leaves_no_photo_and_no_temp_folder(tmp_path, monkeypatch, s
     try:
         server.wait_ready()
         client = Client(server.url, download_files=False, verbose=False)
-        result = client.predict([handle_file(str(_noise(tmp_path / "photo.png")))], None, "auto", "none", "auto",
-                                1.0, 0.5, 0, 0.5, 1.0, "lab", "auto", False, api_name="/restore")
+        from facerefine.core import controls
+        given = {"restorer": "none", "metric": "auto"}
+        values = [given.get(c.name, c.default) for c in controls.shown_in("app")]  # the table's order
+        result = client.predict([handle_file(str(_noise(tmp_path / "photo.png")))], *values, api_name="/restore")
         assert "Restored 1 of 1" in result[4], result[4]
         assert list(child_tmp.glob("facerefine-app-*")) and _files(uploads)  # photos are there while it runs
         server.proc.send_signal(stop)
