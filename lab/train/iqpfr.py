@@ -1,6 +1,6 @@
 """Training helpers of the IQPFR models (the runtime architectures are in models/arch/): which parameters a
 stage trains, the dual-branch nearest-code quantisation, and IQPFR v2's straight-through lookup.
-The losses are the stages' own (lab/train/stages.py, lab/train_v2.py, lab/train_v3.py)."""
+The losses are the stages' own (lab/train/stages.py, compact_v2.py, compact_v3.py)."""
 from __future__ import annotations
 
 import torch
