@@ -44,18 +44,18 @@ def restorer(tmp_path):
     return load_restorer(str(path))
 
 
-def test_fidelity_one_returns_input_and_zero_changes_it(restorer):
+def test_fidelity_one_returns_input_and_every_step_moves_the_output(restorer):
     from facerefine.core.lookup.lookup import lookup
+    from facerefine.models.arch.iqpfr_v2 import correction_strength
     crops = _crops(2, 256)
-    same, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=1.0))
-    assert (same.crops - crops.crops).abs().mean() * 255 <= 0.5
-    full, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.0))
-    assert (full.crops - crops.crops).abs().mean() * 255 > 0.5
-    default, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.5))  # full correction up to w = 0.5
-    assert torch.allclose(default.crops, full.crops, atol=1e-6)
-    half, _ = lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=0.75))  # then fading towards the input
-    gap = lambda out: (out.crops - crops.crops).abs().mean()
-    assert gap(same) < gap(half) < gap(full)
+    outs = {w: lookup(crops, restorer, LookupOptions(quality=1.0, fidelity=w))[0].crops
+            for w in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert (outs[1.0] - crops.crops).abs().mean() * 255 <= 0.5
+    gap = {w: float((out - crops.crops).abs().mean()) for w, out in outs.items()}
+    ws = sorted(gap)
+    assert all(gap[a] > gap[b] for a, b in zip(ws, ws[1:])), gap  # further from the input as w falls
+    assert all((outs[a] - outs[b]).abs().max() > 1e-3 for a, b in zip(ws, ws[1:]))  # five different outputs
+    assert correction_strength(0.5) == 1.0 and correction_strength(1.0) == 0.0  # the default applies it once
 
 
 @pytest.mark.parametrize("size", [256, 512])

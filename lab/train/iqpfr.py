@@ -45,7 +45,7 @@ def soft_code_features(model, logits: torch.Tensor) -> torch.Tensor:
     return hard + soft - soft.detach()
 
 
-def straight_through_forward(model, x: torch.Tensor, quality: torch.Tensor, fidelity: float = 0.0):
+def straight_through_forward(model, x: torch.Tensor, quality: torch.Tensor, fidelity: float = 0.5):
     """IQPFR v2's forward with the straight-through lookup: x in [-1, 1] -> (restored [-1, 1], logits)."""
     lq, skips = model.encode(x)
     logits = model.logits(lq, model.film(quality))

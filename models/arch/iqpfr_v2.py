@@ -6,9 +6,9 @@ decoder), but built for the crop it restores and the 2-core CPU it trains on:
 - **Fully convolutional** around the token grid: any crop size that is a multiple of 16 (256², 512²)
   runs at its own resolution. A pixel-unshuffle stem moves the crop to 1/4 resolution losslessly; the
   body works at 1/4, 1/8 and 1/16; a pixel-shuffle head returns a full-resolution correction.
-- **Residual output:** ``out = x + strength(w) * correction`` with ``strength = min(1, 2 (1 - w))``:
-  fidelity ``w <= 0.5`` (0.5 is the default) applies the full restoration, ``w = 1`` returns the input
-  exactly. Nothing the model leaves alone is darkened or tinted.
+- **Residual output:** ``out = x + strength(w) * correction``: fidelity ``w = 0.5`` (the default) applies
+  the learned restoration once, ``w = 1`` returns the input exactly, and ``w < 0.5`` pushes the correction
+  further (1.5x at 0). Nothing the model leaves alone is darkened or tinted.
 - **Dual-branch codebook:** a universal codebook (structure) and an HQ codebook (attributes of
   high-quality faces). The HQ branch enters the decoder scaled by the quality value.
 - **Quality conditioning** (the slider): the NR-IQA quality value FiLM-conditions the lookup
@@ -131,10 +131,17 @@ class FiLMTransformerLayer(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+FIDELITY_ZERO_GAIN = 1.5  # correction gain at fidelity 0 (looked at: no halos or overshoot on degraded faces)
+
+
 def correction_strength(fidelity: float) -> float:
-    """How much of the learned correction is applied: full up to fidelity 0.5 (the default), then fading
-    linearly to none at 1, which returns the input crop exactly."""
-    return min(1.0, 2.0 * (1.0 - float(fidelity)))
+    """How much of the learned correction is applied. Fidelity 0.5 (the default) applies it once. Above, it
+    fades linearly to none at 1, which returns the input exactly. Below, it grows linearly to
+    ``FIDELITY_ZERO_GAIN`` at 0 (further from the input), so every part of the slider changes the output."""
+    w = float(fidelity)
+    if w >= 0.5:
+        return 2.0 * (1.0 - w)
+    return 1.0 + (FIDELITY_ZERO_GAIN - 1.0) * (0.5 - w) / 0.5
 
 
 class IQPFRv2(nn.Module):
@@ -259,7 +266,7 @@ class IQPFRv2(nn.Module):
         correction = F.pixel_shuffle(self.to_out(F.silu(h)), 4)
         return x + correction_strength(fidelity) * correction.to(x.dtype)
 
-    def forward(self, x: torch.Tensor, fidelity: float = 0.0, quality: float | torch.Tensor = 1.0):
+    def forward(self, x: torch.Tensor, fidelity: float = 0.5, quality: float | torch.Tensor = 1.0):
         """x in [-1, 1] -> (restored [-1, 1], logits)."""
         n = x.shape[0]
         if not torch.is_tensor(quality):
