@@ -1,8 +1,10 @@
 """v3 training (lab/train/compact_v3.py): legs resume bit-for-bit, batches are deterministic, the losses see the face."""
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from facerefine.models.arch.iqpfr_v2 import IQPFRv2
@@ -111,3 +113,27 @@ def test_an_old_photos_tone_is_kept_in_the_target():
     sepia = grey * np.array([1.1, 0.95, 0.7], np.float32)
     toned = tone_like(hq, sepia)
     assert toned[..., 0].mean() > toned[..., 1].mean() > toned[..., 2].mean()   # and a sepia one sepia
+
+
+@pytest.mark.parametrize("spectral", [True, False])
+def test_the_discriminators_learn_blur_from_sharp_at_the_leg_3_rate(spectral):
+    import torch.nn.functional as F
+
+    from facerefine.lab.train import compact_v3 as train_v3
+    torch.manual_seed(0)
+    sharp = torch.rand(8, 3, 64, 64) * 2 - 1
+    blurred = F.avg_pool2d(F.pad(sharp, (1, 1, 1, 1), mode="replicate"), 3, 1)
+    quality, whole = torch.ones(8), torch.zeros(8, dtype=torch.bool)
+    disc = train_v3.Discriminators(8, spectral=spectral)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-3, betas=(0.5, 0.99))
+    start = float(train_v3.discriminator_loss(disc, blurred, sharp, quality, whole))
+    for _ in range(40):
+        loss = train_v3.discriminator_loss(disc, blurred, sharp, quality, whole)
+        if not spectral:
+            loss = loss + 0.01 * train_v3.r1_penalty(disc, sharp)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    end = float(train_v3.discriminator_loss(disc, blurred, sharp, quality, whole))
+    assert abs(start - 2 * math.log(2)) < 0.1 and end < 0.5 * start  # from chance to telling them apart
+    assert float(train_v3.r1_penalty(disc, sharp)) > 0

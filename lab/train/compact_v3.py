@@ -59,6 +59,9 @@ class V3TrainConfig(V2TrainConfig):
     gan_weight: float = 0.05
     component_weight: float = 0.1
     d_channels: int = 32
+    d_norm: str = "spectral"            # spectral: spectral norm on every layer | r1: none, R1 penalty on reals
+    r1_gamma: float = 1.0               # R1 weight (d_norm "r1"), applied every r1_every steps (lazy, scaled)
+    r1_every: int = 4
     keep_tone: bool = True              # an old photo's grey / sepia / yellowed tone is kept in the target
     device: str = "cpu"                 # cuda: bf16 autocast (lab/gpu/train_v3.sh)
     workers: int = 0                    # processes preparing batches ahead (same batches as inline)
@@ -117,11 +120,13 @@ def tone_like(hq: np.ndarray, lq: np.ndarray) -> np.ndarray:
 
 # -- networks --------------------------------------------------------------------------------------
 class PatchDiscriminator(nn.Module):
-    """Spectral-norm PatchGAN: [N,3,H,W] in [-1,1] -> [N,1,H/8,W/8] real/fake logits."""
+    """PatchGAN: [N,3,H,W] in [-1,1] -> [N,1,H/2^layers,W/2^layers] real/fake logits. With spectral norm on
+    every layer (probe A, run B) its logits could hardly move and it stayed at chance; ``spectral=False`` is
+    the plain network for R1."""
 
-    def __init__(self, ch: int = 32, layers: int = 3):
+    def __init__(self, ch: int = 32, layers: int = 3, spectral: bool = True):
         super().__init__()
-        sn = nn.utils.spectral_norm
+        sn = nn.utils.spectral_norm if spectral else (lambda m: m)
         blocks, cin = [], 3
         for i in range(layers):
             cout = ch * 2 ** i
@@ -137,11 +142,11 @@ class PatchDiscriminator(nn.Module):
 class Discriminators(nn.Module):
     """The face discriminator and the eye / mouth component discriminators."""
 
-    def __init__(self, ch: int = 32):
+    def __init__(self, ch: int = 32, spectral: bool = True):
         super().__init__()
-        self.face = PatchDiscriminator(ch, 3)
-        self.eye = PatchDiscriminator(ch, 2)
-        self.mouth = PatchDiscriminator(ch, 2)
+        self.face = PatchDiscriminator(ch, 3, spectral)
+        self.eye = PatchDiscriminator(ch, 2, spectral)
+        self.mouth = PatchDiscriminator(ch, 2, spectral)
 
 
 def component_boxes(size: int) -> dict[str, tuple]:
@@ -213,7 +218,15 @@ def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: 
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
+def r1_penalty(disc: Discriminators, real: torch.Tensor) -> torch.Tensor:
+    """Mean squared gradient norm of the face discriminator's real logits at the real images (R1)."""
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc.face(real).sum(), real, create_graph=True)
+    return grad.pow(2).sum(dim=(1, 2, 3)).mean()
+
+
 def discriminator_loss(disc: Discriminators, out, hq, quality, whole) -> torch.Tensor:
+    """Non-saturating loss of the three discriminators on quality-1 samples (4.16 = all at chance)."""
     sharp = quality >= 1.0
     fake, real = out.detach()[sharp], hq[sharp]
     loss = F.softplus(disc.face(fake)).mean() + F.softplus(-disc.face(real)).mean() if sharp.any() \
@@ -283,7 +296,9 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
     ema = initial_generator(cfg).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    disc = Discriminators(cfg.d_channels).to(device)
+    if cfg.d_norm not in ("spectral", "r1"):
+        raise ValueError(f"d_norm must be 'spectral' or 'r1', got {cfg.d_norm!r}")
+    disc = Discriminators(cfg.d_channels, spectral=cfg.d_norm == "spectral").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.d_lr, betas=(0.5, 0.99))
     ckpt = out_dir / "checkpoint.pt"
@@ -322,8 +337,10 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
             disc.requires_grad_(True)
             with autocast:
                 d_loss = discriminator_loss(disc, out, hq, quality, whole)
+                r1 = r1_penalty(disc, hq[quality >= 1.0]) if cfg.d_norm == "r1" and step % cfg.r1_every == 0 \
+                    and bool((quality >= 1.0).any()) else d_loss.new_zeros(())
             opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
+            (d_loss + cfg.r1_gamma / 2 * cfg.r1_every * r1).backward()
             opt_d.step()
         else:
             d_loss = torch.zeros(())
