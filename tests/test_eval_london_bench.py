@@ -122,8 +122,9 @@ def test_tiny_benchmark_run(london_dir, tmp_path, monkeypatch):
     assert cl["psnr"] > 20 and cl["mad_lq"] > 0
     assert lq["mad_lq"] == 0 and table["v1"]["mean"]["mad_lq"] > 0
     for e in table.values():
-        assert {"psnr", "ssim", "face-niqe", "piqe", "delta_e", "seconds"} <= set(e["mean"])
+        assert {"psnr", "ssim", "face-niqe", "piqe", "delta_e", "detail", "seconds"} <= set(e["mean"])
         assert len(e["per_face"]["psnr"]) == 2
+    assert 0 < lq["detail"] < 1 and res["hq"]["detail"] == 1.0   # mild LQ: less fine detail than the HQ face
     assert table["v2"]["mean"] == table["v2@q1"]["mean"]          # the same setting, measured once
     assert table["v1"]["mean"]["seconds"] > 0 and lq["seconds"] == 0
     checks = res["checks"]["mild"]["v2"]
@@ -137,8 +138,10 @@ def test_tiny_benchmark_run(london_dir, tmp_path, monkeypatch):
     if has_dlib:
         assert 0 < lq["identity"] < 1.0 and "identity" in table["v1"]["mean"]
     assert any(t["target"].startswith("PSNR >= LQ") for t in res["targets"])
+    assert res["targets_issue25"] == []                      # issue 25's targets are set at medium and heavy
     report = (out / "report.md").read_text()
     assert "## mild" in report and "| LQ input |" in report and "compact v2 (defaults)" in report
+    assert "detail (HQ = 1)" in report
     from PIL import Image
     grid = Image.open(out / "grid_mild.png")
     assert grid.size[0] > 5 * 256 and grid.size[1] > 2 * 256  # HQ | LQ | classical | v1 | v2, two faces

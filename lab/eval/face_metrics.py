@@ -1,4 +1,6 @@
-"""Full-reference face metrics of the benchmark: identity distance (dlib) and face-region colour error (CIELAB).
+"""Full-reference face metrics of the benchmark: identity distance (dlib, and the FaceNet judge), face-region
+colour error (CIELAB) and fine-detail energy (``detail_ratio``: the one definition both ``eval london-heldout``
+and the generalisation test use).
 
 Identity uses dlib's 128-d face-recognition ResNet (CC0 weights from ``face-recognition-models``, run by
 ``dlib-bin``): an eval-only extra, never a runtime dependency (``pip install dlib-bin face-recognition-models``).
@@ -9,6 +11,7 @@ same-person threshold is 0.6 (lower = closer to the HQ identity).
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -65,6 +68,42 @@ def face_mad(a: torch.Tensor, b: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     return (d * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
 
 
+# ------------------------------------------------------------------------------------------- detail
+
+DETAIL_SIGMA = 1.5  # px at 512² (scaled with the crop size)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of [N,1,H,W], radius ceil(4 sigma), reflected borders."""
+    import torch.nn.functional as F
+    r = max(1, math.ceil(4 * sigma))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def detail_energy(x: torch.Tensor, masks: torch.Tensor, sigma: float = DETAIL_SIGMA) -> torch.Tensor:
+    """Fine-detail energy inside the face mask, per face [N], in grey levels².
+
+    The grey image (mean of R, G, B, 0..255) minus its Gaussian blur (``sigma`` px at 512², scaled with the
+    size); the energy is the mean of the squared residual over the face mask.
+    """
+    grey = x.detach().float().clamp(0, 1).mean(1, keepdim=True).cpu() * 255
+    residual = (grey - _gaussian_blur(grey, sigma * x.shape[-1] / 512))[:, 0]
+    m = masks.float().cpu()
+    return (residual ** 2 * m).sum((1, 2)) / m.sum((1, 2)).clamp_min(1)
+
+
+def detail_ratio(x: torch.Tensor, hq: torch.Tensor, masks: torch.Tensor,
+                 hq_energy: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fine-detail energy of ``x`` over the HQ face's, per face [N] (HQ = 1; blur < 1; noise, blocks or GAN
+    texture can exceed 1). ``hq_energy``: the HQ faces' ``detail_energy``, when already computed."""
+    ref = detail_energy(hq, masks) if hq_energy is None else hq_energy
+    return detail_energy(x, masks) / ref.clamp_min(1e-6)
+
+
 # ------------------------------------------------------------------------------------------- identity
 
 def dlib_model_files() -> Optional[dict]:
@@ -116,3 +155,46 @@ class DlibIdentity:
 
     def descriptor(self, img_u8: np.ndarray, shape) -> np.ndarray:
         return np.asarray(self.net.compute_face_descriptor(img_u8, shape, 0), dtype=np.float64)
+
+
+class IdentityJudges:
+    """The identity columns of both benchmarks, each a distance to the HQ face (lower = closer):
+    ``identity`` by dlib's descriptor (landmarks found once on the HQ crop) and ``id_facenet`` by the FaceNet
+    judge (``facenet_judge``, a network no guide or loss of this project sees). A judge that cannot run here is
+    left out with a note in ``notes``."""
+
+    def __init__(self, hq: torch.Tensor, faces: list, notes: list, dlib: bool = True, facenet: bool = True):
+        self.dlib = self.facenet = None
+        if dlib:
+            try:
+                self.dlib = DlibIdentity()
+                hq_u8 = to_u8(hq)
+                self.shapes = [self.dlib.shape(hq_u8[i], crop_landmarks(f)) for i, f in enumerate(faces)]
+                self.hq_desc = [self.dlib.descriptor(hq_u8[i], s) for i, s in enumerate(self.shapes)]
+            except ImportError as err:
+                self.dlib = None
+                notes.append(f"dlib identity distance skipped, its column is left out: {err}")
+        if facenet:
+            from .facenet_judge import FaceNetJudge, crop_boxes
+            try:
+                self.facenet = FaceNetJudge()
+            except ImportError as err:
+                notes.append(f"FaceNet identity judge skipped, its column is left out: {err}")
+            else:
+                self.boxes = crop_boxes(faces, hq.shape[-1])
+                self.hq_emb = self.facenet.embed(hq, self.boxes)
+
+    @property
+    def columns(self) -> list[str]:
+        return (["identity"] if self.dlib else []) + (["id_facenet"] if self.facenet else [])
+
+    def distances(self, x: torch.Tensor) -> dict[str, list[float]]:
+        out = {}
+        if self.dlib is not None:
+            u8 = to_u8(x)
+            out["identity"] = [float(np.linalg.norm(self.dlib.descriptor(u8[i], s) - self.hq_desc[i]))
+                               for i, s in enumerate(self.shapes)]
+        if self.facenet is not None:
+            emb = self.facenet.embed(x, self.boxes)
+            out["id_facenet"] = [float(v) for v in self.facenet.distance(emb, self.hq_emb)]
+        return out

@@ -8,9 +8,13 @@ Degradations (``lab/degrade_world.py``), each face seeded by (seed, CRC32 of its
                 noise, faded contrast, JPEG 35 (fixed, no family draw)
 Rows: lq, classical (OpenCV denoise + unsharp mask with the benchmark's "heavy" parameters, tuned on training
 faces), and each restorer given (registry name or path) at the restore defaults (quality 1, fidelity 0.5).
-Columns (means over faces): PSNR, SSIM, FaceNet distance to the HQ face (the judge no guide or loss sees;
-dlib guides v3's training, so it is not used here), and detail: the face region's Laplacian energy over the HQ
-face's (1 = as much fine detail as the clean face; blur < 1, noise or GAN texture can exceed 1).
+Columns (means over faces), the same definitions as ``eval london-heldout``: PSNR, SSIM, ΔE00 face (CIEDE2000
+to the HQ face inside the face oval, both low-passed), identity distance to the HQ face by the FaceNet judge (the
+network no guide or loss sees; left out where OpenCV cannot run it) and by dlib (shown beside it, but dlib guides
+v3's training, so it is not an independent judge), and detail (``face_metrics.detail_ratio``: the fine-detail
+energy in the face over the HQ face's; 1 = as much fine detail as the clean face; blur < 1, noise or GAN texture
+can exceed 1). Below the ``unseen`` table: each restorer's PSNR gain over the LQ against issue 25's target
+(>= +0.5 dB on the held-out family).
 ``python -m facerefine.lab.eval.generalisation --restorers facerefine-compact-v2,PATH --out DIR``
 writes report.md, results.json and grid_<degradation>.png (HQ | LQ | classical | restorers, 6 faces).
 """
@@ -23,7 +27,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .face_metrics import delta_e_face, detail_energy, detail_ratio
+
 DEGRADATIONS = ("unseen", "world", "heavy")
+UNSEEN_PSNR_GAIN_DB = 0.5  # issue 25: PSNR >= LQ + 0.5 dB on the held-out degradation family
+COLUMNS = (("psnr", "PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"), ("delta_e", "ΔE00 face ↓", "{:.2f}"),
+           ("id_facenet", "ID dist (FaceNet) ↓", "{:.4f}"), ("identity", "ID dist (dlib) ↓", "{:.4f}"),
+           ("detail", "detail (HQ = 1)", "{:.3f}"))
 
 
 def degrade_heavy(hq: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -64,24 +74,28 @@ def lq_faces(hq: torch.Tensor, degradation: str, seed: int, paths: list[Path]) -
     return torch.stack(out)
 
 
-def detail_ratio(x: torch.Tensor, hq: torch.Tensor, masks: torch.Tensor) -> list[float]:
-    """Laplacian energy inside the face region, output over HQ, per face."""
-    import cv2
+def measure(x: torch.Tensor, hq: torch.Tensor, masks: torch.Tensor, judges, hq_detail: torch.Tensor) -> dict:
+    """Means over faces of one row: PSNR, SSIM, ΔE00 face, identity distances (``IdentityJudges``), detail."""
+    from .harness import psnr, ssim
+    row = {"psnr": float(psnr(x, hq).mean()), "ssim": float(ssim(x, hq).mean()),
+           "delta_e": float(np.nanmean(delta_e_face(x, hq, masks).numpy()))}
+    if judges is not None:
+        row.update({k: float(np.mean(v)) for k, v in judges.distances(x).items()})
+    row["detail"] = float(detail_ratio(x, hq, masks, hq_detail).mean())
+    return row
 
-    def energy(t):
-        g = (t.clamp(0, 1).mean(0).numpy() * 255).astype(np.float32)
-        return cv2.Laplacian(g, cv2.CV_32F, ksize=3) ** 2
 
-    return [float((energy(x[i]) * m).sum() / max((energy(hq[i]) * m).sum(), 1e-6))
-            for i, m in enumerate(masks.numpy())]
+def psnr_gains(rows: dict, target: float = UNSEEN_PSNR_GAIN_DB) -> dict:
+    """Each non-LQ row's PSNR gain over the LQ row (dB) and whether it meets ``target``."""
+    lq = rows["lq"]["psnr"]
+    return {k: {"psnr_gain": v["psnr"] - lq, "target": target, "pass": bool(v["psnr"] - lq >= target)}
+            for k, v in rows.items() if k != "lq"}
 
 
 def run(out_dir: str | Path, restorers: list[str], degradations=DEGRADATIONS, limit: Optional[int] = None,
         seed: int = 0, log=print) -> dict:
     from .classical import load_params
-    from .face_metrics import crop_landmarks, face_region_masks
-    from .facenet_judge import FaceNetJudge, crop_boxes
-    from .harness import psnr, ssim
+    from .face_metrics import IdentityJudges, crop_landmarks, face_region_masks
     from .heldout import BenchOptions, Restorers, align_photos, heldout_photos, run_classical
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,20 +103,14 @@ def run(out_dir: str | Path, restorers: list[str], degradations=DEGRADATIONS, li
     paths = heldout_photos()[:limit]
     hq, faces, paths = align_photos(paths, 512, "mtcnn", notes=notes)
     masks = face_region_masks([crop_landmarks(f) for f in faces], 512)
-    try:
-        judge, boxes = FaceNetJudge(), crop_boxes(faces, 512)
-        embed, judge_name = (lambda x: judge.embed(x, boxes)), "facenet"
-    except ImportError as err:  # dlib guides v3's training: a fallback that is not an independent judge
-        from ...models.arch.identity import load_dlib
-        dlib = load_dlib()
-        notes.append(f"FaceNet judge unavailable ({err}); identity column = embedded dlib distance, which v3 "
-                     f"trained against (not independent)")
-        embed, judge_name = (lambda x: dlib(x).detach().numpy()), "dlib"
-    hq_emb = embed(hq)
-    result_judge = judge_name
+    judges = IdentityJudges(hq, faces, notes)
+    if judges.dlib is not None:
+        notes.append("ID dist (dlib): dlib guides v3's training (identity-perceptual loss), so this column is not "
+                     "an independent judge; FaceNet's is")
+    hq_detail = detail_energy(hq, masks)
     loaded = Restorers(BenchOptions(), notes)
     classical = load_params()["heavy"]
-    result = {"faces": len(paths), "seed": seed, "judge": result_judge, "notes": notes, "tables": {}}
+    result = {"faces": len(paths), "seed": seed, "judges": judges.columns, "notes": notes, "tables": {}}
     for deg in degradations:
         lq = lq_faces(hq, deg, seed, paths)
         columns = {"lq": lq, "classical": run_classical(lq, classical)[0]}
@@ -112,25 +120,33 @@ def run(out_dir: str | Path, restorers: list[str], degradations=DEGRADATIONS, li
                 columns[name] = loaded.run(restorer, lq, faces, 1.0, 0.5)[0]
         rows = {}
         for label, x in columns.items():
-            rows[label] = {"psnr": float(psnr(x, hq).mean()), "ssim": float(ssim(x, hq).mean()),
-                           "identity": float(np.linalg.norm(embed(x) - hq_emb, axis=1).mean()),
-                           "detail": float(np.mean(detail_ratio(x, hq, masks)))}
+            rows[label] = measure(x, hq, masks, judges, hq_detail)
             log(f"{deg:7s} {label:40s} " + " ".join(f"{k} {v:.4f}" for k, v in rows[label].items()))
         result["tables"][deg] = rows
         write_grid(out / f"grid_{deg}.png", hq, columns)
+    if "unseen" in result["tables"]:
+        result["unseen_psnr_gain"] = psnr_gains(result["tables"]["unseen"])
     (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "report.md").write_text(markdown(result))
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Held-out London faces: {result['faces']}, seed {result['seed']}; identity: distance of unit "
-             f"embeddings to the HQ face ({result.get('judge', 'facenet')}).", ""]
+    judges = " and ".join({"id_facenet": "FaceNet", "identity": "dlib"}[k] for k in result.get("judges", [])) or \
+        "none available"
+    lines = [f"Held-out London faces: {result['faces']}, seed {result['seed']}; identity: distance to the HQ face "
+             f"({judges}). detail: fine-detail energy in the face over the HQ face's (grey image minus its "
+             f"Gaussian blur, sigma 1.5 px at 512).", ""]
     for deg, rows in result["tables"].items():
-        lines += [f"### {deg}", "", "| row | PSNR | SSIM | identity dist. ↓ | detail (HQ = 1) |", "|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['psnr']:.2f} | {v['ssim']:.4f} | {v['identity']:.4f} | {v['detail']:.2f} |"
+        cols = [c for c in COLUMNS if any(c[0] in v for v in rows.values())]
+        lines += [f"### {deg}", "", "| row | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {k} | " + " | ".join(c[2].format(v[c[0]]) if c[0] in v else "–" for c in cols) + " |"
                   for k, v in rows.items()]
         lines.append("")
+        if deg == "unseen" and result.get("unseen_psnr_gain"):
+            lines += [f"- PSNR gain over LQ, {k}: {g['psnr_gain']:+.2f} dB (target ≥ +{g['target']:g} dB: "
+                      f"{'pass' if g['pass'] else '**fail**'})" for k, g in result["unseen_psnr_gain"].items()]
+            lines.append("")
     return "\n".join(lines + [f"- {n}" for n in result["notes"]]) + "\n"
 
 
