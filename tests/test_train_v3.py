@@ -137,3 +137,15 @@ def test_the_discriminators_learn_blur_from_sharp_at_the_leg_3_rate(spectral):
     end = float(train_v3.discriminator_loss(disc, blurred, sharp, quality, whole))
     assert abs(start - 2 * math.log(2)) < 0.1 and end < 0.5 * start  # from chance to telling them apart
     assert float(train_v3.r1_penalty(disc, sharp)) > 0
+
+
+def test_a_mixed_degrader_draws_v2s_chain_for_its_fraction(tmp_path):
+    from facerefine.lab.train import compact_v2, compact_v3 as train_v3
+    hq = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    mixed = train_v3.MixedDegrade(world=None, project_fraction=1.0)
+    lq, steps = mixed.degrade(hq, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    rng.random()  # the draw that picked v2's chain
+    assert steps == [] and np.array_equal(lq, compact_v2.degrade_patch(hq, rng))
+    cfg = tiny_config(tmp_path)
+    assert not isinstance(train_v3.degrader(cfg), train_v3.MixedDegrade)  # 0: the world pipeline alone

@@ -63,14 +63,29 @@ class V3TrainConfig(V2TrainConfig):
     r1_gamma: float = 1.0               # R1 weight (d_norm "r1"), applied every r1_every steps (lazy, scaled)
     r1_every: int = 4
     keep_tone: bool = True              # an old photo's grey / sepia / yellowed tone is kept in the target
+    project_fraction: float = 0.0       # samples degraded by v2's own chain (lab/train/compact_v2.degrade_patch)
     device: str = "cpu"                 # cuda: bf16 autocast (lab/gpu/train_v3.sh)
     workers: int = 0                    # processes preparing batches ahead (same batches as inline)
 
 
 # -- data ------------------------------------------------------------------------------------------
+class MixedDegrade:
+    """The world pipeline, or with probability ``project_fraction`` v2's own chain (what the benchmark's
+    presets resemble): one ``degrade(hq, rng) -> (lq, steps)`` for make_batch."""
+
+    def __init__(self, world, project_fraction: float):
+        self.world, self.project_fraction = world, float(project_fraction)
+
+    def degrade(self, hq: np.ndarray, rng: np.random.Generator):
+        if self.project_fraction and rng.random() < self.project_fraction:
+            return compact_v2.degrade_patch(hq, rng), []
+        return self.world.degrade(hq, rng)
+
+
 def degrader(cfg: V3TrainConfig):
     from ..degrade_world import DEFAULT_HOLD_OUT, DegradeWorld
-    return DegradeWorld(hold_out=tuple(DEFAULT_HOLD_OUT if cfg.hold_out is None else cfg.hold_out))
+    world = DegradeWorld(hold_out=tuple(DEFAULT_HOLD_OUT if cfg.hold_out is None else cfg.hold_out))
+    return MixedDegrade(world, cfg.project_fraction) if cfg.project_fraction else world
 
 
 def make_batch(cfg: V3TrainConfig, pools: list, step: int, degrade):
