@@ -335,7 +335,9 @@ def _video(x: np.ndarray, rng: np.random.Generator, s: float) -> tuple[np.ndarra
 
     cv2 = _cv2()
     h, w = x.shape[:2]
-    ph, pw = max(16, h + h % 2), max(16, w + w % 2)
+    # edge-replicated to whole macroblocks, and a width whose planes need no row padding: libx264 otherwise reads
+    # the uninitialised bytes past the row end and the round trip stops being deterministic
+    ph, pw = -(-max(h, 16) // 16) * 16, -(-max(w, 64) // 64) * 64
     img = _to_u8(x)
     if (ph, pw) != (h, w):
         img = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
