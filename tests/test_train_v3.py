@@ -21,15 +21,16 @@ def tiny_config(tmp_path, **overrides):
                          **overrides)
 
 
-def test_a_leg_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch):
+@pytest.mark.parametrize("overrides", [{}, {"feature_match_weight": 0.1, "gan_ramp": 3}], ids=["leg2", "leg5"])
+def test_a_leg_resumes_bit_for_bit(tmp_path, shared_data, monkeypatch, overrides):
     from facerefine.lab.train import compact_v2 as train_v2
     from facerefine.lab.train import compact_v3 as train_v3
     real_paths = train_v2.source_paths
     monkeypatch.setattr(train_v2, "source_paths", lambda names: real_paths(names)[:16])
-    straight = tiny_config(tmp_path / "a")
+    straight = tiny_config(tmp_path / "a", **overrides)
     summary = train_v3.train(straight, log=lambda m: None)
     assert summary["step"] == 4
-    resumed = tiny_config(tmp_path / "b")
+    resumed = tiny_config(tmp_path / "b", **overrides)
     train_v3.train(resumed, log=lambda m: None, stop_after=2)
     train_v3.train(resumed, log=lambda m: None)
     a = torch.load(Path(straight.out_dir) / "checkpoint.pt", weights_only=True)
@@ -149,3 +150,28 @@ def test_a_mixed_degrader_draws_v2s_chain_for_its_fraction(tmp_path):
     assert steps == [] and np.array_equal(lq, compact_v2.degrade_patch(hq, rng))
     cfg = tiny_config(tmp_path)
     assert not isinstance(train_v3.degrader(cfg), train_v3.MixedDegrade)  # 0: the world pipeline alone
+
+
+def test_feature_matching_is_zero_for_the_hq_grows_with_blur_and_trains_only_the_output():
+    import torch.nn.functional as F
+
+    from facerefine.lab.train import compact_v3 as train_v3
+    torch.manual_seed(0)
+    disc = train_v3.Discriminators(8)
+    hq = torch.rand(4, 3, 64, 64) * 2 - 1
+    blur = lambda x, k: F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, 1)  # noqa: E731
+    assert float(train_v3.feature_match(disc.face, hq, hq)) == 0.0
+    mild, strong = (float(train_v3.feature_match(disc.face, blur(hq, k), hq)) for k in (3, 7))
+    assert 0 < mild < strong
+    disc.requires_grad_(False)   # as in the generator step of train()
+    out, real = blur(hq, 3).requires_grad_(True), hq.clone().requires_grad_(True)
+    train_v3.feature_match(disc.face, out, real).backward()
+    assert out.grad.abs().sum() > 0 and real.grad is None
+    assert len(disc.face.features(hq)) == 3 and len(disc.eye.features(hq)) == 2
+
+
+def test_the_gan_weights_ramp_up_from_zero(tmp_path):
+    from facerefine.lab.train import compact_v3 as train_v3
+    cfg = tiny_config(tmp_path, gan_ramp=100)
+    assert [train_v3.gan_ramp(cfg, s) for s in (0, 25, 100, 500)] == [0.0, 0.25, 1.0, 1.0]
+    assert train_v3.gan_ramp(tiny_config(tmp_path), 0) == 1.0   # 0: the full weight at once (legs 3 and before)

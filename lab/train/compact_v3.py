@@ -58,6 +58,8 @@ class V3TrainConfig(V2TrainConfig):
     id_embed_weight: float = 0.5
     gan_weight: float = 0.05
     component_weight: float = 0.1
+    feature_match_weight: float = 0.0   # L1 between the discriminators' features of output and HQ (pix2pixHD)
+    gan_ramp: int = 0                   # steps over which the GAN and component weights rise from 0 (0: at once)
     d_channels: int = 32
     d_norm: str = "spectral"            # spectral: spectral norm on every layer | r1: none, R1 penalty on reals
     r1_gamma: float = 1.0               # R1 weight (d_norm "r1"), applied every r1_every steps (lazy, scaled)
@@ -153,6 +155,24 @@ class PatchDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after every hidden layer (the feature-matching taps)."""
+        taps = []
+        for layer in self.net[:-1]:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                taps.append(x)
+        return taps
+
+
+def feature_match(d: PatchDiscriminator, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean over the taps of L1(features(fake), features(real)) / mean|features(real)|: a perceptual anchor
+    learned by the discriminator itself (no VGG weights can be downloaded here). No gradient reaches ``real``.
+    One pass over both: spectral norm's power iteration moves the weights at every forward in training mode."""
+    n = fake.shape[0]
+    taps = d.features(torch.cat([fake, real.detach()]))
+    return sum((t[:n] - t[n:].detach()).abs().mean() / (t[n:].detach().abs().mean() + 1e-6) for t in taps) / len(taps)
+
 
 class Discriminators(nn.Module):
     """The face discriminator and the eye / mouth component discriminators."""
@@ -213,7 +233,13 @@ def identity_loss(embedder, restored: torch.Tensor, hq: torch.Tensor) -> tuple[t
 
 
 # -- training --------------------------------------------------------------------------------------
-def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: Discriminators, embedder):
+def gan_ramp(cfg: V3TrainConfig, step: int) -> float:
+    """Factor on the GAN and component weights: rises linearly from 0 to 1 over cfg.gan_ramp steps."""
+    return 1.0 if cfg.gan_ramp <= 0 else min(1.0, step / cfg.gan_ramp)
+
+
+def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: Discriminators, embedder,
+                     ramp: float = 1.0):
     pix = charbonnier(out, target)
     (gy_o, gx_o), (gy_t, gx_t) = image_gradients(out), image_gradients(target)
     grad = (gy_o - gy_t).abs().mean() + (gx_o - gx_t).abs().mean()
@@ -221,14 +247,21 @@ def generator_losses(cfg: V3TrainConfig, out, target, hq, quality, whole, disc: 
     sharp = quality >= 1.0
     if sharp.any() and cfg.gan_weight:
         parts["gan"] = F.softplus(-disc.face(out[sharp])).mean()
+    if sharp.any() and cfg.feature_match_weight:
+        parts["fm"] = feature_match(disc.face, out[sharp], hq[sharp])
     w = whole & sharp
     if w.any() and (cfg.id_feature_weight or cfg.id_embed_weight):
         parts["id_feat"], parts["id_embed"] = identity_loss(embedder, out[w], hq[w])
     if w.any() and cfg.component_weight:
         eyes, mouths = components(out[w])
         parts["comp"] = F.softplus(-disc.eye(eyes)).mean() + F.softplus(-disc.mouth(mouths)).mean()
-    weights = {"pix": cfg.pixel_weight, "grad": cfg.grad_weight, "gan": cfg.gan_weight,
-               "id_feat": cfg.id_feature_weight, "id_embed": cfg.id_embed_weight, "comp": cfg.component_weight}
+        if cfg.feature_match_weight:
+            (eyes_r, mouths_r) = components(hq[w])
+            parts["fm"] = parts.get("fm", 0) + feature_match(disc.eye, eyes, eyes_r) \
+                + feature_match(disc.mouth, mouths, mouths_r)
+    weights = {"pix": cfg.pixel_weight, "grad": cfg.grad_weight, "gan": cfg.gan_weight * ramp,
+               "id_feat": cfg.id_feature_weight, "id_embed": cfg.id_embed_weight,
+               "comp": cfg.component_weight * ramp, "fm": cfg.feature_match_weight}
     total = sum(weights[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
@@ -343,12 +376,13 @@ def train(cfg: V3TrainConfig, log=print, stop_after: Optional[int] = None, embed
         disc.requires_grad_(False)
         with autocast:
             out, _ = straight_through_forward(model, lq, quality)
-            loss, parts = generator_losses(cfg, out, target, hq, quality, whole, disc, embedder)
+            loss, parts = generator_losses(cfg, out, target, hq, quality, whole, disc, embedder,
+                                           gan_ramp(cfg, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if cfg.gan_weight or cfg.component_weight:
+        if cfg.gan_weight or cfg.component_weight or cfg.feature_match_weight:
             disc.requires_grad_(True)
             with autocast:
                 d_loss = discriminator_loss(disc, out, hq, quality, whole)
