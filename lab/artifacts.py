@@ -1,4 +1,4 @@
-"""Restorer-style artefacts for critic tests: mosaic, over-smoothing, colour blotches, ringing, ghosting.
+"""Restorer-style artefacts for critic tests: mosaic, over-smoothing, colour blotches, ringing, ghosting, GAN texture.
 
 Companions of lab/degrade.py (which holds the classic blur/downscale/noise/JPEG chain). Every function
 takes faces x [N,3,H,W] RGB 0..1 and returns a new tensor; region-based artefacts take soft masks
@@ -9,6 +9,7 @@ takes faces x [N,3,H,W] RGB 0..1 and returns a new tensor; region-based artefact
     color_blotches(x, mask, amp)  random low-frequency chroma patches (eyes, lips)
     ringing(x, amount)            over-sharpening: unsharp mask halo / ringing
     ghosting(x, alpha, shift)     a faint shifted copy (double edges)
+    gan_texture(x, amount, seed)  hallucinated high-frequency texture on skin, hair and background (worms + checkerboard)
     nlm_unsharp(x)                the OpenCV NL-means + unsharp-mask baseline restorer
 """
 from __future__ import annotations
@@ -150,6 +151,57 @@ def ghosting(x: torch.Tensor, alpha: float, shift: tuple[int, int] = (0, 10)) ->
     return ((1 - alpha) * x + alpha * shifted).clamp(0, 1)
 
 
+def _unit_rms(t: torch.Tensor) -> torch.Tensor:
+    return t / t.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-8)
+
+
+def _ring_noise(n: int, h: int, w: int, period: float, gen: torch.Generator) -> torch.Tensor:
+    """White noise [N,1,H,W] kept in a narrow ring of spatial frequency around 1/``period``: a maze of short
+    worm-like strokes of width ~period/2 and every orientation."""
+    white = torch.randn(n, 1, h, w, generator=gen)
+    fy = torch.fft.fftfreq(h).view(h, 1)
+    fx = torch.fft.rfftfreq(w).view(1, -1)
+    f = (fy * fy + fx * fx).sqrt()
+    f0 = 1.0 / period
+    ring = torch.exp(-0.5 * ((f - f0) / (0.18 * f0)) ** 2)
+    return torch.fft.irfft2(torch.fft.rfft2(white) * ring, s=(h, w))
+
+
+def _checkerboard(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """Noise at 1/4 size brought up by two stride-2 transposed convolutions with uneven kernel overlap and a
+    leaky ReLU between them, as in a GAN generator's upsampling path: a grid-locked checkerboard [N,1,H,W]."""
+    k1 = torch.tensor([0.25, 1.0, 0.25])
+    kernel = (k1[:, None] * k1[None, :]).view(1, 1, 3, 3)
+    z = torch.randn(n, 1, math.ceil(h / 4), math.ceil(w / 4), generator=gen)
+    for _ in range(2):
+        z = F.conv_transpose2d(z, kernel, stride=2, padding=1, output_padding=1)
+        z = F.leaky_relu(z, 0.2)
+    return z[..., :h, :w]
+
+
+def gan_texture(x: torch.Tensor, amount: float, seed: int = 0, period: float = 4.0,
+                checker: float = 0.35) -> torch.Tensor:
+    """Add GAN-like hallucinated texture of rms ``amount`` (0..1 luminance units) to the whole image: skin,
+    hair and background alike, as a detail-seeking generator paints it where the input has none.
+
+    The texture is a mix of crisp worm-like strokes (narrow-band noise at ``period`` px at 512², sharpened by
+    a tanh) and, with weight ``checker``, the checkerboard of a transposed-convolution upsampling of noise;
+    both are high-passed (no change to the face's shading) and added equally to R, G and B. Deterministic
+    for a ``seed``; ``amount`` 0 returns the input."""
+    if amount <= 0:
+        return x.clone()
+    n, _, h, w = x.shape
+    s = w / 512
+    gen = torch.Generator().manual_seed(int(seed))
+    worms = _unit_rms(_ring_noise(n, h, w, max(2.0, period * s), gen))
+    worms = torch.tanh(1.5 * worms)
+    grid = _checkerboard(n, h, w, gen)
+    t = (1 - checker) * _unit_rms(worms) + checker * _unit_rms(grid - _gauss(grid, 2.0 * s))
+    t = t - _gauss(t, max(1.0, period * s))
+    t = _unit_rms(t).to(x)
+    return (x + amount * t).clamp(0, 1)
+
+
 def nlm_unsharp(x: torch.Tensor, h: float = 10.0, amount: float = 0.8, sigma: float = 2.0) -> torch.Tensor:
     """Baseline restorer: OpenCV fastNlMeansDenoisingColored (h=hColor=``h``) then an unsharp mask."""
     import cv2
@@ -163,5 +215,6 @@ def nlm_unsharp(x: torch.Tensor, h: float = 10.0, amount: float = 0.8, sigma: fl
     return (y + amount * (y - _gauss(y, s))).clamp(0, 1)
 
 
-__all__ = ["face_regions", "mosaic", "oversmooth", "color_blotches", "ringing", "ghosting", "nlm_unsharp",
+__all__ = ["face_regions", "mosaic", "oversmooth", "color_blotches", "ringing", "ghosting", "gan_texture",
+           "nlm_unsharp",
            "LONDON_EYES", "LONDON_LIPS"]
