@@ -240,9 +240,11 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float |
     app = build_app(max_megapixels=max_megapixels, device=device, output_root=output_root,
                     default_restorer=default_restorer)
     app.queue(default_concurrency_limit=1, max_size=queue_size)
-    sigterm = None
-    if block and threading.current_thread() is threading.main_thread():  # SIGTERM (systemd, docker) = Ctrl+C
-        sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    saved = {}
+    if block and threading.current_thread() is threading.main_thread():
+        # SIGTERM (systemd, docker) = Ctrl+C; and SIGINT always stops it, also when a shell started it in the
+        # background with SIGINT ignored (the leftover-cleanup below then still runs)
+        saved = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
                    max_file_size=max_file_size, prevent_thread_lock=not block, quiet=False,
@@ -250,8 +252,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, *, max_megapixels: float |
     finally:
         if block:
             leave_nothing(app, output_root)
-            if sigterm is not None:
-                signal.signal(signal.SIGTERM, sigterm)
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
         else:
             atexit.register(leave_nothing, app, output_root)
     return app
