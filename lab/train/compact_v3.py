@@ -165,13 +165,18 @@ class PatchDiscriminator(nn.Module):
         return taps
 
 
+def relative_l1(got: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over feature maps of L1(got, ref) / mean|ref| (the feature losses' common scale)."""
+    return sum((a - b).abs().mean() / (b.abs().mean() + 1e-6) for a, b in zip(got, ref)) / len(ref)
+
+
 def feature_match(d: PatchDiscriminator, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean over the taps of L1(features(fake), features(real)) / mean|features(real)|: a perceptual anchor
     learned by the discriminator itself (no VGG weights can be downloaded here). No gradient reaches ``real``.
     One pass over both: spectral norm's power iteration moves the weights at every forward in training mode."""
     n = fake.shape[0]
     taps = d.features(torch.cat([fake, real.detach()]))
-    return sum((t[:n] - t[n:].detach()).abs().mean() / (t[n:].detach().abs().mean() + 1e-6) for t in taps) / len(taps)
+    return relative_l1([t[:n] for t in taps], [t[n:].detach() for t in taps])
 
 
 class Discriminators(nn.Module):
@@ -228,7 +233,7 @@ def identity_loss(embedder, restored: torch.Tensor, hq: torch.Tensor) -> tuple[t
     with torch.no_grad():
         feats_hq, emb_hq = dlib_features(embedder, (hq + 1) / 2)
     feats, emb = dlib_features(embedder, ((restored + 1) / 2).clamp(0, 1))
-    feature = sum((a - b).abs().mean() / (b.abs().mean() + 1e-6) for a, b in zip(feats, feats_hq)) / len(feats)
+    feature = relative_l1(feats, feats_hq)
     return feature, (1 - (emb * emb_hq).sum(dim=1)).mean()
 
 
