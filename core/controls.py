@@ -164,6 +164,13 @@ CONTROLS: tuple[Control, ...] = (
     Control("allow_color", "bool", False, "let the restorer colour a grayscale (black-and-white) photo; off: a "
             "grayscale input comes back grayscale, only its luminance is restored", "pipeline.allow_color",
             label="Allow colour on grayscale photos", shown=("cli", "node", "app", "api")),
+    # added after the first node version: last, so saved workflows keep their widget order
+    Control("exemplar_detail", "float", 1.0, "fine detail (lashes, irises, lip lines, skin) from the nearest "
+            "bundled real face, for faces too blurred to hold any; registered by optical flow, only inside the face, "
+            "times the quality slider, fading out from fidelity 0.5 to 1; mild and medium damage are left alone; "
+            "0 = off", "lookup.exemplar_detail",
+            0.0, 1.0, 0.05, label="Exemplar detail",
+            shown=("cli", "node", "app", "webui", "extras", "api")),
 )
 
 BY_NAME: dict[str, Control] = {c.name: c for c in CONTROLS}

@@ -120,6 +120,13 @@ register(WeightSpec(
     "score (default face critic: score node/CLI, lookup steering, training labels; "
     "refit with lab/train/fit_face_iqa.py)", embedded=True))
 
+register(WeightSpec(
+    "exemplars", "exemplars.safetensors", "facerefine", (), None, None,
+    "composites of 8+ London Face Set training identities each (DeBruine & Jones 2017, CC BY 4.0); no photo "
+    "is stored (see weights/EXEMPLARS_LICENSE.txt)", "FaceRefine-Exemplars",
+    "lookup (exemplar detail: eye and brow detail for heavily blurred faces; rebuild with lab/build_exemplars.py)",
+    embedded=True))
+
 # --- refine (core/refine): trained here with `python -m facerefine train`, no public download ---
 for _arch in ("codeformer", "iqpfr"):
     register(WeightSpec(

@@ -184,7 +184,7 @@ def test_gradio_app_matches_the_table(monkeypatch):
     offered = {f"fr-{c.name.replace('_', '-')}": c.name for c in controls.shown_in("app")}
     assert set(offered) <= set(widgets)
     assert _check_widgets(widgets, {e: n for e, n in offered.items() if BY_NAME[n].choices or
-                                     BY_NAME[n].kind in ("float", "int")}) == 8
+                                     BY_NAME[n].kind in ("float", "int")}) == 9
 
 
 GRADIO_KINDS = ("Slider", "Dropdown", "Checkbox", "Textbox", "File", "Image", "Markdown", "Button", "ImageSlider",
@@ -256,7 +256,7 @@ def test_saved_workflows_keep_their_input_order():
     spec = nodes.NODE_CLASS_MAPPINGS["FaceRefineRestore"].INPUT_TYPES()
     assert list(spec["required"]) == ["image", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
                                       "detector", "crop_size", "visibility", "color_correction", "seed", "device"]
-    assert list(spec["optional"]) == ["reference", "allow_color"]
+    assert list(spec["optional"]) == ["reference", "allow_color", "exemplar_detail"]
     spec = nodes.NODE_CLASS_MAPPINGS["FaceRefineRestoreVideo"].INPUT_TYPES()
     assert list(spec["required"]) == ["images", "restorer", "quality", "fidelity", "temporal", "smooth_landmarks",
                                       "fps", "chunk", "detector", "crop_size", "visibility", "color_correction",

@@ -62,7 +62,8 @@ def test_parse_rows_and_missing_restorer():
     assert (by["v2@q0.5"].quality, by["v2@q0.5"].fidelity) == (0.5, 0.5)
     assert (by["v2@w0"].quality, by["v2@w0"].fidelity) == (1.0, 0.0)
     assert by["v2"].key == by["v2@q1"].key == by["v2@w0.5"].key   # measured once
-    assert parse_rows("codeformer@q0w1", opts)[0].key == ("model", "codeformer", 0.0, 1.0)
+    assert parse_rows("codeformer@q0w1", opts)[0].key == ("model", "codeformer", 0.0, 1.0, None)
+    assert parse_rows("v2@e0", opts)[0].exemplar == 0.0 and parse_rows("v2@q1e0.5", opts)[0].key[2:] == (1.0, 0.5, 0.5)
     for bad in ("v2@x1", "v2@q2", ""):
         with pytest.raises(FaceRefineError):
             parse_rows(bad, opts)

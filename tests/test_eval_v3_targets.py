@@ -250,7 +250,7 @@ def test_benchmark_run_with_a_stand_in_restorer(tmp_path, monkeypatch):
     monkeypatch.setattr(heldout, "align_photos", lambda paths, *a, **k: (hq, [face, face], list(paths)))
     real_get = heldout.Restorers.get
     monkeypatch.setattr(heldout.Restorers, "get", lambda self, name: "fake" if name == "fake" else real_get(self, name))
-    monkeypatch.setattr(heldout.Restorers, "run", lambda self, r, lq, faces, q, w: (_fake_restore(lq, q, w),
+    monkeypatch.setattr(heldout.Restorers, "run", lambda self, r, lq, faces, q, w, e=None: (_fake_restore(lq, q, w),
                                                                                    [0.01] * lq.shape[0]))
     opts = heldout.BenchOptions(severities=("medium", "heavy"), size=256, metrics=(), default_critic=False,
                                 identity=False, v2="facerefine-no-such-model", v3="fake",

@@ -51,7 +51,7 @@ def test_port_matches_dlib_on_10_london_faces(london_dir):
     dlib, models = _dlib_and_models()
     from facerefine.core.crop.options import CropOptions
     from facerefine.core.crop.step import crop_faces
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     detector = dlib.get_frontal_face_detector()
     shapes = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
     rec = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
@@ -84,7 +84,7 @@ def test_chip_alignment_is_differentiable_and_follows_landmarks():
     embedder = load_dlib()
     faces = fx.make_faces(2, 256, seed=3)
     x = faces.crops.clone().requires_grad_(True)
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     lm = torch.from_numpy(crop_landmarks(faces)).float()
     embedder(x, lm).sum().backward()
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
@@ -150,7 +150,7 @@ def test_dlib_guidance_raises_its_own_similarity_monotonically(setup):
 
 
 def _landmarks(face_crops):
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     return torch.from_numpy(crop_landmarks(face_crops)).float()
 
 

@@ -76,5 +76,6 @@ def test_restore_cli_on_a_london_face(london_dir, models_home, tmp_path, capsys)
     assert code == 0 and out.is_file()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["faces"] == 1
-    assert result["results"][0]["history"] == ["crop", "lookup:IQPFR:trained"]
+    # a random tiny model draws no detail: exemplar detail fills it in
+    assert result["results"][0]["history"] == ["crop", "lookup:IQPFR:trained", "exemplar-detail"]
     assert "lookup" in result["timings"]

@@ -51,7 +51,7 @@ def _hwc(face_crops, i=0):
 
 
 def test_a_blurred_face_takes_the_references_detail_and_gets_closer_to_the_truth(pair):
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     hq, ref = pair
     truth = _hwc(hq)
     blurred = _blur(truth, 4.0)  # what a restorer returns for a heavily degraded face: no fine detail
@@ -65,7 +65,7 @@ def test_a_blurred_face_takes_the_references_detail_and_gets_closer_to_the_truth
 
 
 def test_a_sharp_face_is_left_alone(pair):
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     hq, ref = pair
     truth = _hwc(hq)
     out, weight, deficit, _ = transfer_face(truth, _hwc(ref), crop_landmarks(hq)[0])
@@ -97,7 +97,7 @@ def test_only_the_reference_person_takes_detail_in_a_group(pair, london_dir):
     crops = torch.cat([hq.crops, other.crops])
     blurred = torch.from_numpy(np.stack([_blur(_hwc(hq), 4.0), _blur(_hwc(other), 4.0)])).permute(0, 3, 1, 2)
     group = FaceCrops(blurred, faces, 512)
-    from facerefine.core.refine.landmarks import crop_landmarks
+    from facerefine.core.crop.landmarks import crop_landmarks
     lm = torch.from_numpy(crop_landmarks(group)).float()
     face = ReferenceFace(ref.crops, torch.from_numpy(crop_landmarks(ref)).float())
     match = same_person(load_id_model("dlib"), group, lm, face)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ...errors import FaceRefineError
 from ...models.cache import cached
 from ...models.restorers import Restorer
+from ..detail.exemplars import apply_exemplar_detail
 from ..types import FaceCrops, FaceLatent
 from .input_detail import carry_detail
 from .latent import empty_latent, merge_latent
@@ -141,12 +142,28 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, options: LookupOptions = L
                 progress(min(start + batch_size, n), n)
     restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, model_size, run.fidelity)
     new_crops = face_crops.with_crops(restored, f"lookup:{restorer.architecture}:{run.mode}")
+    exemplar_amount = exemplar_detail_amount(restorer, options)
+    if exemplar_amount > 0:
+        new_crops, _ = apply_exemplar_detail(new_crops, exemplar_amount)
     latent = merge_latent(restorer, parts, run.fidelity, run.mode, n)
+    latent.extra["exemplar_detail"] = exemplar_amount  # refine decodes again and re-applies it
     latent = dataclasses.replace(latent, lq_crops=face_crops.crops)  # identity target for refine, no copy
     if run.note:
         latent.extra["note"] = run.note
         log.info("FaceRefine lookup: %s", run.note)
     return new_crops, latent
+
+
+def exemplar_detail_amount(restorer: Restorer, options: LookupOptions) -> float:
+    """Exemplar detail's strength: ``exemplar_detail * quality``, fading out from fidelity 0.5 to 1 (fidelity 1
+    returns the input), for restorers with the quality slider; else 0 (quality 0 stays the faithful clean-up;
+    GFPGAN-type restorers draw their own detail)."""
+    amount = float(options.exemplar_detail)
+    if not 0.0 <= amount <= 1.0:
+        raise FaceRefineError(f"exemplar detail must be within 0..1, got {amount}")
+    if not restorer.supports_quality:
+        return 0.0
+    return amount * float(options.quality) * min(1.0, 2.0 * (1.0 - float(options.fidelity)))
 
 
 def _start(face_crops: FaceCrops, restorer: Restorer, options: LookupOptions, keep_latent: bool) -> _Run:
@@ -229,4 +246,4 @@ def decode(restorer: Restorer, quantized: torch.Tensor, skip_features: Mapping[s
     return ((out.float() + 1) / 2).clamp(0, 1)
 
 
-__all__ = ["as_critic", "check_finite_output", "decode", "lookup", "no_slider_note", "resolve_mode", "to_model"]
+__all__ = ["as_critic", "check_finite_output", "decode", "exemplar_detail_amount", "lookup", "no_slider_note", "resolve_mode", "to_model"]

@@ -34,6 +34,8 @@ class LookupOptions:
     #                                        face-iqa), a metric, or a callable x [N,3,H,W] 0..1 -> [N]
     steer: SteerOptions = field(default_factory=SteerOptions)
     batch_size: int = 8                    # faces per forward (results equal one-at-a-time calls)
+    exemplar_detail: float = 1.0           # exemplar detail into heavily blurred faces, times quality (0 = off;
+    #                                        core/detail/exemplars.py)
 
     @property
     def wanted(self) -> bool:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ...errors import FaceRefineError
 from ..types import FaceCrops
-from .landmarks import crop_landmarks
+from ..crop.landmarks import crop_landmarks
 from .options import TARGETS
 from .reference import ReferenceFace
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ...errors import FaceRefineError, NoFaceError
 from ..crop.options import CropOptions
 from ..types import FaceCrops
-from .landmarks import crop_landmarks
+from ..crop.landmarks import crop_landmarks
 
 DETECT_SIZES = (256, 512, 1024)  # crop sizes the crop step aligns at; other sizes are resized from 512
 

@@ -26,13 +26,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..detail.transfer import (BAND_SIGMA, TOLERANCE, deficit_weight, detail_band, detail_deficit, face_box,
+                               match_colours, new_flow, register)
 from ..types import FaceCrops
 from .reference import ReferenceFace
 
-BAND_SIGMA = 4.0             # detail band: finer than a Gaussian of this sigma, in pixels of a 512 crop
 DEFICIT_RANGE = (0.1, 0.5)   # detail deficit mapped to 0..1 of the transfer
-TOLERANCE = 0.06             # low-frequency disagreement (0..1 units) where the confidence falls to 1/e
-FLOW_SIZE = 256
 # Unit-embedding distance (the identity network's) above which a face is not the reference's person. dlib's
 # restored training faces at heavy damage are at most 0.48 from their own reference photo.
 MATCH_DISTANCE = 0.6
@@ -44,46 +43,6 @@ class DetailReport:
     deficit: list = field(default_factory=list)      # detail deficit per face
     confidence: list = field(default_factory=list)   # mean registration confidence inside the face box
     skipped: list = field(default_factory=list)      # (face index, reason)
-
-
-def face_box(landmarks: np.ndarray, size: int) -> tuple[int, int, int, int]:
-    """x0, y0, x1, y1 (pixels) around eyes, brows, nose and mouth from 5 landmarks in crop fractions."""
-    lm = np.asarray(landmarks, np.float64) * size
-    d = max(float(np.linalg.norm(lm[1] - lm[0])), 8.0)
-    x0, x1 = lm[:, 0].min() - 0.5 * d, lm[:, 0].max() + 0.5 * d
-    y0, y1 = lm[:2, 1].mean() - 0.6 * d, lm[3:, 1].mean() + 0.4 * d
-    clip = lambda v: int(np.clip(round(v), 0, size))  # noqa: E731
-    return clip(x0), clip(y0), max(clip(x1), clip(x0) + 1), max(clip(y1), clip(y0) + 1)
-
-
-def match_colours(reference: np.ndarray, restored: np.ndarray, box) -> np.ndarray:
-    """The reference with the restored face's per-channel mean and spread inside the face box."""
-    import cv2
-    x0, y0, x1, y1 = box
-    mean_r, std_r = cv2.meanStdDev(np.ascontiguousarray(restored[y0:y1, x0:x1]))
-    mean_f, std_f = cv2.meanStdDev(np.ascontiguousarray(reference[y0:y1, x0:x1]))
-    gain = (std_r / (std_f + 1e-4)).ravel()
-    bias = mean_r.ravel() - mean_f.ravel() * gain
-    return reference * gain.astype(np.float32) + bias.astype(np.float32)
-
-
-def detail_band(img: np.ndarray, band_sigma: float = BAND_SIGMA) -> np.ndarray:
-    """The image minus its Gaussian blur (``band_sigma`` in pixels of a 512 crop)."""
-    import cv2
-    return img - cv2.GaussianBlur(img, (0, 0), band_sigma * img.shape[0] / 512.0)
-
-
-def detail_deficit(restored_band: np.ndarray, reference_band: np.ndarray, box) -> float:
-    """1 - RMS(restored band) / RMS(reference band) inside the face box: 0 = as detailed as the reference."""
-    x0, y0, x1, y1 = box
-    energy_ref = float((reference_band[y0:y1, x0:x1] ** 2).mean())
-    energy_out = float((restored_band[y0:y1, x0:x1] ** 2).mean())
-    return 1.0 - float(np.sqrt(energy_out / max(energy_ref, 1e-12)))
-
-
-def deficit_weight(deficit: float, deficit_range=DEFICIT_RANGE) -> float:
-    lo, hi = deficit_range
-    return float(np.clip((deficit - lo) / max(hi - lo, 1e-6), 0.0, 1.0))
 
 
 def face_deficit_weights(restored: torch.Tensor, reference: ReferenceFace, landmarks: np.ndarray) -> list:
@@ -98,17 +57,8 @@ def face_deficit_weights(restored: torch.Tensor, reference: ReferenceFace, landm
             ref = cv2.resize(ref, face.shape[1::-1], interpolation=cv2.INTER_AREA)
         box = face_box(landmarks[i], face.shape[0])
         matched = match_colours(ref, face, box)
-        out.append(deficit_weight(detail_deficit(detail_band(face), detail_band(matched), box)))
+        out.append(deficit_weight(detail_deficit(detail_band(face), detail_band(matched), box), DEFICIT_RANGE))
     return out
-
-
-def _grey(img: np.ndarray, size: int, blur: float) -> np.ndarray:
-    import cv2
-    small = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img
-    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    if blur > 0:
-        grey = cv2.GaussianBlur(grey, (0, 0), blur)
-    return (grey.clip(0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
 def transfer_face(restored: np.ndarray, reference: np.ndarray, landmarks: np.ndarray, amount: float = 1.0,
@@ -116,27 +66,9 @@ def transfer_face(restored: np.ndarray, reference: np.ndarray, landmarks: np.nda
                   flow=None) -> tuple[np.ndarray, float, float, float]:
     """One face: restored and reference [S,S,3] float32 0..1 (aligned crops) -> (output, weight, deficit,
     confidence)."""
-    import cv2
-    size = restored.shape[0]
-    s = size / 512.0
-    x0, y0, x1, y1 = face_box(landmarks, size)
+    x0, y0, x1, y1 = face_box(landmarks, restored.shape[0])
     ref = match_colours(reference, restored, (x0, y0, x1, y1))
-    flow = flow or cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    g = min(FLOW_SIZE, size)
-    field_ = flow.calc(_grey(restored, g, 1.0), _grey(ref, g, 1.0), None)  # restored(x) ~ ref(x + flow(x))
-    if g != size:
-        field_ = cv2.resize(field_, (size, size), interpolation=cv2.INTER_LINEAR) * (size / g)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    warped = cv2.remap(ref, xs + field_[..., 0], ys + field_[..., 1], cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)
-    # low-frequency agreement, computed at a quarter of the side (it is smooth) and scaled back up
-    q = 4
-    small = max(size // q, 8)
-    low = lambda a: cv2.GaussianBlur(cv2.resize(a, (small, small), interpolation=cv2.INTER_AREA),  # noqa: E731
-                                     (0, 0), 8.0 * s / q)
-    disagreement = cv2.GaussianBlur(np.abs(low(warped) - low(restored)).mean(axis=2), (0, 0), 4.0 * s / q)
-    confidence = cv2.resize(np.exp(-(disagreement / tolerance) ** 2).astype(np.float32), (size, size),
-                            interpolation=cv2.INTER_LINEAR)
+    warped, confidence = register(restored, ref, tolerance, flow)
     detail_ref, detail_out = detail_band(warped, band_sigma), detail_band(restored, band_sigma)
     deficit = detail_deficit(detail_out, detail_ref, (x0, y0, x1, y1))
     weight = float(amount) * deficit_weight(deficit, deficit_range)
@@ -172,9 +104,7 @@ def transfer_reference_detail(restored: FaceCrops, reference: ReferenceFace, amo
 
     landmarks: [N,5,2] crop fractions (the crops' own when None). same_person: per face, False leaves that face
     alone (identity check by the caller). ``kw``: band_sigma, deficit_range, tolerance."""
-    import cv2
-
-    from .landmarks import crop_landmarks
+    from ..crop.landmarks import crop_landmarks
     report = DetailReport()
     n = len(restored)
     if n == 0 or amount <= 0:
@@ -184,7 +114,7 @@ def transfer_reference_detail(restored: FaceCrops, reference: ReferenceFace, amo
     if ref.shape[-1] != restored.crop_size:
         ref = torch.nn.functional.interpolate(ref, size=(restored.crop_size,) * 2, mode="bicubic",
                                               antialias=True).clamp(0, 1)
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = new_flow()
     crops = restored.crops.float().cpu()
     outs = []
     for i in range(n):

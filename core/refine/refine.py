@@ -19,11 +19,12 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from ...errors import FaceRefineError
+from ..crop.landmarks import crop_landmarks
+from ..detail.exemplars import apply_exemplar_detail
 from ..lookup.input_detail import carry_detail
 from ..lookup.lookup import decode
 from ..types import FaceCrops, FaceLatent
 from .guidance import IdentityGoal, embed, guidance_mask, identity_gradient, identity_target
-from .landmarks import crop_landmarks
 from .options import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, DEFAULT_REFERENCE_DETAIL, RefineOptions
 from .reference import ReferenceFace
 from .samplers import denoiser_steps, get_sampler, sdedit_sigmas
@@ -270,8 +271,12 @@ def _decode_faces(job: _Job, face_crops: FaceCrops, z_final: torch.Tensor, optio
             images.append(dec(z_final[idx].to(device)).float().cpu())
     step = f"refine:{options.sampler}x{int(options.steps)}@{float(options.strength):g}"
     lq = latent.lq_crops if latent.lq_crops is not None else face_crops.crops
-    refined = carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity)
-    return face_crops.with_crops(refined, step)
+    refined = face_crops.with_crops(
+        carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity), step)
+    exemplar_amount = float(latent.extra.get("exemplar_detail", 0.0))
+    if exemplar_amount > 0 and job.run.reference is None:  # a reference photo gives its own (same person) detail
+        refined, _ = apply_exemplar_detail(refined, exemplar_amount)
+    return refined
 
 
 def apply_reference_detail(face_crops: FaceCrops, reference: ReferenceFace, id_model,

@@ -86,6 +86,8 @@ class SequenceRestorer:
                  embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, restorer=None,
                  planned: Optional[list[list[TrackedFace]]] = None):
         from ..pipeline import build_steps, resolve_device
+        # no exemplar detail on video: the nearest exemplar may change from frame to frame (flicker)
+        options = dataclasses.replace(options, lookup=dataclasses.replace(options.lookup, exemplar_detail=0.0))
         self.options, self.video = options, video
         self.device = resolve_device(options.device)
         self.crop_opts = dataclasses.replace(options.crop_options(self.device), face_index=None,

@@ -14,6 +14,7 @@ from ...core import score as score_mod
 from ...core.crop.options import CropOptions
 from ...core.types import RawDetections
 from ...core.crop.step import align_faces, detect_faces
+from ...core.detail.exemplars import apply_exemplar_detail
 from ...core.lookup.lookup import decode, lookup
 from ...core.lookup.options import LookupOptions
 from ...core.paste.options import PasteOptions
@@ -36,20 +37,23 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
     defaults = {k: p.default for k, p in inspect.signature(lookup).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     bare_rows, off_rows, default_rows = {}, {}, {}
-    flops_face = {}
+    flops_face, exemplar = {}, None
     for b in ctx.opts.batches:
         crops = synthetic_face_crops(b, size, seed=b)
         crops = crops.__class__(crops.crops.to(ctx.device), crops.faces, crops.crop_size)
         x = (crops.crops * 2 - 1).contiguous(memory_format=cl)
-        off = LookupOptions(quality=1.0, fidelity=0.5, mode="off")
+        off = LookupOptions(quality=1.0, fidelity=0.5, mode="off", exemplar_detail=0.0)  # the network's own cost
         fns = {"bare": lambda x=x: _inference(setup.bare, x),
                "lookup_off": lambda c=crops: lookup(c, setup.handle, off)}
+        if b == 1:  # exemplar detail on a face with no fine detail (the whole transfer runs)
+            fns["exemplar_detail"] = lambda c=_without_detail(crops): apply_exemplar_detail(c, 1.0)
         if b == 1 and ctx.opts.steering:
             fns["lookup_default"] = lambda c=crops: lookup(c, setup.handle)
         ctx.log(f"lookup: batch {b} ({', '.join(fns)})")
         res = ctx.measure(fns, count_flops=(b == 1))
         if b == 1:
             flops_face = {k: m.flops for k, m in res.items()}
+            exemplar = res.get("exemplar_detail")
         for name, rows in (("bare", bare_rows), ("lookup_off", off_rows), ("lookup_default", default_rows)):
             if name not in res:
                 continue
@@ -73,6 +77,9 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
     summary = {}
     if off_rows.get(1):
         summary["overhead_vs_bare_batch1"] = round(off_rows[1].median / bare_rows[1].median - 1, 4)
+    if exemplar is not None:
+        summary["exemplar_detail_s_per_face"] = round(exemplar.median, 4)
+        summary["exemplar_detail_over_bare"] = round(exemplar.median / bare_rows[1].median, 4)
     if default_rows.get(1):
         summary["defaults_ratio_to_bare_batch1"] = round(default_rows[1].median / bare_rows[1].median, 4)
     for rows, label in ((bare_rows, "bare"), (off_rows, "lookup")):
@@ -83,6 +90,14 @@ def stage_lookup(ctx: BenchContext, report: dict) -> dict:
                         (b / m.median) / (1 / rows[1].median), 3)
     out["summary"] = summary
     return out
+
+
+def _without_detail(crops):
+    """The crops Gaussian-blurred (sigma 6 px at 512²): what a restorer returns for a face with no detail left."""
+    import torchvision.transforms.functional as TF
+    sigma = 6.0 * crops.crop_size / 512
+    blurred = TF.gaussian_blur(crops.crops.float().cpu(), [int(sigma * 6) | 1] * 2, [sigma, sigma])
+    return crops.with_crops(blurred, "blurred")
 
 
 def _placed_detections(size: int, faces: int):

@@ -114,10 +114,11 @@ def run(out_dir: str | Path, restorers: list[str], degradations=DEGRADATIONS, li
     for deg in degradations:
         lq = lq_faces(hq, deg, seed, paths)
         columns = {"lq": lq, "classical": run_classical(lq, classical)[0]}
-        for name in restorers:
-            restorer = loaded.get(name)
+        for name in restorers:  # NAME@e0: exemplar detail off (e.g. facerefine-compact-v2@e0)
+            base, _, exemplar = name.partition("@e")
+            restorer = loaded.get(base)
             if restorer is not None:
-                columns[name] = loaded.run(restorer, lq, faces, 1.0, 0.5)[0]
+                columns[name] = loaded.run(restorer, lq, faces, 1.0, 0.5, float(exemplar) if exemplar else None)[0]
         rows = {}
         for label, x in columns.items():
             rows[label] = measure(x, hq, masks, judges, hq_detail)
@@ -161,7 +162,8 @@ def write_grid(path: Path, hq: torch.Tensor, columns: dict, faces: int = 6, tile
 def main(argv=None) -> None:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--restorers", default="facerefine-compact-v2")
+    ap.add_argument("--restorers", default="facerefine-compact-v2",
+                    help="comma-separated names or paths; NAME@e0 runs NAME with exemplar detail off")
     ap.add_argument("--degradations", default=",".join(DEGRADATIONS))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--out", default="runs/generalisation")

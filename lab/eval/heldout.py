@@ -47,9 +47,9 @@ from .face_metrics import (IdentityJudges, crop_landmarks, delta_e_face, detail_
                            face_region_masks, to_u8)
 
 FIDELITY_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)   # the five-fidelity check (issue 25's slider target)
-DEFAULT_ROWS = ("lq,classical,v1,v2,v2@q0,v2@q0.5,v2@q1,v2@w0,v2@w0.25,v2@w0.5,v2@w0.75,v2@w1,"
+DEFAULT_ROWS = ("lq,classical,v1,v2,v2@e0,v2@q0,v2@q0.5,v2@q1,v2@w0,v2@w0.25,v2@w0.5,v2@w0.75,v2@w1,"
                 "v3,v3@q0,v3@q0.5,v3@q1,v3@w0,v3@w0.25,v3@w0.5,v3@w0.75,v3@w1")
-GRID_COLUMNS = ("classical", "v1", "v2", "v3")
+GRID_COLUMNS = ("classical", "v1", "v2@e0", "v2", "v3")
 MODEL_ALIASES = {"v1": "compact v1", "v2": "compact v2", "v3": "compact v3"}  # token -> label; the restorer is
                                                                              # BenchOptions.<token>
 
@@ -88,13 +88,14 @@ class RowSpec:
     model: Optional[str] = None         # v1 / v2 / v3 / the name as given
     quality: Optional[float] = None
     fidelity: Optional[float] = None
+    exemplar: Optional[float] = None    # exemplar detail (None: the lookup default)
 
     @property
     def key(self) -> tuple:
-        return (self.kind, self.restorer, self.quality, self.fidelity)
+        return (self.kind, self.restorer, self.quality, self.fidelity, self.exemplar)
 
 
-_TOKEN = re.compile(r"^(?P<model>[^@]+?)(?:@(?:q(?P<q>\d*\.?\d+))?(?:w(?P<w>\d*\.?\d+))?)?$")
+_TOKEN = re.compile(r"^(?P<model>[^@]+?)(?:@(?:q(?P<q>\d*\.?\d+))?(?:w(?P<w>\d*\.?\d+))?(?:e(?P<e>\d*\.?\d+))?)?$")
 
 
 def model_restorer(model: str, opts: BenchOptions) -> tuple[str, str, str]:
@@ -119,21 +120,24 @@ def parse_rows(spec: str, opts: BenchOptions) -> list[RowSpec]:
             rows.append(RowSpec("classical", "classical", "classical (denoise + unsharp)"))
             continue
         m = _TOKEN.match(token)
-        if m is None or (token.count("@") and m.group("q") is None and m.group("w") is None):
+        if m is None or (token.count("@") and m.group("q") is None and m.group("w") is None
+                         and m.group("e") is None):
             raise FaceRefineError(f"row '{token}' not understood: use lq, classical, v1, v2, v3, a restorer "
-                                  f"name, or MODEL@q0.5 / MODEL@w1 / MODEL@q0w1")
+                                  f"name, or MODEL@q0.5 / MODEL@w1 / MODEL@q0w1 / MODEL@e0 (exemplar detail)")
         restorer, model, base = model_restorer(m.group("model"), opts)
         q = float(m.group("q")) if m.group("q") is not None else None
         w = float(m.group("w")) if m.group("w") is not None else None
-        for name, v in (("quality", q), ("fidelity", w)):
+        e = float(m.group("e")) if m.group("e") is not None else None
+        named = (("quality", q), ("fidelity", w), ("exemplar detail", e))
+        for name, v in named:
             if v is not None and not 0.0 <= v <= 1.0:
                 raise FaceRefineError(f"row '{token}': {name} must be within 0..1")
-        if q is None and w is None:
+        if q is None and w is None and e is None:
             label = f"{base} (defaults)"
         else:
-            label = base + "".join(f" {n} {v:g}" for n, v in (("quality", q), ("fidelity", w)) if v is not None)
+            label = base + "".join(f" {n} {v:g}" for n, v in named if v is not None)
         rows.append(RowSpec(token, "model", label, restorer, model, opts.quality if q is None else q,
-                            opts.fidelity if w is None else w))
+                            opts.fidelity if w is None else w, e))
     if not rows:
         raise FaceRefineError("no rows to evaluate (--rows is empty)")
     return rows
@@ -220,7 +224,8 @@ class Restorers:
             return None
         return self._loaded[name]
 
-    def run(self, restorer, lq: torch.Tensor, faces: list, quality: float, fidelity: float) -> tuple:
+    def run(self, restorer, lq: torch.Tensor, faces: list, quality: float, fidelity: float,
+            exemplar: Optional[float] = None) -> tuple:
         from ...core.lookup.lookup import lookup
         from ...core.lookup.options import LookupOptions
         from ...core.types import FaceCrops
@@ -228,7 +233,8 @@ class Restorers:
 
         def one(i: int) -> torch.Tensor:
             crops = FaceCrops(lq[i:i + 1], (faces[i],), size, history=("crop",))
-            options = LookupOptions(quality=quality, fidelity=fidelity, mode=self.opts.lookup_mode)
+            options = LookupOptions(quality=quality, fidelity=fidelity, mode=self.opts.lookup_mode,
+                                    **({} if exemplar is None else {"exemplar_detail": exemplar}))
             out, _ = lookup(crops, restorer, options, keep_latent=False)
             return out.crops.float().cpu().clamp(0, 1)
 
@@ -374,6 +380,7 @@ class SeverityRun:
             per_face["seconds"] = secs
             entry = {"row": row.token, "label": row.label, "kind": row.kind, "model": row.model,
                      "restorer": row.restorer, "quality": row.quality, "fidelity": row.fidelity,
+                     "exemplar": row.exemplar,
                      "mean": {k: _mean(v) for k, v in per_face.items()}, "per_face": per_face}
             if row.kind == "model":
                 entry["architecture"] = getattr(self.restorers.get(row.restorer), "architecture", None)
@@ -395,7 +402,7 @@ class SeverityRun:
         if restorer is None:
             return None
         self.log(f"  {row.label}")
-        return self.restorers.run(restorer, lq, self.faces, row.quality, row.fidelity)
+        return self.restorers.run(restorer, lq, self.faces, row.quality, row.fidelity, row.exemplar)
 
 
 def run_benchmark(out_dir: str | Path, opts: BenchOptions = BenchOptions(),

@@ -75,7 +75,7 @@ def run(out_dir: Path, severities=("medium", "heavy"), limit: Optional[int] = No
     from ...core.lookup.lookup import lookup
     from ...core.lookup.options import LookupOptions
     from ...models.restorers import load_restorer
-    from ...core.refine.landmarks import crop_landmarks
+    from ...core.crop.landmarks import crop_landmarks
     from ...core.refine.options import DEFAULT_GUIDANCE_STEPS, DEFAULT_IDENTITY_VIEWS, RefineOptions
     from ...core.refine.reference import ReferenceFace
     from ...core.refine.refine import RefineRun, refine_latent

@@ -53,8 +53,10 @@ def classical_photo(image: torch.Tensor) -> torch.Tensor:
 def restore_columns(images: list[torch.Tensor], restorers: list[str], notes: list) -> dict[str, list]:
     from ...core.pipeline import RestoreOptions, build_steps, restore_images
     columns: dict[str, list] = {"LQ (bicubic)": images, "classical": [classical_photo(x) for x in images]}
-    for name in restorers:
-        options = RestoreOptions.from_values(restorer=name, device="cpu")
+    for name in restorers:  # NAME@e0: exemplar detail off
+        base, _, exemplar = name.partition("@e")
+        options = RestoreOptions.from_values(restorer=base, device="cpu",
+                                             **({"exemplar_detail": float(exemplar)} if exemplar else {}))
         steps = build_steps(options)
         outs = []
         for i, x in enumerate(images):
@@ -62,7 +64,7 @@ def restore_columns(images: list[torch.Tensor], restorers: list[str], notes: lis
             if not result.masks.any():
                 notes.append(f"{name}: no face found in row {i}; the input is shown")
             outs.append(result.images)
-        columns[Path(name).stem if name.endswith(".safetensors") else name] = outs
+        columns[Path(base).stem + name[len(base):] if base.endswith(".safetensors") else name] = outs
     return columns
 
 

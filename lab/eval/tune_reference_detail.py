@@ -41,7 +41,7 @@ def run(out: Path, faces: int = 20, seed: int = 0, log=print) -> dict:
     from ...core.lookup.lookup import lookup
     from ...core.lookup.options import LookupOptions
     from ...models.restorers import load_restorer
-    from ...core.refine.landmarks import crop_landmarks
+    from ...core.crop.landmarks import crop_landmarks
     from ...core.refine.reference_detail import transfer_face
     from ...core.types import FaceCrops
     from ...models.arch.identity import load_id_model
