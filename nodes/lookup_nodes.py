@@ -30,6 +30,7 @@ class FaceRefineCodebookLookup:
             "optional": {
                 "iqa_model": ("FACEREFINE_IQA", {"tooltip": "Quality critic for training-free steering "
                                                             "(default: face-iqa)."}),
+                "exemplar_detail": controls.comfy_input("exemplar_detail"),
             },
         }
 

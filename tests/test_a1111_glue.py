@@ -293,7 +293,7 @@ def test_extras_ui_controls(monkeypatch, tmp_path, with_accordion):
     from facerefine.core.controls import shown_in
     assert list(controls) == ["enable", *[c.name for c in shown_in("extras")]]  # the table's, in its order
     assert list(controls) == ["enable", "restorer", "quality", "fidelity", "refine_steps", "identity_strength",
-                              "reference", "visibility", "color_correction"]
+                              "reference", "visibility", "color_correction", "exemplar_detail"]
     assert controls["enable"].value is False  # off unless the user opens it
     from facerefine.core.paste.options import COLOR_MODES
     assert [value for _, value in controls["color_correction"].choices] == list(COLOR_MODES)
