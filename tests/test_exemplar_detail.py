@@ -67,18 +67,19 @@ def test_the_bundled_exemplars_are_composites_of_eight_training_people():
         assert not set().union(*people) & set(datasets.heldout_identities(SHARED_DATA / "london"))
 
 
-def test_a_blurred_face_takes_detail_inside_its_outline_only(heldout_face):
+def test_a_blurred_face_takes_detail_around_its_eyes_only(heldout_face):
     from facerefine.core.crop.landmarks import crop_landmarks
-    from facerefine.core.detail.transfer import face_box
     blurred = _blurred(heldout_face)
     out, report = ex.apply_exemplar_detail(blurred, 1.0)
     assert report.amount[0] == 1.0 and report.deficit[0] > 0.5
     assert out.history[-1] == "exemplar-detail"
-    box = face_box(crop_landmarks(blurred)[0], 512)
-    assert _fine_energy(out.crops, box) > 5 * _fine_energy(blurred.crops, box)
-    # outside the face outline (background corners, the hair above the brows) nothing changes
+    lm = crop_landmarks(blurred)[0] * 512
+    eyes = (int(lm[0, 0]) - 40, int(lm[:2, 1].mean()) - 30, int(lm[1, 0]) + 40, int(lm[:2, 1].mean()) + 30)
+    assert _fine_energy(out.crops, eyes) > 10 * _fine_energy(blurred.crops, eyes)
+    # outside the eye band (background corners, hair, forehead, nostrils, mouth, chin) nothing changes
     diff = (out.crops[0] - blurred.crops[0]).abs().amax(0)
     assert float(diff[:100].max()) == 0.0 and float(diff[:, :80].max()) == 0.0 and float(diff[:, -80:].max()) == 0.0
+    assert float(diff[int(lm[2, 1]) + 10:].max()) < 0.5 / 255  # the feathered edge's tail only
     # colours come from the restored face: the change is the same in R, G and B (luma detail only)
     delta = out.crops[0] - blurred.crops[0]
     inside = diff > 1e-3

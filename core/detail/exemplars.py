@@ -37,7 +37,7 @@ DESCRIPTOR_SIDE = 48              # the face box's grey at this side is the matc
 DEFICIT_RANGE = (0.2, 0.4)        # detail deficit against the exemplar mapped to 0..1 (lab/eval/tune_exemplar_detail.py)
 FEATHER = 8.0                     # Gaussian sigma of the face outline's edge (pixels of a 512 crop)
 NOSE_FADE = (0.4, 0.8)            # the transfer fades out between these fractions of the eyes-to-nose-tip distance
-BROW_TOP = 1.0                    # and fades in from this many eyes-to-nose distances above the eyes
+BROW_TOP = 0.55                   # and fades in (over 0.3 of that distance) from this far above the eyes
 MAX_EXEMPLARS = 4096
 MAX_BLOB_BYTES = 64 << 20
 
@@ -145,7 +145,7 @@ def transfer_mask(landmarks: np.ndarray, side: int) -> np.ndarray:
     top, bottom = eye_y + NOSE_FADE[0] * (nose_y - eye_y), eye_y + NOSE_FADE[1] * (nose_y - eye_y)
     y = np.arange(side, dtype=np.float32)
     rows = np.clip((bottom - y) / max(bottom - top, 1.0), 0, 1)
-    brow = eye_y - BROW_TOP * (nose_y - eye_y)  # above the brows: forehead lines are the exemplar's, not the face's
+    brow = eye_y - BROW_TOP * (nose_y - eye_y)  # brows and forehead: adult creases drawn on a child (UTKFace)
     rows *= np.clip((y - brow) / max(0.3 * (nose_y - eye_y), 1.0), 0, 1)
     return cv2.GaussianBlur(hard * rows[:, None], (0, 0), sigma)
 
