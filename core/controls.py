@@ -165,11 +165,10 @@ CONTROLS: tuple[Control, ...] = (
             "grayscale input comes back grayscale, only its luminance is restored", "pipeline.allow_color",
             label="Allow colour on grayscale photos", shown=("cli", "node", "app", "api")),
     # added after the first node version: last, so saved workflows keep their widget order
-    Control("exemplar_detail", "float", 1.0, "fine detail (lashes, irises, lip lines, skin) from the nearest "
-            "bundled real face, for faces too blurred to hold any; registered by optical flow, only inside the face, "
-            "times the quality slider, fading out from fidelity 0.5 to 1; mild and medium damage are left alone; "
-            "0 = off", "lookup.exemplar_detail",
-            0.0, 1.0, 0.05, label="Exemplar detail",
+    Control("exemplar_detail", "float", 1.0, "eye detail (lids, lashes, irises) from the nearest of 20 bundled "
+            "composite faces, for eyes too blurred to hold any; registered by optical flow, luma only, times the "
+            "quality slider, fading out from fidelity 0.5 to 1; mildly damaged and sharp faces are left alone; "
+            "0 = off", "lookup.exemplar_detail", 0.0, 1.0, 0.05, label="Exemplar detail",
             shown=("cli", "node", "app", "webui", "extras", "api")),
 )
 

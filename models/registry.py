@@ -124,7 +124,7 @@ register(WeightSpec(
     "exemplars", "exemplars.safetensors", "facerefine", (), None, None,
     "composites of 8+ London Face Set training identities each (DeBruine & Jones 2017, CC BY 4.0); no photo "
     "is stored (see weights/EXEMPLARS_LICENSE.txt)", "FaceRefine-Exemplars",
-    "lookup (exemplar detail: eye and brow detail for heavily blurred faces; rebuild with lab/build_exemplars.py)",
+    "lookup (exemplar detail: eye detail for heavily blurred faces; rebuild with lab/build_exemplars.py)",
     embedded=True))
 
 # --- refine (core/refine): trained here with `python -m facerefine train`, no public download ---

@@ -143,7 +143,9 @@ def test_nodes(tmp_path, setup, monkeypatch):
     (whole,) = node.refine(face_batch=8, **kw)
     (split,) = node.refine(face_batch=1, **kw)  # per-face noise: batching does not change the result
     assert torch.allclose(whole.crops, split.crops, atol=1e-3)
-    assert whole.history[-1].startswith("refine:euler") and len(whole) == 2
+    # the tiny random restorer draws no detail: refine re-applies the lookup's exemplar detail after decoding
+    assert whole.history[-1].startswith("refine:euler") and whole.history[-1].endswith("+exemplar-detail")
+    assert len(whole) == 2
     (same,) = node.refine(**{**kw, "steps": 0})
     assert same is setup["restored"]
 

@@ -1,4 +1,4 @@
-"""Exemplar detail: fine detail (lids, lashes, irises, brows) for eyes too blurred to hold any.
+"""Exemplar detail: fine detail (lids, lashes, irises) for eyes too blurred to hold any.
 
 A heavily degraded face has lost detail that no input pixel can give back; the restorer leaves it smooth. In the
 manner of DFDNet's component dictionaries, the restored face borrows that detail from the nearest of 20 bundled
@@ -8,7 +8,7 @@ identities, CC BY 4.0; ``lab/build_exemplars.py``), so no one's own face is stor
 1. the nearest exemplar: normalised grey of the face box at 48², least squared distance;
 2. it is colour-matched and registered onto the restored face by dense optical flow, with a confidence map that
    keeps only where both agree at low frequencies (core/detail/transfer.py, as reference detail);
-3. inside the feathered face outline from the brows to the middle of the nose (brows, eyes, upper cheeks),
+3. inside the feathered face outline, in a band from just above the upper lids to the middle of the nose,
    the detail band (finer than σ 4 px at 512²) of the restored face is
    replaced by the exemplar's, scaled by the *detail deficit* against it mapped from ``DEFICIT_RANGE``: a face
    lacking a fifth of the exemplar's band energy starts to take it, one lacking 40 % takes it fully (heavy
@@ -130,10 +130,10 @@ def luma(img: np.ndarray) -> np.ndarray:
 
 
 def transfer_mask(landmarks: np.ndarray, side: int) -> np.ndarray:
-    """Where exemplar detail may go, at ``side``², float32 0..1: the face outline (no hair), feathered, from
-    just above the brows down to the middle of the nose. It fades out between the eyes and the nose tip: on a face blurred
-    flat, a composite's nostril and lip contours land as thin drawn lines (seen on 3DSK faces), while the eyes
-    and brows gain lids, lashes and irises."""
+    """Where exemplar detail may go, at ``side``², float32 0..1: the face outline (no hair), feathered, in a
+    band from just above the upper lids to the middle of the nose. Left out: nostrils and lips (on a face blurred
+    flat, a composite's contours landed there as thin drawn lines, 3DSK faces) and brows and forehead (adult
+    creases drawn on children's faces, UTKFace photos)."""
     import cv2
 
     from ..paste.masks import landmark_masks

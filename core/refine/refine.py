@@ -275,7 +275,9 @@ def _decode_faces(job: _Job, face_crops: FaceCrops, z_final: torch.Tensor, optio
         carry_detail(torch.cat(images), lq, int(latent.extra.get("img_size", lq.shape[-1])), latent.fidelity), step)
     exemplar_amount = float(latent.extra.get("exemplar_detail", 0.0))
     if exemplar_amount > 0 and job.run.reference is None:  # a reference photo gives its own (same person) detail
-        refined, _ = apply_exemplar_detail(refined, exemplar_amount)
+        detailed, _ = apply_exemplar_detail(refined, exemplar_amount)
+        if detailed is not refined:
+            refined = face_crops.with_crops(detailed.crops, step + "+exemplar-detail")
     return refined
 
 
