@@ -100,6 +100,13 @@ def test_a_sharp_face_and_amount_zero_are_left_alone(heldout_face):
         ex.apply_exemplar_detail(blurred, 1.5)
 
 
+def test_a_face_blurred_flat_does_not_get_pasted_on_eyes(heldout_face):
+    """Eyes far sharper than the rest of the face look pasted on: past DEFICIT_CEILING the weight is 0 again."""
+    flat = _blurred(heldout_face, 16.0)
+    out, report = ex.apply_exemplar_detail(flat, 1.0)
+    assert report.deficit[0] > ex.DEFICIT_CEILING[1] and report.amount == [0.0] and out is flat
+
+
 def test_a_grey_face_stays_grey(heldout_face):
     grey = heldout_face.crops.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
     blurred = _blurred(heldout_face.with_crops(grey, "grey"))

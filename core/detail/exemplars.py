@@ -12,7 +12,8 @@ identities, CC BY 4.0; ``lab/build_exemplars.py``), so no one's own face is stor
    the detail band (finer than σ 4 px at 512²) of the restored face is
    replaced by the exemplar's, scaled by the *detail deficit* against it mapped from ``DEFICIT_RANGE``: a face
    lacking a fifth of the exemplar's band energy starts to take it, one lacking 40 % takes it fully (heavy
-   damage; part of medium); mild damage and sharp restorers' output are left alone (docs/lookup.md).
+   damage; part of medium); mild damage and sharp restorers' output are left alone (docs/lookup.md). A face
+   lacking more than 65 % takes less again, none past 80 %: crisp eyes in a face blurred flat look pasted on.
 
 The lookup step applies it with ``amount = exemplar_detail * quality``, fading out from fidelity 0.5 to 1: quality 0
 stays the faithful clean-up and fidelity 1 returns the input. Video frames do not take it (the nearest exemplar
@@ -35,6 +36,8 @@ WEIGHTS_NAME = "exemplars"
 WINDOW = (96, 144, 416, 496)      # x0, y0, x1, y1 in a 512 crop: every face outline of the aligned crops
 DESCRIPTOR_SIDE = 48              # the face box's grey at this side is the matching descriptor
 DEFICIT_RANGE = (0.2, 0.4)        # detail deficit against the exemplar mapped to 0..1 (lab/eval/tune_exemplar_detail.py)
+# ... and back to 0 over this range: eyes sharper than anything else in a face blurred flat look pasted on
+DEFICIT_CEILING = (0.65, 0.8)
 FEATHER = 8.0                     # Gaussian sigma of the face outline's edge (pixels of a 512 crop)
 NOSE_FADE = (0.4, 0.8)            # the transfer fades out between these fractions of the eyes-to-nose-tip distance
 BROW_TOP = 0.55                   # and fades in (over 0.3 of that distance) from this far above the eyes
@@ -168,7 +171,7 @@ def transfer_exemplar(restored: np.ndarray, exemplar: np.ndarray, landmarks: np.
     # luma only: the exemplar lends structure (lashes, lids, lip lines), never its colours (iris, lips, skin)
     band_ref, band_out = detail_band(luma(warped), crop_side=side), detail_band(luma(win), crop_side=side)
     deficit = detail_deficit(band_out, band_ref, box)
-    weight = float(amount) * deficit_weight(deficit, deficit_range)
+    weight = float(amount) * deficit_weight(deficit, deficit_range) * (1.0 - deficit_weight(deficit, DEFICIT_CEILING))
     if weight <= 0:
         return restored, 0.0, deficit, float(confidence[box[1]:box[3], box[0]:box[2]].mean())
     where = confidence * transfer_mask(landmarks, side)[wy0:wy1, wx0:wx1]
@@ -211,5 +214,5 @@ def apply_exemplar_detail(restored: FaceCrops, amount: float = 1.0, exemplars: O
     return restored.with_crops(result, "exemplar-detail"), report
 
 
-__all__ = ["DEFICIT_RANGE", "ExemplarReport", "ExemplarSet", "WINDOW", "apply_exemplar_detail", "descriptor",
+__all__ = ["DEFICIT_CEILING", "DEFICIT_RANGE", "ExemplarReport", "ExemplarSet", "WINDOW", "apply_exemplar_detail", "descriptor",
            "load_exemplars", "transfer_exemplar"]
