@@ -35,7 +35,7 @@ from .transfer import (TOLERANCE, deficit_weight, detail_band, detail_deficit, f
 WEIGHTS_NAME = "exemplars"
 WINDOW = (96, 144, 416, 496)      # x0, y0, x1, y1 in a 512 crop: every face outline of the aligned crops
 DESCRIPTOR_SIDE = 48              # the face box's grey at this side is the matching descriptor
-DEFICIT_RANGE = (0.2, 0.4)        # detail deficit against the exemplar mapped to 0..1 (lab/eval/tune_exemplar_detail.py)
+DEFICIT_RANGE = (0.2, 0.4)        # deficit against the exemplar -> 0..1 (lab/eval/tune_exemplar_detail.py)
 # ... and back to 0 over this range: eyes sharper than anything else in a face blurred flat look pasted on
 DEFICIT_CEILING = (0.65, 0.8)
 FEATHER = 8.0                     # Gaussian sigma of the face outline's edge (pixels of a 512 crop)
@@ -214,5 +214,5 @@ def apply_exemplar_detail(restored: FaceCrops, amount: float = 1.0, exemplars: O
     return restored.with_crops(result, "exemplar-detail"), report
 
 
-__all__ = ["DEFICIT_CEILING", "DEFICIT_RANGE", "ExemplarReport", "ExemplarSet", "WINDOW", "apply_exemplar_detail", "descriptor",
-           "load_exemplars", "transfer_exemplar"]
+__all__ = ["DEFICIT_CEILING", "DEFICIT_RANGE", "ExemplarReport", "ExemplarSet", "WINDOW", "apply_exemplar_detail",
+           "descriptor", "load_exemplars", "transfer_exemplar"]

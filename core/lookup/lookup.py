@@ -246,4 +246,5 @@ def decode(restorer: Restorer, quantized: torch.Tensor, skip_features: Mapping[s
     return ((out.float() + 1) / 2).clamp(0, 1)
 
 
-__all__ = ["as_critic", "check_finite_output", "decode", "exemplar_detail_amount", "lookup", "no_slider_note", "resolve_mode", "to_model"]
+__all__ = ["as_critic", "check_finite_output", "decode", "exemplar_detail_amount", "lookup", "no_slider_note",
+           "resolve_mode", "to_model"]
