@@ -175,3 +175,23 @@ def test_a_broken_exemplar_file_gets_a_clear_message(tmp_path):
     broken = ex.load_exemplars(str(_write(tmp_path / "garbage.safetensors", garbage)))
     with pytest.raises(WeightsFormatError, match="corrupt"):
         broken.image(0)
+
+
+def test_a_missing_exemplar_file_turns_it_off_with_a_note(heldout_face, tmp_path, monkeypatch):
+    """Exemplar detail is an extra: without its file the lookup still restores, and says why it is off."""
+    from tiny_models import make_tiny_iqpfr
+
+    from facerefine.core.lookup import lookup as lookup_mod
+    from facerefine.core.lookup.options import LookupOptions
+    from facerefine.errors import WeightsNotFoundError
+    from facerefine.models.restorers import load_restorer
+
+    def missing(*args, **kwargs):
+        raise WeightsNotFoundError("exemplars.safetensors not found in weights/")
+    monkeypatch.setattr(lookup_mod, "apply_exemplar_detail", missing)
+    restorer = load_restorer(str(make_tiny_iqpfr(tmp_path / "tiny_iqpfr.safetensors")), "cpu")
+    crops = _blurred(heldout_face)
+    out, latent = lookup_mod.lookup(crops, restorer, LookupOptions(quality=1.0))
+    off, _ = lookup_mod.lookup(crops, restorer, LookupOptions(quality=1.0, exemplar_detail=0.0))
+    assert torch.equal(out.crops, off.crops) and latent.extra["exemplar_detail"] == 0.0
+    assert "exemplar detail off: exemplars.safetensors not found" in latent.extra["note"]

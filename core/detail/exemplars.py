@@ -168,7 +168,7 @@ def transfer_exemplar(restored: np.ndarray, exemplar: np.ndarray, landmarks: np.
     if box[2] - box[0] < 4 or box[3] - box[1] < 4:
         return restored, 0.0, float("nan"), 0.0
     warped, confidence = register_window(win, match_colours(exemplar, win, box), TOLERANCE, flow, side)
-    # luma only: the exemplar lends structure (lashes, lids, lip lines), never its colours (iris, lips, skin)
+    # luma only: the exemplar lends structure (lids, lashes, iris rims), never its colours (iris, skin)
     band_ref, band_out = detail_band(luma(warped), crop_side=side), detail_band(luma(win), crop_side=side)
     deficit = detail_deficit(band_out, band_ref, box)
     weight = float(amount) * deficit_weight(deficit, deficit_range) * (1.0 - deficit_weight(deficit, DEFICIT_CEILING))

@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Optional
 import torch
 import torch.nn.functional as F
 
-from ...errors import FaceRefineError
+from ...errors import FaceRefineError, WeightsFormatError, WeightsNotFoundError
 from ...models.cache import cached
 from ...models.restorers import Restorer
 from ..detail.exemplars import apply_exemplar_detail
@@ -142,16 +142,27 @@ def lookup(face_crops: FaceCrops, restorer: Restorer, options: LookupOptions = L
                 progress(min(start + batch_size, n), n)
     restored = carry_detail(torch.cat(outs).to(face_crops.crops.device), face_crops.crops, model_size, run.fidelity)
     new_crops = face_crops.with_crops(restored, f"lookup:{restorer.architecture}:{run.mode}")
-    exemplar_amount = exemplar_detail_amount(restorer, options)
-    if exemplar_amount > 0:
-        new_crops, _ = apply_exemplar_detail(new_crops, exemplar_amount)
+    new_crops, exemplar_amount, exemplar_note = _exemplar_detail(new_crops, exemplar_detail_amount(restorer, options))
     latent = merge_latent(restorer, parts, run.fidelity, run.mode, n)
     latent.extra["exemplar_detail"] = exemplar_amount  # refine decodes again and re-applies it
     latent = dataclasses.replace(latent, lq_crops=face_crops.crops)  # identity target for refine, no copy
-    if run.note:
-        latent.extra["note"] = run.note
-        log.info("FaceRefine lookup: %s", run.note)
+    note = "; ".join(t for t in (run.note, exemplar_note) if t)
+    if note:
+        latent.extra["note"] = note
+        log.info("FaceRefine lookup: %s", note)
     return new_crops, latent
+
+
+def _exemplar_detail(crops: FaceCrops, amount: float) -> tuple[FaceCrops, float, Optional[str]]:
+    """Exemplar detail on the restored crops -> (crops, amount applied, note). A missing or broken exemplar
+    file turns it off with a note: it is an extra, and never fails the restore."""
+    if amount <= 0:
+        return crops, 0.0, None
+    try:
+        return apply_exemplar_detail(crops, amount)[0], amount, None
+    except (WeightsNotFoundError, WeightsFormatError, OSError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return crops, 0.0, f"exemplar detail off: {first}"
 
 
 def exemplar_detail_amount(restorer: Restorer, options: LookupOptions) -> float:
